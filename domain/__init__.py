@@ -1,0 +1,1 @@
+"""Pure domain core: parcours, délais, escalation ladder, acts. No I/O here."""
