@@ -1,0 +1,190 @@
+"""A local Synapse homeserver on 127.0.0.1 (SQLite), for `cercle up` and the test suite.
+
+Synapse comes from the optional `[local]` extra; production deployments point the
+bot at their own homeserver instead.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "localhost"
+
+# Every rate limit Synapse knows, lifted: the bot and the tests send bursts on purpose.
+_UNLIMITED = {"per_second": 10000, "burst_count": 100000}
+RATE_LIMITS = {
+    "rc_message": _UNLIMITED,
+    "rc_registration": _UNLIMITED,
+    "rc_registration_token_validity": _UNLIMITED,
+    "rc_login": {"address": _UNLIMITED, "account": _UNLIMITED, "failed_attempts": _UNLIMITED},
+    "rc_admin_redaction": _UNLIMITED,
+    "rc_joins": {"local": _UNLIMITED, "remote": _UNLIMITED},
+    "rc_joins_per_room": _UNLIMITED,
+    "rc_3pid_validation": _UNLIMITED,
+    "rc_invites": {"per_room": _UNLIMITED, "per_user": _UNLIMITED, "per_issuer": _UNLIMITED},
+    "rc_third_party_invite": _UNLIMITED,
+    "rc_media_create": _UNLIMITED,
+    "rc_key_requests": _UNLIMITED,
+    "rc_presence": {"per_user": _UNLIMITED},
+    "rc_delayed_event_mgmt": _UNLIMITED,
+    "rc_room_creation": _UNLIMITED,
+    "rc_reports": _UNLIMITED,
+    "rc_user_directory": _UNLIMITED,
+    "rc_profile": _UNLIMITED,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _unpadded_b64(data: bytes) -> str:
+    return base64.b64encode(data).decode().rstrip("=")
+
+
+@dataclass
+class LocalSynapse:
+    """Owns one Synapse process whose whole state lives under `directory`."""
+
+    directory: Path
+    port: int
+    shared_secret: str
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "homeserver.json"
+
+    @classmethod
+    def prepare(cls, directory: Path, port: int | None = None) -> "LocalSynapse":
+        """Write a config under `directory`, or reuse the one already there."""
+        directory = Path(directory).resolve()
+        directory.mkdir(parents=True, exist_ok=True)
+        config_path = directory / "homeserver.json"
+        if config_path.exists():
+            config = json.loads(config_path.read_text())
+            if port is not None and port != config["listeners"][0]["port"]:
+                config["listeners"][0]["port"] = port
+                config["public_baseurl"] = f"http://127.0.0.1:{port}/"
+                config_path.write_text(json.dumps(config, indent=2))
+            return cls(directory, config["listeners"][0]["port"], config["registration_shared_secret"])
+
+        port = port or free_port()
+        secret = secrets.token_hex(16)
+        signing_key = directory / "signing.key"
+        signing_key.write_text(f"ed25519 a_local {_unpadded_b64(os.urandom(32))}\n")
+        log_config = directory / "log.config.json"
+        log_config.write_text(json.dumps({
+            "version": 1,
+            "formatters": {"p": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+            "handlers": {"f": {"class": "logging.FileHandler", "formatter": "p",
+                               "filename": str(directory / "homeserver.log")}},
+            "root": {"level": "WARNING", "handlers": ["f"]},
+            "disable_existing_loggers": False,
+        }))
+        # JSON is valid YAML, so Synapse reads it as it is.
+        config = {
+            "server_name": SERVER_NAME,
+            "public_baseurl": f"http://127.0.0.1:{port}/",
+            "pid_file": str(directory / "homeserver.pid"),
+            "listeners": [{
+                "port": port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": False,
+                "x_forwarded": False, "resources": [{"names": ["client"], "compress": False}],
+            }],
+            "database": {"name": "sqlite3", "args": {"database": str(directory / "homeserver.db")}},
+            "log_config": str(log_config),
+            "media_store_path": str(directory / "media"),
+            "signing_key_path": str(signing_key),
+            "registration_shared_secret": secret,
+            "macaroon_secret_key": secrets.token_hex(16),
+            "form_secret": secrets.token_hex(16),
+            "report_stats": False,
+            "enable_registration": False,
+            "trusted_key_servers": [],
+            "suppress_key_server_warning": True,
+            "presence": {"enabled": False},
+            "bcrypt_rounds": 4,
+            "url_preview_enabled": False,
+            **RATE_LIMITS,
+        }
+        config_path.write_text(json.dumps(config, indent=2))
+        return cls(directory, port, secret)
+
+    def start(self, timeout: float = 60.0) -> None:
+        stderr = open(self.directory / "homeserver.stderr", "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "synapse.app.homeserver", "-c", str(self.config_path)],
+            cwd=self.directory, stdout=stderr, stderr=stderr,
+            start_new_session=True,  # Ctrl-C in `cercle up` is handled by us, not delivered to Synapse twice
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"Synapse s'est arrêté au démarrage (code {self.process.returncode}); "
+                    f"voir {self.directory / 'homeserver.stderr'}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"Synapse n'a pas répondu sur {self.url} en {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def register(self, localpart: str, password: str, admin: bool = False,
+                 displayname: str | None = None) -> str:
+        """Register through the shared-secret admin API; an existing user is kept as it is."""
+        endpoint = f"{self.url}/_synapse/admin/v1/register"
+        with urllib.request.urlopen(endpoint, timeout=10) as r:
+            nonce = json.load(r)["nonce"]
+        mac = hmac.new(self.shared_secret.encode(), digestmod=hashlib.sha1)
+        mac.update(b"\x00".join([nonce.encode(), localpart.encode(), password.encode(),
+                                 b"admin" if admin else b"notadmin"]))
+        body = {"nonce": nonce, "username": localpart, "password": password, "admin": admin,
+                "mac": mac.hexdigest()}
+        if displayname:
+            body["displayname"] = displayname
+        request = urllib.request.Request(endpoint, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10):
+                pass
+        except urllib.error.HTTPError as e:
+            payload = json.loads(e.read() or b"{}")
+            if payload.get("errcode") != "M_USER_IN_USE":
+                raise RuntimeError(f"inscription de {localpart} refusée : {payload}") from e
+        return f"@{localpart}:{SERVER_NAME}"

@@ -1,0 +1,78 @@
+"""Shared fixtures: one real Synapse per test session, database URLs for SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bot.local_synapse import LocalSynapse
+
+_user_counter = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def synapse(tmp_path_factory) -> LocalSynapse:
+    """A real Synapse on a free loopback port, SQLite in a temp dir, rate limits lifted."""
+    server = LocalSynapse.prepare(tmp_path_factory.mktemp("synapse"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def register(synapse):
+    """register(prefix) -> (user_id, password): a fresh account on the test homeserver."""
+
+    def _register(prefix: str = "user", displayname: str | None = None) -> tuple[str, str]:
+        localpart = f"{prefix}{next(_user_counter)}_{uuid.uuid4().hex[:6]}"
+        password = f"pw-{uuid.uuid4().hex}"
+        return synapse.register(localpart, password, displayname=displayname), password
+
+    return _register
+
+
+def _postgres_answers(host: str = "127.0.0.1", port: int = 5432) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+POSTGRES_BASE = os.environ.get("CERCLE_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """Every storage test runs on SQLite and on PostgreSQL (a fresh schema each time)."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'cercle.db'}"
+    if not _postgres_answers():
+        pytest.skip("PostgreSQL ne répond pas sur 127.0.0.1:5432 : tests PostgreSQL ignorés")
+    return _fresh_postgres_schema(request)
+
+
+def _fresh_postgres_schema(request) -> str:
+    """An isolated schema per test, dropped afterwards, so tests never see each other's rows."""
+    import asyncpg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    dsn = POSTGRES_BASE.replace("postgresql+asyncpg", "postgresql")
+
+    async def run(sql: str):
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE SCHEMA "{schema}"'))
+    request.addfinalizer(lambda: asyncio.run(run(f'DROP SCHEMA "{schema}" CASCADE')))
+    sep = "&" if "?" in POSTGRES_BASE else "?"
+    # storage.engine turns `search_path` into an asyncpg server setting.
+    return f"{POSTGRES_BASE}{sep}search_path={schema}"
