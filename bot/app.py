@@ -1,0 +1,410 @@
+"""The bot process: login once, sync, record, dispatch, send; deadlines woken by APScheduler.
+
+Data flow (each arrow is a committed transaction):
+  sync response -> inbox rows + sync token -> handler (state + outbox rows + inbox mark) -> sends
+A crash between two arrows loses nothing and repeats nothing: pending inbox rows are handled at
+the next start, and outbox rows are sent with their stored transaction id (deduplicated by the
+homeserver if the previous send had in fact gone through).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from nio import (
+    AsyncClient,
+    AsyncClientConfig,
+    InviteMemberEvent,
+    JoinedMembersError,
+    LocalProtocolError,
+    LoginResponse,
+    MegolmEvent,
+    ReactionEvent,
+    RoomMessagesError,
+    RoomMessageText,
+    RoomSendResponse,
+    SyncError,
+    SyncResponse,
+    UnknownEvent,
+    UnknownToDeviceEvent,
+)
+
+from bot.config import Config
+from commands.context import CommandContext
+from commands.registry import CommandNotFound, CommandRegistry, UsageError
+from domain.clock import Clock
+from storage.repositories import IncomingEvent, Store
+
+log = logging.getLogger("cercle")
+
+WITHHELD = "m.room_key.withheld"
+COMMANDS_STATE = "org.matrix.msc4332.commands"
+TRANSIENT_ERRORS = {"M_LIMIT_EXCEEDED", "M_UNKNOWN", None}
+
+
+class BotError(Exception):
+    pass
+
+
+@dataclass
+class ReactionHandler:
+    key: str
+    handler: object  # async (ctx, target_event_id) -> None
+
+
+class Bot:
+    def __init__(self, config: Config, store: Store, clock: Clock, registry: CommandRegistry,
+                 client: AsyncClient, password: str):
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.registry = registry
+        self.client = client
+        self.password = password
+        self.user_id = config.matrix.user_id
+        self.reaction_handlers: dict[str, object] = {}
+        self.deadline_handlers: dict[str, object] = {}
+        self.start_hooks: list = []
+        self.directory = None  # set by rooms.directory when the directory feature is wired
+        self._wake_worker = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self.scheduler: AsyncIOScheduler | None = None
+        self.synced_once = asyncio.Event()
+        self.sync_filter = {
+            "room": {
+                # Lazy-loaded members and a short timeline: the bot sits in thousands of rooms.
+                "state": {"lazy_load_members": True},
+                "timeline": {"limit": config.sync.timeline_limit},
+                "ephemeral": {"not_types": ["*"]},
+                "account_data": {"not_types": ["*"]},
+            },
+            "presence": {"not_types": ["*"]},
+        }
+
+    # --- startup ---------------------------------------------------------------------------
+    @classmethod
+    async def open(cls, config: Config, clock: Clock, registry: CommandRegistry | None = None,
+                   store: Store | None = None) -> "Bot":
+        from storage.repositories import open_store
+
+        data_dir = config.storage.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if store is None:
+            store = await open_store(config.storage.url(), config.storage.key_path())
+        nio_store = data_dir / "nio-store"
+        nio_store.mkdir(exist_ok=True)
+        password = config.matrix.resolved_password()
+        client = AsyncClient(
+            config.matrix.homeserver, config.matrix.user_id, store_path=str(nio_store),
+            config=AsyncClientConfig(encryption_enabled=True, store_sync_tokens=False,
+                                     pickle_key=store.cipher.derive("nio-pickle-key"),
+                                     max_limit_exceeded=0, max_timeouts=0),
+        )
+        if registry is None:
+            from commands import build_registry
+
+            registry = build_registry()
+        bot = cls(config, store, clock, registry, client, password)
+        await bot._login_once()
+        return bot
+
+    async def _login_once(self) -> None:
+        """Reuse the stored device and token; a password login happens once in the bot's life.
+
+        A new device at each start would break encryption for everyone (room keys are shared per
+        device), so if the token is revoked we log in again *with the same device id*.
+        """
+        device_id = await self.store.get_state("device_id")
+        token = await self.store.get_secret("access_token")
+        if device_id and token:
+            self.client.restore_login(self.user_id, device_id, token)
+            whoami = await self.client.whoami()
+            if getattr(whoami, "device_id", None) == device_id:
+                log.info("session reprise : %s, appareil %s", self.user_id, device_id)
+                return
+            log.warning("jeton refusé par le serveur, reconnexion sur le même appareil %s", device_id)
+            self.client.device_id = device_id
+        response = await self.client.login(self.password, device_name=self.config.matrix.device_name)
+        if not isinstance(response, LoginResponse):
+            raise BotError(f"connexion refusée pour {self.user_id} : {getattr(response, 'message', response)}")
+        if device_id and response.device_id != device_id:
+            raise BotError("le serveur a créé un nouvel appareil : refusé pour ne pas casser le chiffrement")
+        await self.store.set_state("device_id", response.device_id)
+        await self.store.set_secret("access_token", response.access_token)
+        log.info("première connexion : appareil %s créé", response.device_id)
+
+    @property
+    def device_id(self) -> str:
+        return self.client.device_id
+
+    # --- run / stop --------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run until stop(): the sync loop, the inbox worker and the deadline scheduler."""
+        self._stop.clear()
+        for hook in self.start_hooks:
+            await hook(self)
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        self.scheduler.start()
+        self._tasks = [asyncio.create_task(self._sync_loop(), name="sync"),
+                       asyncio.create_task(self._worker_loop(), name="worker")]
+        self._wake_worker.set()
+        await self.fire_due_deadlines()  # overdue timers fire at once after a downtime
+        try:
+            await self._stop.wait()
+        finally:
+            for t in self._tasks:
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.scheduler.shutdown(wait=False)
+
+    async def stop(self) -> None:
+        self._stop.set()
+
+    async def close(self) -> None:
+        await self.client.close()
+        await self.store.close()
+
+    # --- sync ----------------------------------------------------------------------------------
+    async def _sync_loop(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                await self.sync_once()
+                backoff = 1.0
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # homeserver unreachable, 5xx, timeouts: retry with backoff
+                log.warning("synchronisation impossible (%s) : nouvel essai dans %.0f s", e, backoff)
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, self.config.sync.max_backoff_s)
+
+    async def sync_once(self) -> None:
+        since = await self.store.get_state("sync_token")
+        first = since is None
+        response = await self.client.sync(
+            timeout=0 if first else self.config.sync.timeout_ms, sync_filter=self.sync_filter,
+            since=since, full_state=first)
+        if isinstance(response, SyncError) or not isinstance(response, SyncResponse):
+            raise BotError(getattr(response, "message", str(response)))
+        await self._crypto_housekeeping()
+        now = self.clock.now()
+        events = await self._collect(response, first=first)
+        new = await self.store.record_sync(events, response.next_batch, now)
+        if new:
+            self._wake_worker.set()
+        self.synced_once.set()
+
+    async def _crypto_housekeeping(self) -> None:
+        """What nio's sync_forever does between syncs: keys and to-device traffic."""
+        if self.client.should_upload_keys:
+            await self.client.keys_upload()
+        if self.client.should_query_keys:
+            await self.client.keys_query()
+        if self.client.should_claim_keys:
+            await self.client.keys_claim(self.client.get_users_for_key_claiming())
+        await self.client.send_to_device_messages()
+
+    async def _collect(self, response: SyncResponse, *, first: bool) -> list[IncomingEvent]:
+        now_ms = int(self.clock.now().timestamp() * 1000)
+        events: list[IncomingEvent] = []
+        for room_id, info in response.rooms.invite.items():
+            inviter, is_direct = None, False
+            for ev in info.invite_state:
+                if isinstance(ev, InviteMemberEvent) and ev.state_key == self.user_id:
+                    inviter = ev.sender
+                    is_direct = bool(ev.content.get("is_direct"))
+            if inviter:
+                events.append(IncomingEvent(f"invite:{room_id}:{now_ms}", room_id, inviter, "invite", now_ms,
+                                            {"is_direct": is_direct}))
+        for room_id, info in response.rooms.join.items():
+            record = await self.store.get_room(room_id)
+            if record is None:
+                # A room we did not join through the invite handler (e.g. created by `cercle up`).
+                record = await self.store.save_room(room_id, "other", now_ms)
+            if first:
+                continue  # the backlog from before the bot's first sync is not addressed to it
+            timeline = list(info.timeline.events)
+            if info.timeline.limited and info.timeline.prev_batch:
+                timeline = await self._fill_gap(room_id, info.timeline.prev_batch, record.joined_ts) + timeline
+            for ev in timeline:
+                item = self._incoming(room_id, ev, record.joined_ts)
+                if item:
+                    events.append(item)
+        for ev in response.to_device_events:
+            if isinstance(ev, UnknownToDeviceEvent) and ev.type == WITHHELD:
+                content = ev.source.get("content", {})
+                room_id = content.get("room_id")
+                if room_id:
+                    key = f"withheld:{content.get('session_id')}:{ev.sender}"
+                    events.append(IncomingEvent(key, room_id, ev.sender, "withheld", now_ms, content))
+        return events
+
+    async def _fill_gap(self, room_id: str, prev_batch: str, joined_ts: int) -> list:
+        """The timeline was cut (many messages while the bot was down): page back until known ground."""
+        older: list = []
+        token = prev_batch
+        for _ in range(50):  # bounded: 50 pages of 100 events
+            page = await self.client.room_messages(room_id, start=token, limit=100)
+            if isinstance(page, RoomMessagesError) or not page.chunk:
+                break
+            stop = False
+            for ev in page.chunk:  # newest first
+                if ev.server_timestamp < joined_ts or await self.store.is_known_event(ev.event_id):
+                    stop = True
+                    break
+                older.append(ev)
+            if stop or not page.end:
+                break
+            token = page.end
+        older.reverse()
+        return older
+
+    def _incoming(self, room_id: str, ev, joined_ts: int) -> IncomingEvent | None:
+        if ev.sender == self.user_id or ev.server_timestamp < joined_ts:
+            return None
+        if isinstance(ev, RoomMessageText):  # m.text only: notices are other bots' output
+            content = dict(ev.source.get("content", {}))
+            return IncomingEvent(ev.event_id, room_id, ev.sender, "message", ev.server_timestamp,
+                                 {"body": ev.body, "content": content, "encrypted": ev.decrypted})
+        if isinstance(ev, MegolmEvent):
+            return IncomingEvent(ev.event_id, room_id, ev.sender, "undecryptable", ev.server_timestamp,
+                                 {"source": ev.source, "session_id": ev.session_id, "device_id": ev.device_id})
+        if isinstance(ev, ReactionEvent):
+            return IncomingEvent(ev.event_id, room_id, ev.sender, "reaction", ev.server_timestamp,
+                                 {"key": ev.key, "reacts_to": ev.reacts_to})
+        if isinstance(ev, UnknownEvent) and ev.type == "m.reaction":
+            rel = ev.source.get("content", {}).get("m.relates_to", {})
+            return IncomingEvent(ev.event_id, room_id, ev.sender, "reaction", ev.server_timestamp,
+                                 {"key": rel.get("key"), "reacts_to": rel.get("event_id")})
+        return None
+
+    # --- inbox worker ----------------------------------------------------------------------------
+    async def _worker_loop(self) -> None:
+        while not self._stop.is_set():
+            await self._wake_worker.wait()
+            self._wake_worker.clear()
+            try:
+                await self.process_inbox()
+                await self.flush_outbox()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("erreur du traitement des événements")
+                await asyncio.sleep(1)
+                self._wake_worker.set()
+
+    async def process_inbox(self) -> None:
+        from bot.dispatch import dispatch
+
+        while True:
+            pending = await self.store.pending_events()
+            if not pending:
+                return
+            for event in pending:
+                await dispatch(self, event)
+                await self.flush_outbox()
+
+    def context(self, session, room_id: str, room_kind: str, sender: str, event_id: str) -> CommandContext:
+        return CommandContext(bot=self, session=session, room_id=room_id, room_kind=room_kind,
+                              sender=sender, event_id=event_id, now=self.clock.now())
+
+    # --- outbox --------------------------------------------------------------------------------
+    async def flush_outbox(self) -> None:
+        while True:
+            items = await self.store.pending_outbox()
+            if not items:
+                return
+            for item, content in items:
+                ok = await self._send(item, content)
+                if ok is None:  # transient: keep it pending and retry later
+                    asyncio.get_running_loop().call_later(2, self._wake_worker.set)
+                    return
+
+    async def _send(self, item, content: dict) -> bool | None:
+        now = self.clock.now()
+        try:
+            if item.action == "message":
+                if self.client.should_query_keys:
+                    await self.client.keys_query()
+                await self._apply_trust_policy(item.room_id)
+                response = await self.client.room_send(item.room_id, "m.room.message", content,
+                                                       tx_id=item.txn_id, ignore_unverified_devices=True)
+                if isinstance(response, RoomSendResponse):
+                    await self.store.outbox_done(item.id, now, event_id=response.event_id)
+                    return True
+            elif item.action == "state":
+                response = await self.client.room_put_state(item.room_id, content["type"], content["content"],
+                                                            state_key=content.get("state_key", ""))
+                if hasattr(response, "event_id"):
+                    await self.store.outbox_done(item.id, now, event_id=response.event_id)
+                    return True
+            elif item.action == "invite":
+                response = await self.client.room_invite(item.room_id, content["user_id"])
+                if not hasattr(response, "status_code") or "already in the room" in str(getattr(response, "message", "")):
+                    await self.store.outbox_done(item.id, now)
+                    return True
+            elif item.action == "kick":
+                response = await self.client.room_kick(item.room_id, content["user_id"], content.get("reason"))
+                await self.store.outbox_done(item.id, now)
+                return True
+            else:
+                await self.store.outbox_done(item.id, now, error=f"action inconnue {item.action}")
+                return False
+        except LocalProtocolError as e:  # e.g. the room is not synced yet
+            log.info("envoi reporté (%s)", e)
+            return None
+        errcode = getattr(response, "status_code", None)
+        if errcode in TRANSIENT_ERRORS:
+            log.warning("envoi reporté dans %s : %s", item.room_id, getattr(response, "message", response))
+            return None
+        log.error("envoi refusé dans %s : %s %s", item.room_id, errcode, getattr(response, "message", ""))
+        await self.store.outbox_done(item.id, now, error=f"{errcode}: {getattr(response, 'message', '')}")
+        return False
+
+    async def _apply_trust_policy(self, room_id: str) -> None:
+        """Hook for bot.trust (cross-signed devices verified, others per configuration)."""
+        from bot import trust
+
+        await trust.apply(self, room_id)
+
+    # --- deadlines ---------------------------------------------------------------------------------
+    async def schedule_wakeup(self) -> None:
+        """APScheduler only wakes the bot at the next due instant; the deadline rows are the truth."""
+        if self.scheduler is None:
+            return
+        nxt = await self.store.next_deadline()
+        if nxt is None:
+            return
+        delay = self.clock.real_seconds_until(nxt)
+        if delay == float("inf"):
+            return
+        from datetime import timedelta, timezone
+
+        run_at = datetime.now(timezone.utc) + timedelta(seconds=delay)
+        self.scheduler.add_job(self.fire_due_deadlines, "date", run_date=run_at, id="wake",
+                               replace_existing=True, misfire_grace_time=None)
+
+    async def fire_due_deadlines(self) -> int:
+        """Fire every due deadline once: its state change and messages commit together."""
+        fired = 0
+        for deadline in await self.store.due_deadlines(self.clock.now()):
+            handler = self.deadline_handlers.get(deadline.kind)
+            async with self.store.session.begin() as session:
+                if not await self.store.take_deadline(session, deadline.id, self.clock.now()):
+                    continue
+                if handler is None:
+                    log.error("échéance %s sans traitement (%s)", deadline.kind, deadline.ref)
+                    continue
+                ctx = self.context(session, deadline.payload.get("room_id", ""), "timer", self.user_id,
+                                   f"deadline:{deadline.id}")
+                await handler(ctx, deadline)
+                fired += 1
+        await self.flush_outbox()
+        await self.schedule_wakeup()
+        return fired

@@ -1,0 +1,197 @@
+"""`cercle` command line: run, up (local demo stack), status, identity restore."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import secrets
+import signal
+import sys
+from pathlib import Path
+
+from bot.config import Config, ConfigError, load_config, write_config
+
+log = logging.getLogger("cercle")
+
+# Demo accounts of `cercle up`: (localpart, display name, profession, role)
+DEMO_ACCOUNTS = [
+    ("coordinatrice", "Claire Coordinatrice", "autre", "coordinateur"),
+    ("dr.martin", "Dr Paul Martin", "medecin_generaliste", "professionnel"),
+    ("dr.bernard", "Dr Anne Bernard", "medecin_generaliste", "professionnel"),
+    ("ide.petit", "Julie Petit", "infirmier", "professionnel"),
+    ("ide.durand", "Marc Durand", "infirmier", "professionnel"),
+    ("sf.leroy", "Sophie Leroy", "sage_femme", "professionnel"),
+    ("ph.moreau", "Luc Moreau", "pharmacien", "professionnel"),
+    ("mk.simon", "Emma Simon", "masseur_kinesitherapeute", "professionnel"),
+]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("nio", "peewee", "apscheduler", "aiosqlite", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+async def _run_bot(config: Config, clock, on_ready=None) -> None:
+    from bot.app import Bot
+    from bot.wiring import wire
+
+    bot = await Bot.open(config, clock)
+    wire(bot)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.stop()))
+    try:
+        runner = asyncio.create_task(bot.run())
+        if on_ready:
+            await on_ready(bot)
+        await runner
+    finally:
+        await bot.close()
+
+
+def cmd_run(args) -> int:
+    from domain.clock import SystemClock
+
+    config = load_config(Path(args.config))
+    asyncio.run(_run_bot(config, SystemClock()))
+    return 0
+
+
+def cmd_up(args) -> int:
+    """Local Synapse + bot + demo accounts, all under one directory; a second run reuses it."""
+    from bot.local_synapse import SERVER_NAME, LocalSynapse
+    from bot.config import CptsConfig, MatrixConfig, StorageConfig
+    from domain.clock import ScaledClock, SystemClock
+
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = LocalSynapse.prepare(data_dir / "synapse", args.port)
+    print(f"Démarrage de Synapse sur {server.url} …", flush=True)
+    server.start()
+    try:
+        demo_path = data_dir / "demo.json"
+        previous = json.loads(demo_path.read_text()) if demo_path.exists() else {}
+        passwords = {a["user_id"]: a["password"] for a in previous.get("accounts", [])}
+        bot_password = previous.get("bot_password") or secrets.token_urlsafe(18)
+        bot_user = server.register("cercle", bot_password, displayname="Cercle")
+        accounts = []
+        for localpart, name, profession, role in DEMO_ACCOUNTS:
+            user_id = f"@{localpart}:{SERVER_NAME}"
+            password = passwords.get(user_id) or f"demo-{secrets.token_hex(4)}"
+            server.register(localpart, password, displayname=name)
+            accounts.append({"user_id": user_id, "password": password, "name": name,
+                             "profession": profession, "role": role})
+        config_path = data_dir / "cercle.toml"
+        if not config_path.exists():
+            write_config(config_path, Config(
+                matrix=MatrixConfig(homeserver=server.url, user_id=bot_user, password=bot_password),
+                storage=StorageConfig(data_dir=data_dir / "bot"),
+                cpts=CptsConfig(name="CPTS de démonstration")))
+        config = load_config(config_path, environ={})
+        config = config.model_copy(update={"matrix": config.matrix.model_copy(update={"homeserver": server.url})})
+        clock = ScaledClock(args.demo_speed) if args.demo_speed else SystemClock()
+
+        async def on_ready(bot):
+            from rooms.coordination import ensure_coordinator_room
+            from rooms.directory import seed_demo_directory
+
+            await bot.synced_once.wait()
+            await seed_demo_directory(bot, accounts)
+            coordinators = [a["user_id"] for a in accounts if a["role"] == "coordinateur"]
+            room_id = await ensure_coordinator_room(bot, invite=coordinators)
+            demo = {"homeserver": server.url, "bot": bot_user, "coordinator_room": room_id,
+                    "bot_password": bot_password,
+                    "accounts": [{k: a[k] for k in ("user_id", "password", "profession", "role")} for a in accounts]}
+            demo_path.write_text(json.dumps(demo, indent=2, ensure_ascii=False))
+            demo_path.chmod(0o600)
+            _print_welcome(server.url, bot_user, accounts, demo_path, args.demo_speed)
+
+        asyncio.run(_run_bot(config, clock, on_ready=on_ready))
+    finally:
+        server.stop()
+        print("Cercle et Synapse arrêtés.")
+    return 0
+
+
+def _print_welcome(url, bot_user, accounts, demo_path, speed) -> None:
+    print("\n" + "=" * 72)
+    print("Cercle est prêt.")
+    print(f"  Serveur Matrix : {url}")
+    print(f"  Bot            : {bot_user}")
+    if speed:
+        print(f"  Horloge        : accélérée ×{speed} (démonstration)")
+    print("\nSe connecter avec Element (Element Web, Desktop ou Element X) :")
+    print(f"  1. « Se connecter » → « Modifier » le serveur d'accueil → {url}")
+    print("  2. identifiant et mot de passe d'un compte de démonstration :")
+    for a in accounts:
+        print(f"       {a['user_id']:<28} {a['password']:<16} {a['name']} ({a['role']})")
+    print(f"  3. démarrer une discussion avec {bot_user} et écrire : aide")
+    print("     (dans un salon à plusieurs, préfixer : !aide ou /aide)")
+    print(f"\nComptes et salon des coordinateurs : {demo_path}")
+    print("Ctrl-C arrête le bot et Synapse ; relancer `cercle up` reprend tout.")
+    print("=" * 72 + "\n", flush=True)
+
+
+def cmd_status(args) -> int:
+    from bot.status import status
+
+    config = load_config(Path(args.config))
+    print(asyncio.run(status(config)))
+    return 0
+
+
+def cmd_identity_restore(args) -> int:
+    from bot.status import restore_identity
+
+    config = load_config(Path(args.config))
+    recovery_key = args.recovery_key or input("Clé de récupération : ")
+    print(asyncio.run(restore_identity(config, recovery_key)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cercle", description="Bot Matrix de coordination des soins (CPTS)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="lancer le bot avec un fichier de configuration")
+    run.add_argument("--config", required=True)
+    run.set_defaults(func=cmd_run)
+
+    up = sub.add_parser("up", help="Synapse local + bot + comptes de démonstration")
+    up.add_argument("--data-dir", default="cercle-data")
+    up.add_argument("--port", type=int, default=None)
+    up.add_argument("--demo-speed", type=float, default=None,
+                    help="accélère l'horloge N fois (démonstration et formation uniquement)")
+    up.set_defaults(func=cmd_up)
+
+    st = sub.add_parser("status", help="état du bot : appareil, signature croisée, salons, échéances")
+    st.add_argument("--config", required=True)
+    st.set_defaults(func=cmd_status)
+
+    ident = sub.add_parser("identity", help="identité de signature croisée du bot")
+    ident_sub = ident.add_subparsers(dest="identity_command", required=True)
+    restore = ident_sub.add_parser("restore", help="restaurer l'identité depuis le stockage sécurisé")
+    restore.add_argument("--config", required=True)
+    restore.add_argument("--recovery-key", default=None)
+    restore.set_defaults(func=cmd_identity_restore)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"cercle : {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

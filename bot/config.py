@@ -1,0 +1,173 @@
+"""Configuration: one TOML file plus CERCLE_* environment overrides.
+
+An invalid or missing value stops the start with one message naming the key.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(Exception):
+    """One line, naming the key and what is wrong."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MatrixConfig(_Section):
+    homeserver: str
+    user_id: str
+    password: str | None = None
+    password_file: Path | None = None
+    device_name: str = "Cercle"
+
+    @field_validator("homeserver")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("doit commencer par http:// ou https://")
+        return v.rstrip("/")
+
+    @field_validator("user_id")
+    @classmethod
+    def _matrix_id(cls, v: str) -> str:
+        if not (v.startswith("@") and ":" in v):
+            raise ValueError("identifiant Matrix attendu, par exemple @cercle:exemple.fr")
+        return v
+
+    @model_validator(mode="after")
+    def _one_secret(self):
+        if not self.password and not self.password_file:
+            raise ValueError("password ou password_file est requis (le mot de passe sert à la première "
+                             "connexion et à l'identité de signature croisée)")
+        return self
+
+    def resolved_password(self) -> str:
+        if self.password:
+            return self.password
+        try:
+            return self.password_file.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"matrix.password_file : lecture impossible ({e.strerror}) : {self.password_file}")
+
+
+class StorageConfig(_Section):
+    data_dir: Path = Path("cercle-data")
+    database_url: str | None = None  # default: SQLite file in data_dir
+    key_file: Path | None = None  # default: data_dir/storage.key, outside the database on purpose
+
+    def url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{(self.data_dir / 'cercle.db').resolve()}"
+
+    def key_path(self) -> Path:
+        return self.key_file or self.data_dir / "storage.key"
+
+
+class CptsConfig(_Section):
+    name: str = "CPTS"
+    coordinator_room: str | None = None
+    timezone: str = "Europe/Paris"
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"fuseau horaire inconnu : {v}")
+        return v
+
+    @field_validator("coordinator_room")
+    @classmethod
+    def _room_id(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("!"):
+            raise ValueError("identifiant de salon attendu (commence par !)")
+        return v
+
+
+class TrustConfig(_Section):
+    # "share": room keys go to every device of the room's members (cross-signed ones are marked verified);
+    # "cross_signed_only": devices their owner did not cross-sign get no room key (Element's strict mode).
+    unverified_devices: Literal["share", "cross_signed_only"] = "share"
+
+
+class SyncConfig(_Section):
+    timeout_ms: int = Field(30000, ge=0)
+    timeline_limit: int = Field(20, ge=1, le=100)
+    max_backoff_s: float = Field(60.0, gt=0)
+
+
+class Config(_Section):
+    matrix: MatrixConfig
+    storage: StorageConfig = StorageConfig()
+    cpts: CptsConfig = CptsConfig()
+    trust: TrustConfig = TrustConfig()
+    sync: SyncConfig = SyncConfig()
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.cpts.timezone)
+
+
+# Environment overrides: variable -> (section, key).
+ENV_OVERRIDES = {
+    "CERCLE_HOMESERVER": ("matrix", "homeserver"),
+    "CERCLE_USER_ID": ("matrix", "user_id"),
+    "CERCLE_PASSWORD": ("matrix", "password"),
+    "CERCLE_PASSWORD_FILE": ("matrix", "password_file"),
+    "CERCLE_DATA_DIR": ("storage", "data_dir"),
+    "CERCLE_DATABASE_URL": ("storage", "database_url"),
+    "CERCLE_KEY_FILE": ("storage", "key_file"),
+    "CERCLE_CPTS_NAME": ("cpts", "name"),
+    "CERCLE_COORDINATOR_ROOM": ("cpts", "coordinator_room"),
+    "CERCLE_TIMEZONE": ("cpts", "timezone"),
+    "CERCLE_UNVERIFIED_DEVICES": ("trust", "unverified_devices"),
+}
+
+
+def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Config:
+    environ = os.environ if environ is None else environ
+    raw: dict = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"fichier de configuration introuvable : {path}")
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path} : TOML invalide ({e})")
+    for var, (section, key) in ENV_OVERRIDES.items():
+        if environ.get(var):
+            raw.setdefault(section, {})[key] = environ[var]
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(racine)"
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "missing":
+            message = "valeur manquante"
+        elif first["type"] == "extra_forbidden":
+            message = "clé inconnue"
+        raise ConfigError(f"Configuration invalide : {where} : {message}") from None
+
+
+def write_config(path: Path, config: Config) -> None:
+    """Write a TOML file (used by `cercle up`); values are simple strings and numbers."""
+    lines = []
+    for section, model in config.model_dump(exclude_none=True).items():
+        lines.append(f"[{section}]")
+        for key, value in model.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                lines.append(f"{key} = {value}")
+            else:
+                escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+                lines.append(f'{key} = "{escaped}"')
+        lines.append("")
+    path.write_text("\n".join(lines))

@@ -1,0 +1,152 @@
+"""From a recorded inbox event to its effect. Each event is handled in one transaction."""
+from __future__ import annotations
+
+import logging
+
+from nio import JoinError, MegolmEvent
+
+from commands.arguments import ParseContext
+from commands.registry import SCOPE_NAMES, CommandNotFound, UsageError
+from storage.repositories import IncomingEvent
+
+log = logging.getLogger("cercle.dispatch")
+
+
+async def dispatch(bot, event: IncomingEvent) -> None:
+    handler = HANDLERS.get(event.kind)
+    try:
+        async with bot.store.session.begin() as session:
+            if handler is not None:
+                await handler(bot, session, event)
+            await _mark(session, event.event_id, "handled", bot.clock.now())
+    except Exception as e:
+        log.exception("échec du traitement de %s", event.event_id)
+        async with bot.store.session.begin() as session:
+            if event.kind == "message":
+                ctx = bot.context(session, event.room_id, "", event.sender, event.event_id)
+                ctx.reply("❌ Une erreur interne m'a empêché de traiter cette commande. Rien n'a été "
+                          "enregistré ; réessayez, et prévenez les coordinateurs si cela se reproduit.")
+            await _mark(session, event.event_id, "failed", bot.clock.now(), error=repr(e)[:500])
+
+
+async def _mark(session, event_id: str, status: str, now, error: str | None = None) -> None:
+    from sqlalchemy import update
+
+    from storage.models import InboxEvent
+
+    await session.execute(update(InboxEvent).where(InboxEvent.event_id == event_id)
+                          .values(status=status, handled_at=now, error=error))
+
+
+def room_kind(bot, record) -> str:
+    """patient | coordination | direct | other; a two-person room with the bot counts as direct."""
+    if record is None:
+        return "other"
+    if record.kind in ("patient", "coordination", "direct"):
+        return record.kind
+    room = bot.client.rooms.get(record.room_id)
+    if room is not None and room.joined_count == 2:
+        return "direct"
+    return record.kind
+
+
+async def handle_message(bot, session, event: IncomingEvent) -> None:
+    record = await bot.store.get_room(event.room_id)
+    kind = room_kind(bot, record)
+    body = event.payload.get("body", "")
+    ctx = bot.context(session, event.room_id, kind, event.sender, event.event_id)
+    parse_ctx = ParseContext(now=ctx.now, tz=bot.config.tz)
+    try:
+        invocation = bot.registry.parse(body, parse_ctx, direct=(kind == "direct"))
+    except CommandNotFound as e:
+        hint = f" Vouliez-vous dire {' ou '.join('`!' + s + '`' for s in e.suggestions)} ?" if e.suggestions else ""
+        ctx.reply(f"⚠️ Commande inconnue : « {e.word} ».{hint}\nTapez `!aide` pour la liste des commandes.")
+        return
+    except UsageError as e:
+        ctx.reply(bot.registry.usage_error_text(e.command, e.message))
+        return
+    if invocation is None:
+        return
+    cmd = invocation.command
+    ctx.sigil = invocation.sigil
+    if kind not in cmd.scopes:
+        where = " ou ".join(SCOPE_NAMES[s] for s in sorted(cmd.scopes))
+        ctx.reply(f"⚠️ `!{cmd.name}` s'utilise dans {where}.\nUsage : `{cmd.usage()}`")
+        return
+    if cmd.requires and bot.directory is not None:
+        refusal = await bot.directory.refusal(session, event.sender, cmd.requires)
+        if refusal:
+            ctx.reply(refusal)
+            return
+    await cmd.handler(ctx, **invocation.arguments)
+
+
+async def handle_undecryptable(bot, session, event: IncomingEvent) -> None:
+    """Tell the sender, in French, and ask their devices for the key."""
+    try:
+        megolm = MegolmEvent.from_dict(event.payload["source"])
+        megolm.room_id = event.room_id
+        await bot.client.request_room_key(megolm)
+    except Exception as e:  # an already pending request is fine
+        log.info("demande de clé non envoyée : %s", e)
+    ctx = bot.context(session, event.room_id, "", event.sender, event.event_id)
+    ctx.reply(
+        f"🔒 {event.sender} : je n'ai pas pu déchiffrer votre message (clé de chiffrement non reçue). "
+        "J'ai demandé la clé à votre appareil. Si cela se reproduit, vérifiez dans Element que "
+        "l'envoi aux sessions non vérifiées n'est pas bloqué, puis renvoyez votre message.",
+        mentions={event.sender: event.sender})
+
+
+async def handle_withheld(bot, session, event: IncomingEvent) -> None:
+    code = event.payload.get("code", "")
+    reasons = {
+        "m.unverified": "votre application ne fait pas confiance à l'appareil de Cercle (appareil non vérifié)",
+        "m.blacklisted": "l'appareil de Cercle est bloqué dans votre application",
+        "m.unauthorised": "votre application estime que Cercle n'a pas le droit de lire ce message",
+        "m.unavailable": "la clé n'est plus disponible sur votre appareil",
+        "m.no_olm": "aucune session chiffrée n'a pu être établie avec l'appareil de Cercle",
+    }
+    reason = reasons.get(code, f"motif « {code or 'non précisé'} »")
+    ctx = bot.context(session, event.room_id, "", event.sender, event.event_id)
+    ctx.send(event.room_id,
+             f"🔒 {event.sender} : votre application a refusé de me transmettre la clé de votre message : "
+             f"{reason}. Je ne peux donc pas le lire.\n\nÀ vérifier dans Element : Paramètres → Sécurité et "
+             "confidentialité. Si l'option « N'envoyer des messages chiffrés qu'aux sessions vérifiées » est "
+             "active, vérifiez le compte de Cercle (son appareil est signé par son identité) ou désactivez "
+             "l'option pour ce salon, puis renvoyez votre message.",
+             mentions={event.sender: event.sender})
+
+
+async def handle_invite(bot, session, event: IncomingEvent) -> None:
+    if bot.directory is not None and not await bot.directory.accepts_invite_from(session, event.sender):
+        log.info("invitation de %s refusée (hors annuaire) pour %s", event.sender, event.room_id)
+        await bot.client.room_leave(event.room_id)
+        return
+    response = await bot.client.join(event.room_id)
+    if isinstance(response, JoinError):
+        log.warning("impossible de rejoindre %s : %s", event.room_id, response.message)
+        return
+    now_ms = int(bot.clock.now().timestamp() * 1000)
+    kind = "direct" if event.payload.get("is_direct") else "other"
+    await bot.store.save_room(event.room_id, kind, now_ms, direct_with=event.sender if kind == "direct" else None)
+    from bot.advertise import advertise_commands
+
+    await advertise_commands(bot, session, event.room_id, kind)
+
+
+async def handle_reaction(bot, session, event: IncomingEvent) -> None:
+    handler = bot.reaction_handlers.get(event.payload.get("key"))
+    if handler is None:
+        return
+    record = await bot.store.get_room(event.room_id)
+    ctx = bot.context(session, event.room_id, room_kind(bot, record), event.sender, event.event_id)
+    await handler(ctx, event.payload.get("reacts_to"))
+
+
+HANDLERS = {
+    "message": handle_message,
+    "undecryptable": handle_undecryptable,
+    "withheld": handle_withheld,
+    "invite": handle_invite,
+    "reaction": handle_reaction,
+}

@@ -1,0 +1,46 @@
+"""What a command handler gets: who, where, when, a transaction, and ways to answer."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.messages import render
+
+if TYPE_CHECKING:
+    from bot.app import Bot
+
+
+@dataclass
+class CommandContext:
+    bot: "Bot"
+    session: AsyncSession  # the handler's transaction: state changes and replies commit together
+    room_id: str
+    room_kind: str
+    sender: str
+    event_id: str
+    now: datetime
+    sigil: str = "!"
+    sent: list[str] = field(default_factory=list)  # outbox txn ids queued by this handler
+
+    @property
+    def store(self):
+        return self.bot.store
+
+    def reply(self, md_text: str, *, mentions: dict[str, str] | None = None, ref: str | None = None) -> str:
+        """An m.notice in reply to the command; mentioned users are notified."""
+        return self.send(self.room_id, md_text, mentions=mentions, reply_to=self.event_id, ref=ref)
+
+    def send(self, room_id: str, md_text: str, *, mentions: dict[str, str] | None = None,
+             reply_to: str | None = None, ref: str | None = None) -> str:
+        content = render(md_text, mentions=mentions, reply_to=reply_to)
+        txn = self.bot.store.queue(self.session, "message", room_id, content, self.now, ref=ref)
+        self.sent.append(txn)
+        return txn
+
+    def queue(self, action: str, room_id: str, content: dict, ref: str | None = None) -> str:
+        txn = self.bot.store.queue(self.session, action, room_id, content, self.now, ref=ref)
+        self.sent.append(txn)
+        return txn

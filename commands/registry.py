@@ -1,0 +1,277 @@
+"""Commands are declared once; parsing, `aide`, usage lines and the MSC4332 advertisement derive from it.
+
+    @registry.command("declenchement", aliases=["dec", "déclencher"], summary="…",
+                      params=[Param("cible", Word())], options=[Option("reponse", Duration())])
+    async def declenchement(ctx, cible, reponse=None): ...
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Iterable
+
+from commands.arguments import ArgType, ArgumentError, ParseContext, Text, Token, normalize, split_options, tokenize
+
+# Where a command may be used; the dispatcher knows each room's kind.
+PATIENT, COORDINATION, DIRECT = "patient", "coordination", "direct"
+ANYWHERE = frozenset({PATIENT, COORDINATION, DIRECT, "other"})
+
+SCOPE_NAMES = {
+    PATIENT: "le salon d'un patient (cercle de soins)",
+    COORDINATION: "le salon des coordinateurs",
+    DIRECT: "la conversation directe avec le bot",
+    "other": "un autre salon",
+}
+
+PREFIXES = ("//", "/", "!")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: ArgType
+    optional: bool = False
+    help: str = ""
+
+    def usage(self) -> str:
+        return f"[{self.type.placeholder}]" if self.optional else self.type.placeholder
+
+
+@dataclass(frozen=True)
+class Option:
+    """A `clé=valeur` argument, e.g. reponse=4h."""
+
+    key: str
+    type: ArgType
+    help: str = ""
+
+    def usage(self) -> str:
+        return f"[{self.key}={self.type.placeholder}]"
+
+
+@dataclass
+class Command:
+    name: str
+    aliases: tuple[str, ...]
+    summary: str
+    handler: Callable[..., Awaitable[None]]
+    params: tuple[Param, ...] = ()
+    options: tuple[Option, ...] = ()
+    help: str = ""
+    examples: tuple[str, ...] = ()
+    scopes: frozenset[str] = ANYWHERE
+    requires: str | None = "membre"  # None | "membre" (directory member) | "coordinateur"
+    category: str = "Général"
+    passthrough_options: bool = False  # leave unknown key=value tokens to the params (e.g. spo2=91)
+
+    def usage(self, sigil: str = "!") -> str:
+        # Options go before a trailing free-text argument, which takes the rest of the line.
+        params = list(self.params)
+        tail = [params.pop()] if params and isinstance(params[-1].type, Text) else []
+        parts = [f"{sigil}{self.name}", *(p.usage() for p in params), *(o.usage() for o in self.options),
+                 *(p.usage() for p in tail)]
+        return " ".join(parts)
+
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+
+@dataclass
+class Invocation:
+    command: Command
+    arguments: dict
+    sigil: str
+
+
+class CommandNotFound(Exception):
+    def __init__(self, word: str, suggestions: list[str]):
+        self.word = word
+        self.suggestions = suggestions
+
+
+class UsageError(Exception):
+    """Bad arguments: a French message plus the command whose usage line must be shown."""
+
+    def __init__(self, command: Command, message: str):
+        super().__init__(message)
+        self.command = command
+        self.message = message
+
+
+class CommandRegistry:
+    def __init__(self) -> None:
+        self._commands: list[Command] = []
+        self._index: dict[str, Command] = {}
+
+    def command(self, name: str, *, summary: str, aliases: Iterable[str] = (), params: Iterable[Param] = (),
+                options: Iterable[Option] = (), help: str = "", examples: Iterable[str] = (),
+                scopes: Iterable[str] = ANYWHERE, requires: str | None = "membre", category: str = "Général",
+                passthrough_options: bool = False):
+        def register(handler):
+            cmd = Command(name=name, aliases=tuple(aliases), summary=summary, handler=handler,
+                          params=tuple(params), options=tuple(options), help=help, examples=tuple(examples),
+                          scopes=frozenset(scopes), requires=requires, category=category,
+                          passthrough_options=passthrough_options)
+            for word in cmd.names():
+                key = normalize(word)
+                if key in self._index:
+                    raise ValueError(f"command name clash: {word!r}")
+                self._index[key] = cmd
+            self._commands.append(cmd)
+            return handler
+
+        return register
+
+    @property
+    def commands(self) -> list[Command]:
+        return list(self._commands)
+
+    def find(self, word: str) -> Command | None:
+        return self._index.get(normalize(word))
+
+    def suggestions(self, word: str) -> list[str]:
+        import difflib
+
+        close = difflib.get_close_matches(normalize(word), list(self._index), n=3, cutoff=0.6)
+        return sorted({self._index[c].name for c in close})
+
+    # --- parsing -----------------------------------------------------------------------
+    @staticmethod
+    def strip_prefix(body: str, *, direct: bool) -> tuple[str, str] | None:
+        """('!', 'aide …') if the message is addressed to the bot, else None.
+
+        `/cmd` (Element Web and Element X send unknown slash commands as text), `//cmd`
+        (Element's escape for a literal slash) and `!cmd` everywhere; no prefix in a direct chat.
+        """
+        text = body.strip()
+        # Replies quote the original message in the body as "> …" lines followed by a blank line.
+        if text.startswith("> "):
+            text = re.split(r"\n\s*\n", text, maxsplit=1)[-1].strip()
+        for prefix in PREFIXES:
+            if text.startswith(prefix) and len(text) > len(prefix) and not text[len(prefix)].isspace():
+                return prefix, text[len(prefix):]
+        if direct and text:
+            return "", text
+        return None
+
+    def parse(self, body: str, ctx: ParseContext, *, direct: bool) -> Invocation | None:
+        stripped = self.strip_prefix(body, direct=direct)
+        if stripped is None:
+            return None
+        sigil, text = stripped
+        try:
+            tokens = tokenize(text)
+        except ArgumentError as e:
+            word = text.split()[0] if text.split() else text
+            cmd = self.find(word)
+            if cmd is None:
+                raise CommandNotFound(word, self.suggestions(word))
+            raise UsageError(cmd, e.message)
+        if not tokens:
+            return None
+        word = tokens[0].text
+        cmd = self.find(word)
+        if cmd is None:
+            # In a direct chat, ordinary conversation is not an error unless it looks like a command.
+            raise CommandNotFound(word, self.suggestions(word))
+        try:
+            return Invocation(cmd, self.bind(cmd, tokens[1:], ctx), sigil or "!")
+        except ArgumentError as e:
+            raise UsageError(cmd, e.message)
+
+    @staticmethod
+    def bind(cmd: Command, tokens: list[Token], ctx: ParseContext) -> dict:
+        known = {o.key: o.type for o in cmd.options}
+        positional, values = split_options(tokens, known, passthrough_unknown=cmd.passthrough_options)
+        arguments = dict(values)
+        pos = 0
+        for index, param in enumerate(cmd.params):
+            if pos >= len(positional):
+                if param.optional:
+                    arguments[param.name] = None
+                    continue
+                raise ArgumentError(f"il manque {param.type.placeholder} ({param.type.description})")
+            try:
+                value, pos_after = param.type.parse(positional, pos, ctx)
+            except ArgumentError:
+                # An optional argument that does not fit leaves the words to the next one.
+                if param.optional and index < len(cmd.params) - 1:
+                    arguments[param.name] = None
+                    continue
+                raise
+            arguments[param.name] = value
+            pos = pos_after
+        if pos < len(positional):
+            extra = " ".join(t.text for t in positional[pos:])
+            raise ArgumentError(f"je ne comprends pas « {extra} » à la fin de la commande")
+        return arguments
+
+    # --- derived texts -------------------------------------------------------------------
+    def help_overview(self, scope: str | None = None) -> str:
+        lines = ["**Commandes de Cercle** (préfixe `!` ou `/`) :"]
+        by_category: dict[str, list[Command]] = {}
+        for cmd in self._commands:
+            if scope is None or scope in cmd.scopes:
+                by_category.setdefault(cmd.category, []).append(cmd)
+        for category, cmds in by_category.items():
+            lines.append(f"\n**{category}**")
+            for cmd in cmds:
+                alias = f" (ou {', '.join('`' + a + '`' for a in cmd.aliases)})" if cmd.aliases else ""
+                lines.append(f"- `!{cmd.name}`{alias} : {cmd.summary}")
+        lines.append("\nDétail d'une commande : `!aide <commande>`, par exemple `!aide dec`.")
+        return "\n".join(lines)
+
+    def help_for(self, cmd: Command) -> str:
+        lines = [f"**!{cmd.name}** : {cmd.summary}", f"Usage : `{cmd.usage()}`"]
+        if cmd.aliases:
+            lines.append("Autres noms : " + ", ".join(f"`!{a}`" for a in cmd.aliases))
+        if cmd.help:
+            lines.append("")
+            lines.append(cmd.help)
+        described = [p for p in cmd.params] + [o for o in cmd.options]
+        if described:
+            lines.append("")
+            for item in described:
+                label = f"`{item.key}=`" if isinstance(item, Option) else f"`{item.type.placeholder}`"
+                text = item.help or item.type.description
+                opt = " (facultatif)" if isinstance(item, Option) or item.optional else ""
+                lines.append(f"- {label}{opt} : {text}")
+        if cmd.scopes != ANYWHERE:
+            lines.append("")
+            lines.append("À utiliser dans " + " ou ".join(SCOPE_NAMES[s] for s in sorted(cmd.scopes)) + ".")
+        if cmd.examples:
+            lines.append("")
+            lines.append("Exemples :")
+            lines += [f"- `{e}`" for e in cmd.examples]
+        return "\n".join(lines)
+
+    def usage_error_text(self, cmd: Command, message: str) -> str:
+        text = f"⚠️ {message[0].upper() + message[1:]}\n\nUsage : `{cmd.usage()}`"
+        if cmd.examples:
+            text += f"\nExemple : `{cmd.examples[0]}`"
+        return text + f"\nDétail : `!aide {cmd.name}`"
+
+    def msc4332_content(self, scope: str | None = None) -> dict:
+        """The `org.matrix.msc4332.commands` state content advertising the commands to clients."""
+        commands = []
+        for cmd in self._commands:
+            if scope is not None and scope not in cmd.scopes:
+                continue
+            variables = {}
+            syntax = [cmd.name]
+            for p in cmd.params:
+                var = p.name
+                syntax.append(f"{{{var}}}")
+                variables[var] = {"m.text": [{"body": p.help or p.type.description}]}
+            commands.append({
+                "syntax": " ".join(syntax),
+                "variables": variables,
+                "description": {"m.text": [{"body": cmd.summary}]},
+            })
+        return {"sigil": "!", "commands": commands}
+
+    @staticmethod
+    def digest(content: dict) -> str:
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,136 @@
+"""The directory (annuaire): who may use clinical commands, and who can be asked for what."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from commands.arguments import normalize
+from storage.models import Professional
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+@dataclass(frozen=True)
+class Profession:
+    code: str
+    libelle: str
+    pluriel: str
+    aliases: tuple[str, ...]
+
+
+@lru_cache
+def professions() -> dict[str, Profession]:
+    raw = yaml.safe_load((DATA / "professions.yaml").read_text())
+    return {code: Profession(code, v["libelle"], v["pluriel"], tuple(v.get("aliases", ()))) for code, v in raw.items()}
+
+
+def find_profession(text: str) -> Profession | None:
+    key = normalize(text).replace("-", " ").replace("_", " ")
+    for p in professions().values():
+        names = (p.code, p.libelle, p.pluriel, *p.aliases)
+        if key in {normalize(n).replace("-", " ").replace("_", " ") for n in names}:
+            return p
+    return None
+
+
+def profession_label(code: str) -> str:
+    p = professions().get(code)
+    return p.libelle if p else code
+
+
+def is_absent(prof: Professional, now: datetime) -> bool:
+    for start, end in prof.absences or []:
+        if datetime.fromisoformat(start) <= now <= datetime.fromisoformat(end):
+            return True
+    return False
+
+
+def has_role(prof: Professional, role: str) -> bool:
+    return any(r == role or r.startswith(role + ":") for r in prof.roles or [])
+
+
+class Directory:
+    def __init__(self, bot):
+        self.bot = bot
+
+    async def get(self, session: AsyncSession, user_id: str) -> Professional | None:
+        prof = await session.get(Professional, user_id)
+        return prof if prof is not None and prof.active else None
+
+    async def refusal(self, session: AsyncSession, user_id: str, requires: str) -> str | None:
+        """A polite French refusal, or None when `user_id` may use a command needing `requires`."""
+        prof = await self.get(session, user_id)
+        if prof is None:
+            return (f"🙏 Désolé, {user_id} ne figure pas dans l'annuaire de la {self.bot.config.cpts.name} : "
+                    "les commandes cliniques sont réservées à ses membres. Rien n'a été fait. "
+                    "Les coordinateurs peuvent vous ajouter (`!annuaire ajouter`).")
+        if requires == "coordinateur" and not has_role(prof, "coordinateur"):
+            return "🙏 Cette commande est réservée aux coordinateurs de la CPTS. Rien n'a été fait."
+        return None
+
+    async def accepts_invite_from(self, session: AsyncSession, user_id: str) -> bool:
+        return await self.get(session, user_id) is not None
+
+    async def members(self, session: AsyncSession, profession: str | None = None,
+                      commune: str | None = None) -> list[Professional]:
+        stmt = select(Professional).where(Professional.active.is_(True))
+        if profession:
+            stmt = stmt.where(Professional.profession == profession)
+        rows = list((await session.scalars(stmt.order_by(Professional.display_name))).all())
+        if commune:
+            rows = [p for p in rows if normalize(commune) in {normalize(c) for c in p.communes or []}]
+        return rows
+
+    async def search(self, session: AsyncSession, text: str) -> list[Professional]:
+        """By Matrix id, or by name: every word of at least 3 letters must start a word of the name."""
+        text = text.strip()
+        if text.startswith("@"):
+            prof = await self.get(session, text)
+            return [prof] if prof else []
+        words = [normalize(w) for w in text.replace("-", " ").split()]
+        if not words or any(len(w) < 3 for w in words):
+            raise ValueError("au moins 3 lettres du nom ou du prénom")
+        found = []
+        for prof in await self.members(session):
+            name_words = normalize(prof.display_name).replace("-", " ").split()
+            if all(any(nw.startswith(w) for nw in name_words) for w in words):
+                found.append(prof)
+        return found
+
+
+async def upsert_professional(session: AsyncSession, *, user_id: str, display_name: str, profession: str,
+                              now: datetime, roles: list[str] | None = None, communes: list[str] | None = None,
+                              cpts: str = "", cotisation_until: datetime | None = None) -> Professional:
+    prof = await session.get(Professional, user_id)
+    if prof is None:
+        prof = Professional(user_id=user_id, created_at=now, display_name=display_name, profession=profession,
+                            roles=roles or [], communes=communes or [], cpts=cpts, absences=[],
+                            cotisation_until=cotisation_until, active=True)
+        session.add(prof)
+    else:
+        prof.display_name, prof.profession, prof.active = display_name, profession, True
+        if roles is not None:
+            prof.roles = roles
+        if communes is not None:
+            prof.communes = communes
+        if cotisation_until is not None:
+            prof.cotisation_until = cotisation_until
+    return prof
+
+
+async def seed_demo_directory(bot, accounts: list[dict]) -> None:
+    """`cercle up`: the demo accounts are members, up to date with their cotisation until year end."""
+    now = bot.clock.now()
+    year_end = now.replace(month=12, day=31, hour=23, minute=59)
+    async with bot.store.session.begin() as session:
+        for a in accounts:
+            roles = ["coordinateur"] if a["role"] == "coordinateur" else []
+            await upsert_professional(session, user_id=a["user_id"], display_name=a["name"],
+                                      profession=a["profession"], roles=roles, communes=["Brétigny-sur-Orge"],
+                                      cpts=bot.config.cpts.name, cotisation_until=year_end, now=now)

@@ -1,0 +1,221 @@
+"""SQLAlchemy models. Columns ending in `_enc` hold AES-GCM ciphertext (storage.crypto)."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from datetime import timezone
+
+from sqlalchemy import JSON, BigInteger, DateTime, Index, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes on every backend (SQLite would hand back naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None:
+            if value.tzinfo is None:
+                raise ValueError("naive datetime refused: use an aware UTC instant")
+            value = value.astimezone(timezone.utc)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict: JSON, list: JSON}
+
+
+class BotState(Base):
+    """Small key/value store: sync token, device id, access token (encrypted), identity keys (encrypted)."""
+
+    __tablename__ = "bot_state"
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str | None] = mapped_column(Text)
+    value_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class InboxEvent(Base):
+    """Every event the bot must act on, recorded before the sync token moves past it.
+
+    status: pending -> handled (or failed). A restart resumes the pending ones; the event id
+    is the primary key, so an event is never recorded (nor handled) twice.
+    """
+
+    __tablename__ = "inbox_event"
+    event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    room_id: Mapped[str] = mapped_column(String(255))
+    sender: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(50))  # message | reaction | undecryptable | withheld | invite
+    origin_ts: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[datetime]
+    payload_enc: Mapped[bytes] = mapped_column(LargeBinary)  # the decrypted content may be clinical
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    handled_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_inbox_status_ts", "status", "origin_ts"),)
+
+
+class RoomRecord(Base):
+    """Rooms the bot is in, and why. `joined_ts` filters out backlog from before the bot arrived."""
+
+    __tablename__ = "room"
+    room_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))  # patient | coordination | direct | other
+    joined_ts: Mapped[int] = mapped_column(BigInteger)
+    direct_with: Mapped[str | None] = mapped_column(String(255))
+    commands_published: Mapped[str | None] = mapped_column(String(64))  # hash of the advertised list
+
+
+class Deadline(Base):
+    """A timer. The row is the truth; the scheduler only wakes the bot up.
+
+    status: pending -> fired (in the same transaction as the messages it causes, written to the
+    outbox), or cancelled. An overdue row found at start fires at once, and only once.
+    """
+
+    __tablename__ = "deadline"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(50))
+    ref: Mapped[str] = mapped_column(String(100))  # what it is about, e.g. "demande:12"
+    due_at: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    payload: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime]
+    fired_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_deadline_status_due", "status", "due_at"),
+        UniqueConstraint("kind", "ref", name="uq_deadline_kind_ref"),
+    )
+
+
+class OutboxItem(Base):
+    """Something to send to the homeserver, written in the same transaction as the state change
+    that caused it (transactional outbox). Sent afterwards with `txn_id` as the Matrix transaction
+    id, so a send retried after a crash is deduplicated by the homeserver."""
+
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    txn_id: Mapped[str] = mapped_column(String(64), unique=True)
+    action: Mapped[str] = mapped_column(String(20))  # message | invite | state | kick
+    room_id: Mapped[str] = mapped_column(String(255))
+    content_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | sent | failed
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    event_id: Mapped[str | None] = mapped_column(String(255))  # what the homeserver answered
+    ref: Mapped[str | None] = mapped_column(String(100))  # e.g. "notice:demande:3:@u" to find the event later
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_outbox_status_id", "status", "id"),)
+
+
+class Professional(Base):
+    """Directory (annuaire) entry. Professionals' names are not patient data: kept in clear."""
+
+    __tablename__ = "professional"
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    profession: Mapped[str] = mapped_column(String(50))
+    communes: Mapped[list] = mapped_column(JSON, default=list)
+    cpts: Mapped[str] = mapped_column(String(200), default="")
+    roles: Mapped[list] = mapped_column(JSON, default=list)  # coordinateur, referent:<parcours>, operateur_snp, secretaire:<@delegant>
+    cotisation_until: Mapped[datetime | None]
+    notification_hours: Mapped[str | None] = mapped_column(String(50))  # "08:00-19:00"
+    absences: Mapped[list] = mapped_column(JSON, default=list)  # [[start_iso, end_iso], ...]
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime]
+
+
+class Patient(Base):
+    """A patient and their room. Identity only as ciphertext; the code is pseudonymous."""
+
+    __tablename__ = "patient"
+    code: Mapped[str] = mapped_column(String(20), primary_key=True)  # P-7K3Q
+    room_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    identity_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    medecin_traitant: Mapped[str | None] = mapped_column(String(255))
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    commune: Mapped[str | None] = mapped_column(String(200))  # for pool notices (no identity)
+    birth_year: Mapped[int | None]  # age band for pool notices
+    archived_at: Mapped[datetime | None]
+    identity_event_id: Mapped[str | None] = mapped_column(String(255))
+
+
+class CercleMember(Base):
+    __tablename__ = "cercle_member"
+    patient_code: Mapped[str] = mapped_column(String(20), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    role: Mapped[str] = mapped_column(String(50), default="habituel")  # medecin_traitant | habituel | intervenant
+    added_by: Mapped[str] = mapped_column(String(255))
+    added_at: Mapped[datetime]
+    removed_at: Mapped[datetime | None]
+
+
+class Inclusion(Base):
+    __tablename__ = "inclusion"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    patient_code: Mapped[str] = mapped_column(String(20), index=True)
+    parcours: Mapped[str] = mapped_column(String(50))
+    included_by: Mapped[str] = mapped_column(String(255))
+    included_at: Mapped[datetime]
+    attestation: Mapped[str | None] = mapped_column(String(100))  # carte / document d'intégration remis
+    ended_at: Mapped[datetime | None]
+    end_reason_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class Act(Base):
+    """Ledger line: an act the indemnity rules will price (repérage, inclusion, red flag, acceptation…)."""
+
+    __tablename__ = "act"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(255), index=True)
+    kind: Mapped[str] = mapped_column(String(50))
+    patient_code: Mapped[str | None] = mapped_column(String(20))
+    parcours: Mapped[str | None] = mapped_column(String(50))
+    ref: Mapped[str | None] = mapped_column(String(100))
+    at: Mapped[datetime]
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class Demande(Base):
+    """A déclenchement (request) in a patient room; `numero` is short and per room."""
+
+    __tablename__ = "demande"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    patient_code: Mapped[str] = mapped_column(String(20), index=True)
+    room_id: Mapped[str] = mapped_column(String(255))
+    numero: Mapped[int]
+    flow: Mapped[str] = mapped_column(String(50))
+    soins: Mapped[str | None] = mapped_column(String(100))
+    demandeur: Mapped[str] = mapped_column(String(255))
+    pour_compte_de: Mapped[str | None] = mapped_column(String(255))  # secretary acting under delegation
+    cible_profession: Mapped[str | None] = mapped_column(String(50))
+    cible_personne: Mapped[str | None] = mapped_column(String(255))
+    commune: Mapped[str | None] = mapped_column(String(200))
+    commentaire_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+    delai_reponse_s: Mapped[int]
+    delai_intervention_s: Mapped[int | None]
+    etat: Mapped[str] = mapped_column(String(20))
+    rung: Mapped[str] = mapped_column(String(20), default="cercle")
+    sollicites: Mapped[list] = mapped_column(JSON, default=list)
+    refus: Mapped[dict] = mapped_column(JSON, default=dict)
+    acceptee_par: Mapped[str | None] = mapped_column(String(255))
+    accepted_at: Mapped[datetime | None]
+    rdv: Mapped[dict | None] = mapped_column(JSON)
+    cr_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    closed_at: Mapped[datetime | None]
+    details: Mapped[dict] = mapped_column(JSON, default=dict)  # red flag hits, alert kind…
+
+    __table_args__ = (UniqueConstraint("room_id", "numero", name="uq_demande_room_numero"),)

@@ -1,0 +1,227 @@
+"""Repositories: the only place that reads and writes rows. Encryption at rest happens here."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from storage.crypto import FieldCipher
+from storage.engine import migrate, sessionmaker
+import uuid
+
+from storage.models import BotState, Deadline, InboxEvent, OutboxItem, RoomRecord
+
+
+@dataclass
+class IncomingEvent:
+    event_id: str
+    room_id: str
+    sender: str
+    kind: str
+    origin_ts: int
+    payload: dict
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine, cipher: FieldCipher):
+        self.engine = engine
+        self.cipher = cipher
+        self.session = sessionmaker(engine)
+
+    async def migrate(self) -> None:
+        await migrate(self.engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # --- key/value state -------------------------------------------------------------
+    async def get_state(self, key: str) -> str | None:
+        async with self.session() as s:
+            row = await s.get(BotState, key)
+            return row.value if row else None
+
+    async def set_state(self, key: str, value: str | None, session: AsyncSession | None = None) -> None:
+        if session is not None:
+            await session.merge(BotState(key=key, value=value))
+            return
+        async with self.session.begin() as s:
+            await s.merge(BotState(key=key, value=value))
+
+    async def get_secret(self, key: str):
+        async with self.session() as s:
+            row = await s.get(BotState, key)
+            return self.cipher.decrypt_json(row.value_enc, f"state:{key}") if row and row.value_enc else None
+
+    async def set_secret(self, key: str, value) -> None:
+        async with self.session.begin() as s:
+            await s.merge(BotState(key=key, value_enc=self.cipher.encrypt_json(value, f"state:{key}")))
+
+    # --- inbox -------------------------------------------------------------------------
+    async def record_sync(self, events: list[IncomingEvent], next_batch: str, now: datetime) -> int:
+        """Record the events to handle and the new sync token in one transaction.
+
+        Either both are stored or neither: a crash never skips an event nor records a token
+        past an unrecorded one. Already known event ids are ignored. Returns how many are new.
+        """
+        async with self.session.begin() as s:
+            known = set()
+            if events:
+                ids = [e.event_id for e in events]
+                known = set((await s.scalars(select(InboxEvent.event_id).where(InboxEvent.event_id.in_(ids)))).all())
+            new = 0
+            for e in events:
+                if e.event_id in known:
+                    continue
+                known.add(e.event_id)
+                s.add(InboxEvent(
+                    event_id=e.event_id, room_id=e.room_id, sender=e.sender, kind=e.kind,
+                    origin_ts=e.origin_ts, received_at=now, status="pending",
+                    payload_enc=self.cipher.encrypt_json(e.payload, f"inbox:{e.event_id}"),
+                ))
+                new += 1
+            await self.set_state("sync_token", next_batch, session=s)
+            return new
+
+    async def record_event(self, event: IncomingEvent, now: datetime) -> bool:
+        """Record one event outside a sync batch (e.g. recovered from a gap). False if already known."""
+        try:
+            async with self.session.begin() as s:
+                s.add(InboxEvent(
+                    event_id=event.event_id, room_id=event.room_id, sender=event.sender, kind=event.kind,
+                    origin_ts=event.origin_ts, received_at=now, status="pending",
+                    payload_enc=self.cipher.encrypt_json(event.payload, f"inbox:{event.event_id}"),
+                ))
+            return True
+        except IntegrityError:
+            return False
+
+    async def is_known_event(self, event_id: str) -> bool:
+        async with self.session() as s:
+            return await s.get(InboxEvent, event_id) is not None
+
+    async def pending_events(self, limit: int = 200) -> list[IncomingEvent]:
+        async with self.session() as s:
+            rows = (await s.scalars(
+                select(InboxEvent).where(InboxEvent.status == "pending")
+                .order_by(InboxEvent.origin_ts, InboxEvent.received_at).limit(limit))).all()
+            return [IncomingEvent(r.event_id, r.room_id, r.sender, r.kind, r.origin_ts,
+                                  self.cipher.decrypt_json(r.payload_enc, f"inbox:{r.event_id}")) for r in rows]
+
+    async def mark_event(self, event_id: str, status: str, now: datetime, error: str | None = None) -> None:
+        async with self.session.begin() as s:
+            await s.execute(update(InboxEvent).where(InboxEvent.event_id == event_id)
+                            .values(status=status, handled_at=now, error=error))
+
+    async def event_status(self, event_id: str) -> str | None:
+        async with self.session() as s:
+            row = await s.get(InboxEvent, event_id)
+            return row.status if row else None
+
+    # --- rooms -------------------------------------------------------------------------
+    async def get_room(self, room_id: str) -> RoomRecord | None:
+        async with self.session() as s:
+            return await s.get(RoomRecord, room_id)
+
+    async def save_room(self, room_id: str, kind: str, joined_ts: int, direct_with: str | None = None) -> RoomRecord:
+        async with self.session.begin() as s:
+            row = await s.get(RoomRecord, room_id)
+            if row is None:
+                row = RoomRecord(room_id=room_id, kind=kind, joined_ts=joined_ts, direct_with=direct_with)
+                s.add(row)
+            else:
+                row.kind = kind
+                row.direct_with = direct_with or row.direct_with
+            return row
+
+    async def set_commands_published(self, room_id: str, digest: str) -> None:
+        async with self.session.begin() as s:
+            await s.execute(update(RoomRecord).where(RoomRecord.room_id == room_id)
+                            .values(commands_published=digest))
+
+    async def rooms(self) -> list[RoomRecord]:
+        async with self.session() as s:
+            return list((await s.scalars(select(RoomRecord))).all())
+
+    # --- deadlines ---------------------------------------------------------------------
+    async def add_deadline(self, kind: str, ref: str, due_at: datetime, now: datetime,
+                           payload: dict | None = None, session: AsyncSession | None = None) -> None:
+        row = Deadline(kind=kind, ref=ref, due_at=due_at, status="pending", payload=payload or {}, created_at=now)
+        if session is not None:
+            session.add(row)
+            return
+        async with self.session.begin() as s:
+            s.add(row)
+
+    async def due_deadlines(self, now: datetime) -> list[Deadline]:
+        async with self.session() as s:
+            return list((await s.scalars(
+                select(Deadline).where(Deadline.status == "pending", Deadline.due_at <= now)
+                .order_by(Deadline.due_at, Deadline.id))).all())
+
+    async def next_deadline(self) -> datetime | None:
+        async with self.session() as s:
+            return await s.scalar(select(Deadline.due_at).where(Deadline.status == "pending")
+                                  .order_by(Deadline.due_at).limit(1))
+
+    async def pending_deadlines(self) -> list[Deadline]:
+        async with self.session() as s:
+            return list((await s.scalars(select(Deadline).where(Deadline.status == "pending")
+                                         .order_by(Deadline.due_at))).all())
+
+    @staticmethod
+    async def take_deadline(session: AsyncSession, deadline_id: int, now: datetime) -> bool:
+        """pending -> fired inside the caller's transaction; False if already fired or cancelled."""
+        result = await session.execute(
+            update(Deadline).where(Deadline.id == deadline_id, Deadline.status == "pending")
+            .values(status="fired", fired_at=now))
+        return result.rowcount == 1
+
+    async def cancel_deadlines(self, ref: str, kinds: tuple[str, ...] | None = None,
+                               session: AsyncSession | None = None) -> None:
+        stmt = update(Deadline).where(Deadline.ref == ref, Deadline.status == "pending")
+        if kinds:
+            stmt = stmt.where(Deadline.kind.in_(kinds))
+        stmt = stmt.values(status="cancelled")
+        if session is not None:
+            await session.execute(stmt)
+            return
+        async with self.session.begin() as s:
+            await s.execute(stmt)
+
+
+    # --- outbox ------------------------------------------------------------------------
+    def queue(self, session: AsyncSession, action: str, room_id: str, content: dict, now: datetime,
+              ref: str | None = None) -> str:
+        """Add an outgoing action to the caller's transaction; returns its transaction id."""
+        txn_id = uuid.uuid4().hex
+        session.add(OutboxItem(txn_id=txn_id, action=action, room_id=room_id, status="pending", created_at=now,
+                               ref=ref, content_enc=self.cipher.encrypt_json(content, f"outbox:{txn_id}")))
+        return txn_id
+
+    async def pending_outbox(self, limit: int = 100) -> list[tuple[OutboxItem, dict]]:
+        async with self.session() as s:
+            rows = (await s.scalars(select(OutboxItem).where(OutboxItem.status == "pending")
+                                    .order_by(OutboxItem.id).limit(limit))).all()
+            return [(r, self.cipher.decrypt_json(r.content_enc, f"outbox:{r.txn_id}")) for r in rows]
+
+    async def outbox_done(self, item_id: int, now: datetime, event_id: str | None = None,
+                          error: str | None = None) -> None:
+        async with self.session.begin() as s:
+            await s.execute(update(OutboxItem).where(OutboxItem.id == item_id).values(
+                status="failed" if error else "sent", sent_at=now, event_id=event_id, error=error))
+
+    async def outbox_event_ids(self, ref: str) -> list[str]:
+        async with self.session() as s:
+            return list((await s.scalars(select(OutboxItem.event_id).where(
+                OutboxItem.ref == ref, OutboxItem.event_id.is_not(None)))).all())
+
+
+async def open_store(database_url: str, key_file, create_key: bool = True) -> Store:
+    from storage.engine import make_engine
+
+    store = Store(make_engine(database_url), FieldCipher.from_key_file(key_file, create=create_key))
+    await store.migrate()
+    return store

@@ -1,0 +1,63 @@
+"""Run the real bot against the test Synapse, stop it, restart it on the same data."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bot.app import Bot
+from bot.config import Config, CptsConfig, MatrixConfig, StorageConfig, SyncConfig
+from bot.wiring import wire
+from domain.clock import Clock, SystemClock
+
+
+@dataclass
+class BotHarness:
+    homeserver: str
+    user_id: str
+    password: str
+    data_dir: Path
+    database_url: str | None = None
+    clock: Clock = field(default_factory=SystemClock)
+    coordinator_room: str | None = None
+    bot: Bot | None = None
+    task: asyncio.Task | None = None
+    starts: int = 0
+
+    def config(self) -> Config:
+        return Config(
+            matrix=MatrixConfig(homeserver=self.homeserver, user_id=self.user_id, password=self.password),
+            storage=StorageConfig(data_dir=self.data_dir, database_url=self.database_url),
+            cpts=CptsConfig(name="CPTS de test", coordinator_room=self.coordinator_room),
+            sync=SyncConfig(timeout_ms=1000),
+        )
+
+    async def start(self) -> Bot:
+        self.bot = await Bot.open(self.config(), self.clock)
+        wire(self.bot)
+        self.task = asyncio.create_task(self.bot.run())
+        await asyncio.wait_for(self.bot.synced_once.wait(), 30)
+        self.starts += 1
+        return self.bot
+
+    async def stop(self) -> None:
+        if self.bot is None:
+            return
+        await self.bot.stop()
+        await asyncio.wait_for(self.task, 30)
+        await self.bot.close()
+        self.bot, self.task = None, None
+
+    async def restart(self) -> Bot:
+        await self.stop()
+        return await self.start()
+
+    async def idle(self, timeout: float = 15) -> None:
+        """Wait until every recorded event is handled and every queued send has gone out."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while loop.time() < end:
+            if not await self.bot.store.pending_events() and not await self.bot.store.pending_outbox():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("le bot n'a pas fini de traiter ses événements")

@@ -1,0 +1,139 @@
+"""The foundation, end to end on a real Synapse with real E2EE clients."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.bot_harness import BotHarness
+from tests.clinician import Clinician
+
+pytestmark = pytest.mark.synapse
+
+
+@pytest.fixture
+async def harness(synapse, register, tmp_path):
+    bot_user, bot_password = register("cercle")
+    h = BotHarness(synapse.url, bot_user, bot_password, tmp_path / "bot")
+    await h.start()
+    yield h
+    await h.stop()
+
+
+@pytest.fixture
+async def clinician(synapse, register, tmp_path):
+    opened = []
+
+    async def make(prefix="dr", name=None):
+        user_id, password = register(prefix)
+        c = await Clinician.login(synapse.url, user_id, password, tmp_path / f"store-{user_id[1:].split(':')[0]}")
+        opened.append(c)
+        return c
+
+    yield make
+    for c in opened:
+        await c.close()
+
+
+async def room_with_bot(c: Clinician, harness: BotHarness, *, is_direct=False) -> str:
+    room_id = await c.create_room(invite=[harness.user_id], is_direct=is_direct)
+    await c.wait_joined(room_id, harness.user_id)
+    return room_id
+
+
+async def test_aide_answered_encrypted_with_both_prefixes(harness, clinician):
+    dr = await clinician()
+    room = await room_with_bot(dr, harness)
+    for command in ("!aide", "/aide"):
+        sent = await dr.send_text(room, command)
+        reply = await dr.wait_for_message(room, sender=harness.user_id, after_event=sent,
+                                          predicate=lambda m: m.in_reply_to() == sent)
+        assert reply.encrypted, "the answer must be end-to-end encrypted"
+        assert reply.msgtype == "m.notice"
+        assert "Commandes de Cercle" in reply.body
+        assert "<strong>" in (reply.formatted_body or "")
+
+
+async def test_direct_chat_needs_no_prefix_and_group_room_ignores_chatter(harness, clinician):
+    dr = await clinician()
+    direct = await room_with_bot(dr, harness, is_direct=True)
+    sent = await dr.send_text(direct, "aide dec")
+    reply = await dr.wait_for_message(direct, sender=harness.user_id, predicate=lambda m: m.in_reply_to() == sent)
+    assert "Usage" in reply.body or "Je ne connais pas" in reply.body
+
+    group = await room_with_bot(dr, harness)
+    chatter = await dr.send_text(group, "bonjour à tous, réunion demain")
+    probe = await dr.send_text(group, "!aide")
+    await dr.wait_for_message(group, sender=harness.user_id, predicate=lambda m: m.in_reply_to() == probe)
+    assert not [m for m in dr.messages(group) if m.in_reply_to() == chatter]
+
+
+async def test_unknown_command_and_malformed_argument_get_french_usage(harness, clinician):
+    dr = await clinician()
+    room = await room_with_bot(dr, harness)
+    sent = await dr.send_text(room, "!aidez")
+    reply = await dr.wait_for_message(room, sender=harness.user_id, predicate=lambda m: m.in_reply_to() == sent)
+    assert "Commande inconnue" in reply.body and "« aidez »" in reply.body
+    assert "!aide" in reply.body  # the suggestion
+
+    sent = await dr.send_text(room, "!aide dec en trop")
+    reply = await dr.wait_for_message(room, sender=harness.user_id, predicate=lambda m: m.in_reply_to() == sent)
+    assert "« en trop »" in reply.body and "Usage : !aide" in reply.body
+
+
+async def test_commands_are_advertised_as_msc4332_state(harness, clinician):
+    dr = await clinician()
+    room = await room_with_bot(dr, harness)
+    sent = await dr.send_text(room, "!aide")
+    await dr.wait_for_message(room, sender=harness.user_id, predicate=lambda m: m.in_reply_to() == sent)
+    state = await dr.request_json(
+        "GET", f"/_matrix/client/v3/rooms/{room}/state/org.matrix.msc4332.commands/{harness.user_id}")
+    syntaxes = [c["syntax"] for c in state["commands"]]
+    assert "aide {commande}" in syntaxes
+    assert state["sigil"] == "!"
+
+
+async def test_restart_keeps_device_answers_once_and_catches_up(harness, clinician):
+    dr = await clinician()
+    room = await room_with_bot(dr, harness)
+    first = await dr.send_text(room, "!aide")
+    await dr.wait_for_message(room, sender=harness.user_id, predicate=lambda m: m.in_reply_to() == first)
+    device_before = harness.bot.device_id
+
+    await harness.stop()
+    while_down = await dr.send_text(room, "!aide aide")
+    await harness.start()
+    assert harness.bot.device_id == device_before, "a restart must reuse the same device"
+
+    reply = await dr.wait_for_message(room, sender=harness.user_id, predicate=lambda m: m.in_reply_to() == while_down)
+    assert "!aide" in reply.body
+    await harness.idle()
+    await asyncio.sleep(1.5)  # leave time for a duplicate to show up, if the bot were to send one
+    replies_to_first = [m for m in dr.messages(room) if m.in_reply_to() == first]
+    replies_to_down = [m for m in dr.messages(room) if m.in_reply_to() == while_down]
+    assert len(replies_to_first) == 1 and len(replies_to_down) == 1
+
+
+async def test_many_messages_while_down_are_all_answered(harness, clinician):
+    """More messages than the sync timeline holds: the gap is paged back, nothing is skipped."""
+    dr = await clinician()
+    room = await room_with_bot(dr, harness)
+    warm = await dr.send_text(room, "!aide")
+    await dr.wait_for_message(room, sender=harness.user_id, predicate=lambda m: m.in_reply_to() == warm)
+    await harness.stop()
+    sent = [await dr.send_text(room, f"!aide aide") for _ in range(harness.config().sync.timeline_limit + 5)]
+    await harness.start()
+    for event_id in sent:
+        await dr.wait_for_message(room, sender=harness.user_id, predicate=lambda m, e=event_id: m.in_reply_to() == e,
+                                  timeout=40)
+
+
+async def test_backlog_from_before_the_bot_joined_is_ignored(harness, clinician):
+    dr = await clinician()
+    room = await dr.create_room()
+    old = await dr.send_text(room, "!aide")
+    await dr.client.room_invite(room, harness.user_id)
+    await dr.wait_joined(room, harness.user_id)
+    probe = await dr.send_text(room, "!aide aide")
+    await dr.wait_for_message(room, sender=harness.user_id, predicate=lambda m: m.in_reply_to() == probe)
+    assert not [m for m in dr.messages(room) if m.in_reply_to() == old]
