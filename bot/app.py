@@ -344,6 +344,15 @@ class Bot:
                 if hasattr(response, "event_id"):
                     await self.store.outbox_done(item.id, now, event_id=response.event_id)
                     return True
+            elif item.action == "pin":
+                event_ids = await self.store.outbox_event_ids(content["ref"])
+                if not event_ids:
+                    return None  # the message to pin has not gone out yet
+                response = await self.client.room_put_state(item.room_id, "m.room.pinned_events",
+                                                            {"pinned": event_ids})
+                if hasattr(response, "event_id"):
+                    await self.store.outbox_done(item.id, now, event_id=response.event_id)
+                    return True
             elif item.action == "invite":
                 response = await self.client.room_invite(item.room_id, content["user_id"])
                 if not hasattr(response, "status_code") or "already in the room" in str(getattr(response, "message", "")):

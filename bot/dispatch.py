@@ -6,6 +6,7 @@ import logging
 from nio import JoinError, MegolmEvent
 
 from commands.arguments import ParseContext
+from commands.context import Refusal
 from commands.registry import SCOPE_NAMES, CommandNotFound, UsageError
 from storage.repositories import IncomingEvent
 
@@ -18,6 +19,11 @@ async def dispatch(bot, event: IncomingEvent) -> None:
         async with bot.store.session.begin() as session:
             if handler is not None:
                 await handler(bot, session, event)
+            await _mark(session, event.event_id, "handled", bot.clock.now())
+    except Refusal as refusal:
+        async with bot.store.session.begin() as session:
+            ctx = bot.context(session, event.room_id, "", event.sender, event.event_id)
+            ctx.reply(refusal.text)
             await _mark(session, event.event_id, "handled", bot.clock.now())
     except Exception as e:
         log.exception("échec du traitement de %s", event.event_id)
@@ -69,6 +75,7 @@ async def handle_message(bot, session, event: IncomingEvent) -> None:
         return
     cmd = invocation.command
     ctx.sigil = invocation.sigil
+    ctx.command = cmd
     if kind not in cmd.scopes:
         where = " ou ".join(SCOPE_NAMES[s] for s in sorted(cmd.scopes))
         ctx.reply(f"⚠️ `!{cmd.name}` s'utilise dans {where}.\nUsage : `{cmd.usage()}`")

@@ -5,8 +5,9 @@ from commands.registry import CommandRegistry
 
 
 def build_registry() -> CommandRegistry:
-    from commands import general
+    from commands import annuaire, cercle, general
 
     registry = CommandRegistry()
-    general.register(registry)
+    for module in (general, cercle, annuaire):
+        module.register(registry)
     return registry

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -11,6 +11,14 @@ from bot.messages import render
 
 if TYPE_CHECKING:
     from bot.app import Bot
+
+
+class Refusal(Exception):
+    """Raised by a handler to refuse: its transaction is rolled back, then `text` is sent."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
 
 
 @dataclass
@@ -23,6 +31,7 @@ class CommandContext:
     event_id: str
     now: datetime
     sigil: str = "!"
+    command: object = None  # the Command being run, for usage lines
     sent: list[str] = field(default_factory=list)  # outbox txn ids queued by this handler
 
     @property
@@ -32,6 +41,13 @@ class CommandContext:
     def reply(self, md_text: str, *, mentions: dict[str, str] | None = None, ref: str | None = None) -> str:
         """An m.notice in reply to the command; mentioned users are notified."""
         return self.send(self.room_id, md_text, mentions=mentions, reply_to=self.event_id, ref=ref)
+
+    def refuse(self, message: str, *, usage: bool = True) -> "NoReturn":
+        """Bad input found by the handler: abort the transaction (nothing is written) and answer
+        in French, with the usage line."""
+        if usage and self.command is not None:
+            raise Refusal(self.bot.registry.usage_error_text(self.command, message))
+        raise Refusal(message if message.startswith(("⚠️", "🙏", "⛔")) else f"⚠️ {message}")
 
     def send(self, room_id: str, md_text: str, *, mentions: dict[str, str] | None = None,
              reply_to: str | None = None, ref: str | None = None) -> str:

@@ -32,3 +32,7 @@ async def ensure_coordinator_room(bot, invite: list[str] = ()) -> str:
         await bot.store.save_room(room_id, "coordination", record.joined_ts if record else now_ms)
     bot.coordinator_room = room_id
     return room_id
+
+
+def coordinator_room_id(bot) -> str | None:
+    return getattr(bot, "coordinator_room", None)

@@ -1,0 +1,113 @@
+"""The directory, managed by the coordinators: annuaire ajouter | modifier | retirer | voir."""
+from __future__ import annotations
+
+from datetime import datetime, time
+
+from commands.arguments import Choice, Text, Word
+from commands.people import CalendarDate, PersonRef
+from commands.registry import COORDINATION, CommandRegistry, Option, Param
+from rooms.directory import find_profession, profession_label, professions, upsert_professional
+from storage.models import Professional
+
+
+class ListOfWords(Word):
+    placeholder = "<a,b>"
+    description = "valeurs séparées par des virgules"
+
+
+def _roles(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    allowed = ("coordinateur", "referent", "operateur_snp", "secretaire")
+    roles = [r.strip() for r in text.split(",") if r.strip()]
+    for r in roles:
+        if r.split(":")[0] not in allowed:
+            raise ValueError(f"rôle inconnu « {r} » (rôles : coordinateur, referent:<parcours>, operateur_snp, "
+                             "secretaire:<@professionnel>)")
+    return roles
+
+
+def describe(p: Professional) -> str:
+    parts = [f"**{p.display_name}** ({profession_label(p.profession)}) `{p.user_id}`"]
+    if p.communes:
+        parts.append("communes : " + ", ".join(p.communes))
+    if p.roles:
+        parts.append("rôles : " + ", ".join(p.roles))
+    parts.append("cotisation à jour jusqu'au " + p.cotisation_until.strftime("%d/%m/%Y") if p.cotisation_until
+                 else "cotisation : non renseignée")
+    return " · ".join(parts)
+
+
+def register(registry: CommandRegistry) -> None:
+    @registry.command(
+        "annuaire", summary="gérer l'annuaire des professionnels de la CPTS (coordinateurs)",
+        params=[Param("action", Choice({"voir": ["liste", "chercher"], "ajouter": ["ajout"], "modifier": ["maj"],
+                                        "retirer": ["supprimer", "enlever"]})),
+                Param("personne", PersonRef(), optional=True)],
+        options=[Option("nom", Word(), "nom affiché, entre guillemets"),
+                 Option("profession", Word(), "profession : " + ", ".join(professions())),
+                 Option("communes", ListOfWords(), "communes d'exercice, séparées par des virgules"),
+                 Option("roles", ListOfWords(), "coordinateur, referent:<parcours>, operateur_snp, secretaire:<@pro>"),
+                 Option("cotisation", CalendarDate(), "cotisation à jour jusqu'au JJ/MM/AAAA")],
+        examples=['!annuaire ajouter @ide.petit:cpts.fr nom="Julie Petit" profession=infirmier communes=Brétigny-sur-Orge',
+                  "!annuaire voir Petit"],
+        scopes=[COORDINATION], requires="coordinateur", category="Coordination",
+    )
+    async def annuaire(ctx, action, personne=None, nom=None, profession=None, communes=None, roles=None,
+                       cotisation=None):
+        if action == "voir":
+            if personne:
+                try:
+                    found = await ctx.bot.directory.search(ctx.session, personne)
+                except ValueError as e:
+                    ctx.refuse(str(e))
+            else:
+                found = await ctx.bot.directory.members(ctx.session)
+            if not found:
+                ctx.reply("Aucun professionnel ne correspond." if personne else "L'annuaire est vide.")
+                return
+            ctx.reply("\n".join(f"- {describe(p)}" for p in found[:50]) +
+                      (f"\n\n… et {len(found) - 50} autres" if len(found) > 50 else ""))
+            return
+        if personne is None or not personne.startswith("@"):
+            ctx.refuse("donnez l'identifiant Matrix du professionnel (@nom:serveur)")
+        prof_code = None
+        if profession is not None:
+            p = find_profession(profession)
+            if p is None:
+                ctx.refuse(f"profession inconnue : « {profession} » (professions : {', '.join(professions())})")
+            prof_code = p.code
+        try:
+            role_list = _roles(roles)
+        except ValueError as e:
+            ctx.refuse(str(e))
+        until = datetime.combine(cotisation, time(23, 59), tzinfo=ctx.bot.config.tz) if cotisation else None
+        existing = await ctx.session.get(Professional, personne)
+        if action == "ajouter":
+            if existing is not None and existing.active:
+                ctx.refuse(f"{personne} est déjà dans l'annuaire : utilisez `!annuaire modifier`", usage=False)
+            if not nom or not prof_code:
+                ctx.refuse("pour ajouter, `nom=` et `profession=` sont obligatoires")
+            prof = await upsert_professional(ctx.session, user_id=personne, display_name=nom, profession=prof_code,
+                                             roles=role_list or [], now=ctx.now, cpts=ctx.bot.config.cpts.name,
+                                             communes=[c.strip() for c in (communes or "").split(",") if c.strip()],
+                                             cotisation_until=until)
+            ctx.reply(f"✅ Ajouté : {describe(prof)}")
+            return
+        if existing is None or not existing.active:
+            ctx.refuse(f"{personne} n'est pas dans l'annuaire", usage=False)
+        if action == "retirer":
+            existing.active = False
+            ctx.reply(f"✅ {existing.display_name} est retiré·e de l'annuaire (ses actes passés restent au registre).")
+            return
+        if nom:
+            existing.display_name = nom
+        if prof_code:
+            existing.profession = prof_code
+        if communes is not None:
+            existing.communes = [c.strip() for c in communes.split(",") if c.strip()]
+        if role_list is not None:
+            existing.roles = role_list
+        if until:
+            existing.cotisation_until = until
+        ctx.reply(f"✅ Modifié : {describe(existing)}")

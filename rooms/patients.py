@@ -1,0 +1,119 @@
+"""One encrypted room per patient (cercle de soins), created and governed by the bot.
+
+Room state is not end-to-end encrypted: names, topics and every state event carry the
+pseudonymous code only. The identity travels in an encrypted message (pinned) and is stored
+encrypted at rest in the bot's database.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass
+from datetime import date, datetime
+
+from nio import RoomCreateError, RoomVisibility
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import CercleMember, Patient
+
+CODE_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/O, 1/I: read aloud on the phone
+
+
+@dataclass
+class Identity:
+    nom: str
+    prenom: str
+    naissance: str  # ISO date
+    sexe: str
+    telephone: str
+    adresse: str
+    nir: str | None = None
+
+    def card(self, code: str, mt_name: str | None) -> str:
+        born = date.fromisoformat(self.naissance).strftime("%d/%m/%Y")
+        lines = [f"🪪 **Fiche d'identité · {code}**", "",
+                 f"- Nom : {self.nom.upper()}", f"- Prénom : {self.prenom}", f"- Né·e le : {born}",
+                 f"- Sexe : {self.sexe}", f"- Téléphone : {self.telephone}", f"- Adresse : {self.adresse}"]
+        if self.nir:
+            lines.append(f"- NIR : {self.nir}")
+        lines.append(f"- Médecin traitant : {mt_name or 'aucun déclaré'}")
+        return "\n".join(lines)
+
+
+def power_levels(bot_user: str) -> dict:
+    """Only the bot changes state and invites: membership goes through its commands and checks."""
+    return {
+        "users": {bot_user: 100}, "users_default": 0,
+        "events_default": 0, "state_default": 100,
+        "invite": 100, "kick": 100, "ban": 100, "redact": 50,
+        "events": {"m.room.name": 100, "m.room.topic": 100, "m.room.avatar": 100,
+                   "m.room.power_levels": 100, "m.room.history_visibility": 100,
+                   "m.room.encryption": 100, "m.room.pinned_events": 100, "m.room.join_rules": 100,
+                   "m.room.tombstone": 100, "m.room.server_acl": 100,
+                   "m.reaction": 0, "m.room.redaction": 0},
+        "notifications": {"room": 100},
+    }
+
+
+def room_name(code: str, parcours_names: list[str]) -> str:
+    return f"Cercle {code}" + (f" · {', '.join(parcours_names)}" if parcours_names else "")
+
+
+async def new_code(session: AsyncSession) -> str:
+    while True:
+        code = "P-" + "".join(secrets.choice(CODE_ALPHABET) for _ in range(4))
+        if await session.get(Patient, code) is None:
+            return code
+
+
+async def create_patient_room(bot, code: str, invite: list[str]) -> str:
+    response = await bot.client.room_create(
+        visibility=RoomVisibility.private, name=room_name(code, []),
+        topic=f"Cercle de soins {code}, salon chiffré géré par Cercle. Tapez !aide.",
+        invite=invite, preset=None,
+        initial_state=[
+            {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}},
+            {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "invite"}},
+            {"type": "m.room.guest_access", "state_key": "", "content": {"guest_access": "forbidden"}},
+            # Members see history from their invitation on, not before.
+            {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "invited"}},
+        ],
+        power_level_override=power_levels(bot.user_id),
+    )
+    if isinstance(response, RoomCreateError):
+        raise RuntimeError(f"création du salon impossible : {response.message}")
+    return response.room_id
+
+
+async def patient_by_room(session: AsyncSession, room_id: str) -> Patient | None:
+    return await session.scalar(select(Patient).where(Patient.room_id == room_id))
+
+
+async def patient_by_code(session: AsyncSession, code: str) -> Patient | None:
+    return await session.get(Patient, code.upper())
+
+
+def identity_of(bot, patient: Patient) -> Identity:
+    return Identity(**bot.store.cipher.decrypt_json(patient.identity_enc, f"patient:{patient.code}"))
+
+
+def encrypt_identity(bot, code: str, identity: Identity) -> bytes:
+    return bot.store.cipher.encrypt_json(asdict(identity), f"patient:{code}")
+
+
+async def cercle_members(session: AsyncSession, code: str) -> list[CercleMember]:
+    return list((await session.scalars(select(CercleMember).where(
+        CercleMember.patient_code == code, CercleMember.removed_at.is_(None)).order_by(CercleMember.added_at))).all())
+
+
+async def add_member(session: AsyncSession, code: str, user_id: str, role: str, added_by: str,
+                     now: datetime) -> bool:
+    """True if newly added (or re-added after removal)."""
+    row = await session.get(CercleMember, (code, user_id))
+    if row is None:
+        session.add(CercleMember(patient_code=code, user_id=user_id, role=role, added_by=added_by, added_at=now))
+        return True
+    if row.removed_at is not None:
+        row.removed_at, row.added_at, row.added_by, row.role = None, now, added_by, role
+        return True
+    return False
