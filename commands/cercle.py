@@ -71,26 +71,26 @@ def invite_with_identity(ctx, patient: Patient, user_id: str, why: str) -> None:
 def register(registry: CommandRegistry) -> None:
     @registry.command(
         "patient", summary="créer le cercle de soins d'un patient (salon chiffré)",
-        params=[Param("action", Choice({"nouveau": ["creer", "créer", "nouvelle", "new"]}), help="nouveau")],
-        options=[Option("nom", Word(), "nom de naissance ou d'usage"), Option("prenom", Word(), "prénom"),
-                 Option("naissance", BirthDate()), Option("sexe", Choice(SEXES), "F, M ou X"),
-                 Option("tel", Phone()), Option("adresse", Word(), "adresse, entre guillemets"),
+        params=[Param("action", Choice({"nouveau": ["creer", "créer", "nouvelle", "new"]}, placeholder="nouveau"),
+                      help="nouveau")],
+        options=[Option("nom", Word(placeholder="<nom>"), "nom de naissance ou d'usage", required=True),
+                 Option("prenom", Word(placeholder="<prénom>"), "prénom", required=True),
+                 Option("naissance", BirthDate(), required=True),
+                 Option("sexe", Choice(SEXES), "F, M ou X", required=True),
+                 Option("tel", Phone(), required=True),
+                 Option("adresse", Word(placeholder='"<adresse>"'), "adresse, entre guillemets", required=True),
                  Option("mt", PersonRef(), "médecin traitant (annuaire)"),
                  Option("nir", Word(), "NIR (facultatif)"), Option("commune", Word(), "commune du domicile"),
                  Option("pros", PersonList(), "autres professionnels habituels")],
         help=("Crée un salon chiffré pour le patient, nommé par un code pseudonyme (P-XXXX), et y invite "
               "le cercle. L'identité n'apparaît que dans la fiche d'identité chiffrée (épinglée), jamais "
-              "dans le nom ou le sujet du salon. Obligatoires : nom, prenom, naissance, sexe, tel, adresse."),
+              "dans le nom ou le sujet du salon."),
         examples=['!patient nouveau nom=Dupont prenom=Marie naissance=12/03/1950 sexe=F tel=0612345678 '
                   'adresse="3 rue des Lilas, 91220 Brétigny-sur-Orge" commune=Brétigny-sur-Orge mt=Martin'],
         scopes=[DIRECT, COORDINATION], category="Patients",
     )
     async def patient_nouveau(ctx, action, nom=None, prenom=None, naissance=None, sexe=None, tel=None,
                               adresse=None, mt=None, nir=None, commune=None, pros=None):
-        missing = [k for k, v in (("nom", nom), ("prenom", prenom), ("naissance", naissance), ("sexe", sexe),
-                                  ("tel", tel), ("adresse", adresse)) if not v]
-        if missing:
-            ctx.refuse("il manque " + ", ".join(f"`{k}=`" for k in missing))
         creator = await ctx.bot.directory.get(ctx.session, ctx.sender)
         mt_prof = await resolve_person(ctx, mt) if mt else None
         if mt_prof and mt_prof.profession != "medecin_generaliste":
@@ -170,7 +170,7 @@ def register(registry: CommandRegistry) -> None:
         "acces", aliases=["accès"], summary="demander l'accès à un cercle, ou y répondre",
         params=[Param("action", Choice({"demander": ["demande"], "accepter": ["autoriser", "valider"],
                                         "refuser": ["rejeter"]})),
-                Param("cible", Word(), help="P-XXXX pour demander ; la personne pour accepter ou refuser")],
+                Param("cible", Word(placeholder="<P-XXXX|personne>"), help="P-XXXX pour demander ; la personne pour accepter ou refuser")],
         help=("Hors du cercle : `!acces demander P-XXXX` (en conversation directe avec le bot). Le médecin "
               "traitant ou un référent parcours répond dans le salon du patient : `!acces accepter @personne`."),
         examples=["!acces demander P-7K3Q", "!acces accepter @ide.petit:cpts.fr"],
@@ -214,7 +214,7 @@ def register(registry: CommandRegistry) -> None:
 
     @registry.command(
         "inclure", aliases=["inclusion"], summary="inclure le patient dans un parcours",
-        params=[Param("parcours", Word(), help="le parcours : ic, bpco, dt2, plaie, perinat, gyneco, sport, …")],
+        params=[Param("parcours", Word(placeholder="<parcours>"), help="le parcours : ic, bpco, dt2, plaie, perinat, gyneco, sport, …")],
         options=[Option("carte", Choice({"oui": ["remise", "o", "yes"], "non": ["n", "no"]}),
                         "carte (ou document) d'intégration remise au patient")],
         examples=["!inclure ic carte=oui", "!inclure plaie"],
@@ -260,7 +260,8 @@ def register(registry: CommandRegistry) -> None:
 
     @registry.command(
         "sortir", aliases=["sortie"], summary="sortir le patient d'un parcours (raison obligatoire)",
-        params=[Param("parcours", Word()), Param("raison", Text(), help="la raison de la sortie")],
+        params=[Param("parcours", Word(placeholder="<parcours>")),
+                Param("raison", Text(placeholder="<raison>"), help="la raison de la sortie")],
         examples=["!sortir plaie cicatrisation obtenue"],
         scopes=[PATIENT], category="Parcours",
     )

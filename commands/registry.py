@@ -46,9 +46,10 @@ class Option:
     key: str
     type: ArgType
     help: str = ""
+    required: bool = False
 
     def usage(self) -> str:
-        return f"[{self.key}={self.type.placeholder}]"
+        return f"{self.key}={self.type.placeholder}" if self.required else f"[{self.key}={self.type.placeholder}]"
 
 
 @dataclass
@@ -116,7 +117,7 @@ class CommandRegistry:
                           passthrough_options=passthrough_options)
             for word in cmd.names():
                 key = normalize(word)
-                if key in self._index:
+                if key in self._index and self._index[key] is not cmd:
                     raise ValueError(f"command name clash: {word!r}")
                 self._index[key] = cmd
             self._commands.append(cmd)
@@ -184,8 +185,11 @@ class CommandRegistry:
     @staticmethod
     def bind(cmd: Command, tokens: list[Token], ctx: ParseContext) -> dict:
         known = {o.key: o.type for o in cmd.options}
-        positional, values = split_options(tokens, known, passthrough_unknown=cmd.passthrough_options)
+        positional, values = split_options(tokens, known, passthrough_unknown=cmd.passthrough_options, ctx=ctx)
         arguments = dict(values)
+        missing = [o for o in cmd.options if o.required and o.key not in values]
+        if missing:
+            raise ArgumentError("il manque " + ", ".join(f"{o.key}= ({o.help or o.type.description})" for o in missing))
         pos = 0
         for index, param in enumerate(cmd.params):
             if pos >= len(positional):
@@ -236,7 +240,7 @@ class CommandRegistry:
             for item in described:
                 label = f"`{item.key}=`" if isinstance(item, Option) else f"`{item.type.placeholder}`"
                 text = item.help or item.type.description
-                opt = " (facultatif)" if isinstance(item, Option) or item.optional else ""
+                opt = " (facultatif)" if not getattr(item, "required", not getattr(item, "optional", False)) else ""
                 lines.append(f"- {label}{opt} : {text}")
         if cmd.scopes != ANYWHERE:
             lines.append("")
