@@ -186,7 +186,7 @@ class CommandRegistry:
     def bind(cmd: Command, tokens: list[Token], ctx: ParseContext) -> dict:
         known = {o.key: o.type for o in cmd.options}
         positional, values = split_options(tokens, known, passthrough_unknown=cmd.passthrough_options, ctx=ctx)
-        arguments = dict(values)
+        arguments = {o.key: None for o in cmd.options} | values
         missing = [o for o in cmd.options if o.required and o.key not in values]
         if missing:
             raise ArgumentError("il manque " + ", ".join(f"{o.key}= ({o.help or o.type.description})" for o in missing))
