@@ -339,6 +339,12 @@ class Bot:
                     await self.store.outbox_done(item.id, now, event_id=response.event_id)
                     return True
             elif item.action == "state":
+                room = self.client.rooms.get(item.room_id)
+                if room is None:
+                    return None  # wait until the room is synced to know our power level
+                if content.get("optional") and not await self.may_send_state(room, content["type"]):
+                    await self.store.outbox_done(item.id, now, error="pas le droit d'envoyer cet état ici")
+                    return False
                 response = await self.client.room_put_state(item.room_id, content["type"], content["content"],
                                                             state_key=content.get("state_key", ""))
                 if hasattr(response, "event_id"):
@@ -375,6 +381,11 @@ class Bot:
         log.error("envoi refusé dans %s : %s %s", item.room_id, errcode, getattr(response, "message", ""))
         await self.store.outbox_done(item.id, now, error=f"{errcode}: {getattr(response, 'message', '')}")
         return False
+
+    async def may_send_state(self, room, event_type: str) -> bool:
+        # nio predates room version 12, where creators have every power without being listed.
+        return (await self.store.bot_created(room.room_id)
+                or room.power_levels.can_user_send_state(self.user_id, event_type))
 
     async def _apply_trust_policy(self, room_id: str) -> None:
         """Hook for bot.trust (cross-signed devices verified, others per configuration)."""

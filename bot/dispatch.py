@@ -8,6 +8,7 @@ from nio import JoinError, MegolmEvent
 from commands.arguments import ParseContext
 from commands.context import Refusal
 from commands.registry import SCOPE_NAMES, CommandNotFound, UsageError
+from storage.models import RoomRecord
 from storage.repositories import IncomingEvent
 
 log = logging.getLogger("cercle.dispatch")
@@ -57,7 +58,7 @@ def room_kind(bot, record) -> str:
 
 
 async def handle_message(bot, session, event: IncomingEvent) -> None:
-    record = await bot.store.get_room(event.room_id)
+    record = await session.get(RoomRecord, event.room_id)
     kind = room_kind(bot, record)
     body = event.payload.get("body", "")
     ctx = bot.context(session, event.room_id, kind, event.sender, event.event_id)
@@ -135,7 +136,8 @@ async def handle_invite(bot, session, event: IncomingEvent) -> None:
         return
     now_ms = int(bot.clock.now().timestamp() * 1000)
     kind = "direct" if event.payload.get("is_direct") else "other"
-    await bot.store.save_room(event.room_id, kind, now_ms, direct_with=event.sender if kind == "direct" else None)
+    await bot.store.save_room(event.room_id, kind, now_ms, direct_with=event.sender if kind == "direct" else None,
+                              session=session)
     from bot.advertise import advertise_commands
 
     await advertise_commands(bot, session, event.room_id, kind)
@@ -145,7 +147,7 @@ async def handle_reaction(bot, session, event: IncomingEvent) -> None:
     handler = bot.reaction_handlers.get(event.payload.get("key"))
     if handler is None:
         return
-    record = await bot.store.get_room(event.room_id)
+    record = await session.get(RoomRecord, event.room_id)
     ctx = bot.context(session, event.room_id, room_kind(bot, record), event.sender, event.event_id)
     await handler(ctx, event.payload.get("reacts_to"))
 

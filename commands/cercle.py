@@ -110,7 +110,8 @@ def register(registry: CommandRegistry) -> None:
         for user_id in invitees:
             role = "medecin_traitant" if mt_prof and user_id == mt_prof.user_id else "habituel"
             await add_member(ctx.session, code, user_id, role, ctx.sender, ctx.now)
-        await ctx.bot.store.save_room(room_id, "patient", int(ctx.now.timestamp() * 1000))
+        await ctx.bot.store.save_room(room_id, "patient", int(ctx.now.timestamp() * 1000), created=True,
+                                      session=ctx.session)
 
         card = identity.card(code, mt_prof.display_name if mt_prof else None)
         ctx.send(room_id, card + "\n\nTapez `!aide` pour les commandes du cercle.", ref=f"identity:{code}",

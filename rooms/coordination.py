@@ -20,7 +20,7 @@ async def ensure_coordinator_room(bot, invite: list[str] = ()) -> str:
             topic="Salon des coordinateurs : escalades, inclusions, bordereaux. Aucune identité de patient ici.",
             invite=list(invite), initial_state=[ENCRYPTION, {"type": "m.room.guest_access", "state_key": "",
                                                              "content": {"guest_access": "forbidden"}}],
-            preset=None, power_level_override={"users": {bot.user_id: 100, **{u: 50 for u in invite}}},
+            preset=None, power_level_override={"users": {u: 50 for u in invite}},
         )
         if isinstance(response, RoomCreateError):
             raise RuntimeError(f"création du salon des coordinateurs impossible : {response.message}")
@@ -29,7 +29,8 @@ async def ensure_coordinator_room(bot, invite: list[str] = ()) -> str:
         log.info("salon des coordinateurs créé : %s", room_id)
     record = await bot.store.get_room(room_id)
     if record is None or record.kind != "coordination":
-        await bot.store.save_room(room_id, "coordination", record.joined_ts if record else now_ms)
+        created = room_id == await bot.store.get_state("coordinator_room")
+        await bot.store.save_room(room_id, "coordination", record.joined_ts if record else now_ms, created=created)
     bot.coordinator_room = room_id
     return room_id
 

@@ -40,10 +40,13 @@ class Identity:
         return "\n".join(lines)
 
 
-def power_levels(bot_user: str) -> dict:
-    """Only the bot changes state and invites: membership goes through its commands and checks."""
+def power_levels() -> dict:
+    """Only the bot changes state and invites: membership goes through its commands and checks.
+
+    The bot, as the room's creator, has every power (room version 12 forbids listing the creator
+    in `users`; older versions give the creator 100 by default)."""
     return {
-        "users": {bot_user: 100}, "users_default": 0,
+        "users_default": 0,
         "events_default": 0, "state_default": 100,
         "invite": 100, "kick": 100, "ban": 100, "redact": 50,
         "events": {"m.room.name": 100, "m.room.topic": 100, "m.room.avatar": 100,
@@ -78,7 +81,7 @@ async def create_patient_room(bot, code: str, invite: list[str]) -> str:
             # Members see history from their invitation on, not before.
             {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "invited"}},
         ],
-        power_level_override=power_levels(bot.user_id),
+        power_level_override=power_levels(),
     )
     if isinstance(response, RoomCreateError):
         raise RuntimeError(f"création du salon impossible : {response.message}")

@@ -5,6 +5,7 @@ from datetime import datetime
 
 from datetime import timezone
 
+from sqlalchemy import false as sa_false
 from sqlalchemy import JSON, BigInteger, DateTime, Index, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -73,6 +74,8 @@ class RoomRecord(Base):
     joined_ts: Mapped[int] = mapped_column(BigInteger)
     direct_with: Mapped[str | None] = mapped_column(String(255))
     commands_published: Mapped[str | None] = mapped_column(String(64))  # hash of the advertised list
+    # Room version 12 gives creators every power without listing them; nio cannot see that.
+    bot_is_creator: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
 
 
 class Deadline(Base):

@@ -125,21 +125,30 @@ class Store:
         async with self.session() as s:
             return await s.get(RoomRecord, room_id)
 
-    async def save_room(self, room_id: str, kind: str, joined_ts: int, direct_with: str | None = None) -> RoomRecord:
-        async with self.session.begin() as s:
-            row = await s.get(RoomRecord, room_id)
-            if row is None:
-                row = RoomRecord(room_id=room_id, kind=kind, joined_ts=joined_ts, direct_with=direct_with)
-                s.add(row)
-            else:
-                row.kind = kind
-                row.direct_with = direct_with or row.direct_with
-            return row
+    async def save_room(self, room_id: str, kind: str, joined_ts: int, direct_with: str | None = None,
+                        created: bool = False, session: AsyncSession | None = None) -> RoomRecord:
+        if session is None:
+            async with self.session.begin() as s:
+                return await self.save_room(room_id, kind, joined_ts, direct_with, created, session=s)
+        row = await session.get(RoomRecord, room_id)
+        if row is None:
+            row = RoomRecord(room_id=room_id, kind=kind, joined_ts=joined_ts, direct_with=direct_with,
+                             bot_is_creator=created)
+            session.add(row)
+        else:
+            row.kind = kind
+            row.direct_with = direct_with or row.direct_with
+            row.bot_is_creator = row.bot_is_creator or created
+        return row
 
     async def set_commands_published(self, room_id: str, digest: str) -> None:
         async with self.session.begin() as s:
             await s.execute(update(RoomRecord).where(RoomRecord.room_id == room_id)
                             .values(commands_published=digest))
+
+    async def bot_created(self, room_id: str) -> bool:
+        row = await self.get_room(room_id)
+        return bool(row and row.bot_is_creator)
 
     async def rooms(self) -> list[RoomRecord]:
         async with self.session() as s:

@@ -48,6 +48,20 @@ class BotHarness:
         await self.bot.close()
         self.bot, self.task = None, None
 
+    async def enrol(self, user_id: str, profession: str = "medecin_generaliste", name: str | None = None,
+                    roles: list[str] | None = None, communes: list[str] | None = None) -> None:
+        """Put a professional in the directory (what the coordinators do with `!annuaire ajouter`)."""
+        from datetime import timedelta
+
+        from rooms.directory import upsert_professional
+
+        now = self.bot.clock.now()
+        async with self.bot.store.session.begin() as session:
+            await upsert_professional(session, user_id=user_id, display_name=name or user_id[1:].split(":")[0],
+                                      profession=profession, roles=roles or [], now=now,
+                                      communes=communes if communes is not None else ["Brétigny-sur-Orge"],
+                                      cotisation_until=now + timedelta(days=365))
+
     async def restart(self) -> Bot:
         await self.stop()
         return await self.start()

@@ -21,11 +21,13 @@ async def harness(synapse, register, tmp_path):
 
 
 @pytest.fixture
-async def clinician(synapse, register, tmp_path):
+async def clinician(synapse, register, tmp_path, harness):
     opened = []
 
-    async def make(prefix="dr", name=None):
+    async def make(prefix="dr", profession="medecin_generaliste", enrol=True, **kwargs):
         user_id, password = register(prefix)
+        if enrol:
+            await harness.enrol(user_id, profession, **kwargs)
         c = await Clinician.login(synapse.url, user_id, password, tmp_path / f"store-{user_id[1:].split(':')[0]}")
         opened.append(c)
         return c
@@ -61,7 +63,11 @@ async def test_direct_chat_needs_no_prefix_and_group_room_ignores_chatter(harnes
     reply = await dr.wait_for_message(direct, sender=harness.user_id, predicate=lambda m: m.in_reply_to() == sent)
     assert "Usage" in reply.body or "Je ne connais pas" in reply.body
 
+    colleague = await clinician("ide", "infirmier")
     group = await room_with_bot(dr, harness)
+    await dr.client.room_invite(group, colleague.user_id)
+    await colleague.join(group)
+    await dr.wait_joined(group, colleague.user_id)
     chatter = await dr.send_text(group, "bonjour à tous, réunion demain")
     probe = await dr.send_text(group, "!aide")
     await dr.wait_for_message(group, sender=harness.user_id, predicate=lambda m: m.in_reply_to() == probe)
@@ -83,7 +89,14 @@ async def test_unknown_command_and_malformed_argument_get_french_usage(harness, 
 
 async def test_commands_are_advertised_as_msc4332_state(harness, clinician):
     dr = await clinician()
-    room = await room_with_bot(dr, harness)
+    # A room where the bot may send state (moderator), as a team would set it up.
+    created = await dr.request_json("POST", "/_matrix/client/v3/createRoom", {
+        "preset": "private_chat", "invite": [harness.user_id],
+        "initial_state": [{"type": "m.room.encryption", "state_key": "",
+                           "content": {"algorithm": "m.megolm.v1.aes-sha2"}}],
+        "power_level_content_override": {"users": {harness.user_id: 50}}})
+    room = created["room_id"]
+    await dr.wait_joined(room, harness.user_id)
     sent = await dr.send_text(room, "!aide")
     await dr.wait_for_message(room, sender=harness.user_id, predicate=lambda m: m.in_reply_to() == sent)
     state = await dr.request_json(
@@ -91,6 +104,15 @@ async def test_commands_are_advertised_as_msc4332_state(harness, clinician):
     syntaxes = [c["syntax"] for c in state["commands"]]
     assert "aide {commande}" in syntaxes
     assert state["sigil"] == "!"
+
+    # Where the bot has no power to send state, it does not try (and says nothing in the room).
+    plain = await room_with_bot(dr, harness)
+    probe = await dr.send_text(plain, "!aide")
+    await dr.wait_for_message(plain, sender=harness.user_id, predicate=lambda m: m.in_reply_to() == probe)
+    await harness.idle()
+    with pytest.raises(Exception, match="404"):
+        await dr.request_json(
+            "GET", f"/_matrix/client/v3/rooms/{plain}/state/org.matrix.msc4332.commands/{harness.user_id}")
 
 
 async def test_restart_keeps_device_answers_once_and_catches_up(harness, clinician):

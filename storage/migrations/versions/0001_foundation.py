@@ -78,6 +78,7 @@ def upgrade() -> None:
     sa.Column('joined_ts', sa.BigInteger(), nullable=False),
     sa.Column('direct_with', sa.String(length=255), nullable=True),
     sa.Column('commands_published', sa.String(length=64), nullable=True),
+    sa.Column('bot_is_creator', sa.Boolean(), server_default=sa.false(), nullable=False),
     sa.PrimaryKeyConstraint('room_id')
     )
     # ### end Alembic commands ###

@@ -1,0 +1,328 @@
+"""Request flows ("types de demande") as data: models, loader, lookup.
+
+The values live in `data/flows.yaml`, one entry per flow, each value citing its source. This
+module only validates and serves them: no Matrix, no database. `load_flows()` reads the file
+(the only I/O here) and refuses a malformed one with a one-line French error that names the
+file, the key and the reason, so that a coordinator editing the YAML sees at once what to fix.
+
+Durations are written the way clinicians say them: `8h`, `4j`, `15min`, `2h30`, `30 jours`.
+A bare number is refused (hours or days? the source documents use both).
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Iterable, Mapping
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "DEFAULT_PATH", "Echelle", "Flow", "FlowsError", "Mode", "MEDECIN_TRAITANT", "find_flow",
+    "format_duree", "load_flows", "normalize_name", "parse_duree",
+]
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+DEFAULT_PATH = DATA / "flows.yaml"
+PROFESSIONS_PATH = DATA / "professions.yaml"
+
+# Pseudo-profession accepted in `mentions`: the médecin traitant of the patient's cercle.
+MEDECIN_TRAITANT = "medecin_traitant"
+
+
+class Mode(StrEnum):
+    """How the care is given (S003 L657: « conseil téléphonique, téléconsultation, consultation au
+    cabinet, visite à domicile »; S002 L77-118 « Mon lieu d'exercice / Lieu d'intervention »)."""
+
+    CABINET = "cabinet"
+    DOMICILE = "domicile"
+    TELECONSULTATION = "teleconsultation"
+    TELEPHONE = "telephone"
+
+
+MODE_LABELS = {
+    Mode.CABINET: "consultation au cabinet",
+    Mode.DOMICILE: "visite à domicile",
+    Mode.TELECONSULTATION: "téléconsultation",
+    Mode.TELEPHONE: "conseil téléphonique",
+}
+
+
+# --- durations ---------------------------------------------------------------------------------
+
+_UNITS = {
+    "min": timedelta(minutes=1), "mn": timedelta(minutes=1), "minute": timedelta(minutes=1),
+    "minutes": timedelta(minutes=1),
+    "h": timedelta(hours=1), "heure": timedelta(hours=1), "heures": timedelta(hours=1),
+    "j": timedelta(days=1), "jour": timedelta(days=1), "jours": timedelta(days=1),
+    "d": timedelta(days=1),
+    "sem": timedelta(weeks=1), "semaine": timedelta(weeks=1), "semaines": timedelta(weeks=1),
+}
+_PART = re.compile(r"(\d+(?:[.,]\d+)?)\s*([a-z]+)?")
+
+
+def parse_duree(value: Any) -> timedelta:
+    """`8h`, `4j`, `15min`, `2h30`, `30 jours`, `1 j 12 h` → timedelta. Raises ValueError (French)."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool) or isinstance(value, (int, float)):
+        raise ValueError(f"durée « {value} » sans unité (écrire p. ex. 8h, 4j, 15min)")
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"durée attendue (p. ex. 8h, 4j, 15min), reçu « {value} »")
+    text = normalize_name(value).replace(" ", "")
+    total, pos, last_unit = timedelta(0), 0, None
+    while pos < len(text):
+        m = _PART.match(text, pos)
+        if not m or m.end() == pos:
+            raise ValueError(f"durée invalide « {value} » (écrire p. ex. 8h, 4j, 15min)")
+        number, unit = float(m.group(1).replace(",", ".")), m.group(2)
+        if unit is None:
+            # "2h30": a trailing number after hours means minutes.
+            if last_unit == timedelta(hours=1) and m.end() == len(text):
+                unit_td = timedelta(minutes=1)
+            else:
+                raise ValueError(f"durée « {value} » sans unité (écrire p. ex. 8h, 4j, 15min)")
+        elif unit in _UNITS:
+            unit_td = _UNITS[unit]
+        else:
+            raise ValueError(f"unité inconnue « {unit} » dans « {value} » (min, h, j, sem)")
+        total += unit_td * number
+        last_unit, pos = unit_td, m.end()
+    if total <= timedelta(0):
+        raise ValueError(f"durée nulle « {value} »")
+    return total
+
+
+def format_duree(td: timedelta) -> str:
+    """French display: `8 h`, `48 h`, `4 jours`, `15 min`, `2 h 30`, `3 jours 12 h`."""
+    seconds = int(td.total_seconds())
+    if seconds < 0:
+        return "-" + format_duree(-td)
+    # Under three days, clinicians count in hours (« 24h », « 48h »); beyond, in days.
+    days, rest = divmod(seconds, 86400) if seconds >= 3 * 86400 else (0, seconds)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    parts = []
+    if days:
+        parts.append(f"{days} jour" + ("s" if days > 1 else ""))
+    if hours:
+        parts.append(f"{hours} h")
+    if minutes:
+        parts.append(f"{minutes:02d}" if hours and not days else f"{minutes} min")
+    return " ".join(parts) or "0 min"
+
+
+Duree = Annotated[timedelta, BeforeValidator(parse_duree)]
+
+
+# --- names -------------------------------------------------------------------------------------
+
+_TYPO = str.maketrans({"’": "'", "‘": "'", "‐": "-", "‑": "-", "–": "-", "—": "-", "œ": "oe", "æ": "ae"})
+
+
+def normalize_name(text: str) -> str:
+    """Case- and accent-insensitive key: `Visite à domicile` → `visite a domicile`.
+
+    Hyphens, underscores and apostrophes count as spaces (`red-flag` = `red_flag` = `red flag`).
+    """
+    folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
+    folded = "".join(c for c in folded if not unicodedata.combining(c)).translate(_TYPO)
+    folded = re.sub(r"[-_'’.]+", " ", folded)
+    return " ".join(folded.split())
+
+
+# --- models ------------------------------------------------------------------------------------
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Echelle(_Strict):
+    """Fractions of the délai de réponse at which the ladder moves (decisions.md 3)."""
+
+    pool: float = Field(0.5, ge=0, le=1)
+    relance: float = Field(0.75, ge=0, le=1)
+    escalade: float = 1.0
+
+    @model_validator(mode="after")
+    def _order(self) -> "Echelle":
+        if self.escalade != 1.0:
+            raise ValueError("escalade doit valoir 1.0 : l'escalade a lieu à l'échéance du délai de réponse "
+                             "(decisions.md 3.4)")
+        if not self.pool <= self.relance < self.escalade:
+            raise ValueError(f"paliers dans le désordre : il faut pool ≤ relance < escalade "
+                             f"(reçu pool={self.pool}, relance={self.relance})")
+        return self
+
+
+class Flow(_Strict):
+    """One type de demande. Timedeltas are calendar time (decisions.md 1)."""
+
+    code: str
+    libelle: str
+    aliases: tuple[str, ...] = ()
+    soins: str | None = None              # Entr'Actes « Soins » label
+    type_pec: str | None = None           # Entr'Actes « Type PeC »
+    intervenant: str | None = None        # Entr'Actes « Intervenant » label (display)
+    parcours: str | None = None
+    cible_profession: str | None = None   # code of data/professions.yaml
+    cible_role: str | None = None         # directory role, e.g. "referent", "structure:etp"
+    medecin_traitant_d_abord: bool = False
+    pool_immediat: bool = False           # no MT-first phase (patient without MT)
+    delai_reponse: Duree | None = None    # None: no acceptance (alerte critique)
+    delai_intervention: Duree | None = None
+    delai_intervention_par_motif: dict[str, Duree] = Field(default_factory=dict)
+    priorite_mt: Duree | None = None      # MT-only window; ends the CERCLE rung
+    delai_consultation: Duree | None = None  # patient must consult within (alerte critique)
+    durees_pec: dict[str, Duree] = Field(default_factory=dict)  # per profession (TCIM)
+    delais_modifiables: bool = False      # may the requester change the délais at creation?
+    commentaire_obligatoire: bool = True
+    mode_defaut: Mode | None = None
+    mentions: tuple[str, ...] = ()        # who is mentioned in the patient room
+    questionnaires: tuple[str, ...] = ()
+    echelle: Echelle | None = None        # None: no acceptance ladder
+    consigne_escalade: str | None = None  # advice shown to the coordinators at the deadline
+
+    @model_validator(mode="after")
+    def _coherence(self) -> "Flow":
+        if self.echelle is not None and self.delai_reponse is None:
+            raise ValueError("une échelle de relance demande un delai_reponse")
+        if self.delai_reponse is not None and self.echelle is None:
+            raise ValueError("delai_reponse sans echelle : indiquer echelle (pool, relance, escalade)")
+        if self.echelle is not None and not (self.consigne_escalade or "").strip():
+            raise ValueError("consigne_escalade obligatoire quand il y a une échelle (decisions.md 3.4)")
+        if self.priorite_mt is not None:
+            if not self.medecin_traitant_d_abord:
+                raise ValueError("priorite_mt demande medecin_traitant_d_abord: true")
+            if self.delai_reponse is not None and self.priorite_mt > self.delai_reponse:
+                raise ValueError(f"priorite_mt ({format_duree(self.priorite_mt)}) dépasse delai_reponse "
+                                 f"({format_duree(self.delai_reponse)})")
+        if self.cible_profession and self.cible_role:
+            raise ValueError("cible_profession et cible_role sont exclusifs")
+        if self.medecin_traitant_d_abord and self.pool_immediat:
+            raise ValueError("medecin_traitant_d_abord et pool_immediat sont contradictoires")
+        return self
+
+    def noms(self) -> set[str]:
+        """Every normalized name this flow answers to (code, libellé, aliases)."""
+        return {normalize_name(n) for n in (self.code, self.libelle, *self.aliases)}
+
+    def delai_intervention_pour(self, motif: str | None = None) -> timedelta | None:
+        """Délai d'intervention, with per-motif override (SNP renouvellement d'ordonnance: 48 h)."""
+        if motif:
+            key = normalize_name(motif).replace(" ", "_")
+            for k, v in self.delai_intervention_par_motif.items():
+                if normalize_name(k).replace(" ", "_") == key:
+                    return v
+        return self.delai_intervention
+
+    def resume(self) -> str:
+        """One French line for help texts: `Red flag · réponse 8 h`."""
+        parts = [self.libelle]
+        if self.delai_reponse:
+            parts.append(f"réponse {format_duree(self.delai_reponse)}")
+        if self.delai_intervention:
+            parts.append(f"intervention {format_duree(self.delai_intervention)}")
+        if self.delai_consultation:
+            parts.append(f"consultation sous {format_duree(self.delai_consultation)}")
+        return " · ".join(parts)
+
+
+# --- loader ------------------------------------------------------------------------------------
+
+class FlowsError(ValueError):
+    """A malformed flows file. The message is one French line: `file: key: reason`."""
+
+
+def _loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc if p not in ("function-after", "function-before"))
+
+
+def _reason(err: Mapping[str, Any]) -> str:
+    msg = str(err.get("msg", ""))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    if err.get("type") == "extra_forbidden":
+        return "clé inconnue"
+    if err.get("type") == "missing":
+        return "clé obligatoire manquante"
+    return msg
+
+
+def _known_professions() -> set[str] | None:
+    if not PROFESSIONS_PATH.exists():
+        return None
+    raw = yaml.safe_load(PROFESSIONS_PATH.read_text(encoding="utf-8")) or {}
+    return set(raw) if isinstance(raw, dict) else None
+
+
+def load_flows(path: str | Path | None = None, *, professions: Iterable[str] | None = None) -> dict[str, Flow]:
+    """Read and validate the flows file (default `data/flows.yaml`).
+
+    `professions`: the known profession codes (default: the keys of data/professions.yaml), used
+    to check `cible_profession`, `durees_pec` and `mentions`. Raises FlowsError.
+    """
+    path = Path(path) if path is not None else DEFAULT_PATH
+    name = path.name
+
+    def fail(key: str, reason: str) -> FlowsError:
+        reason = " ".join(reason.split())  # one line
+        return FlowsError(f"{name}: {key}: {reason}" if key else f"{name}: {reason}")
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise fail("", f"lecture impossible ({e.strerror or e})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"ligne {mark.line + 1}" if mark is not None else "?"
+        raise fail(where, f"YAML invalide ({getattr(e, 'problem', None) or e})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise fail("", "le fichier doit contenir un dictionnaire code → type de demande")
+
+    known = set(professions) if professions is not None else _known_professions()
+    flows: dict[str, Flow] = {}
+    owner: dict[str, str] = {}  # normalized name -> flow code
+    for code, body in raw.items():
+        if not isinstance(code, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", code):
+            raise fail(str(code), "code invalide (minuscules, chiffres et _ uniquement)")
+        if not isinstance(body, dict):
+            raise fail(code, "un dictionnaire de propriétés est attendu")
+        if "code" in body and body["code"] != code:
+            raise fail(f"{code}.code", f"« {body['code']} » diffère de la clé « {code} »")
+        try:
+            flow = Flow.model_validate({**body, "code": code})
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = _loc(err["loc"])
+            raise fail(f"{code}.{loc}" if loc else code, _reason(err)) from None
+        if known is not None:
+            checks = [("cible_profession", flow.cible_profession)] if flow.cible_profession else []
+            checks += [(f"durees_pec.{p}", p) for p in flow.durees_pec]
+            checks += [("mentions", p) for p in flow.mentions if p != MEDECIN_TRAITANT]
+            for key, prof in checks:
+                if prof not in known:
+                    raise fail(f"{code}.{key}", f"profession inconnue « {prof} » (voir professions.yaml)")
+        for n in flow.noms():
+            if n in owner and owner[n] != code:
+                raise fail(f"{code}.aliases", f"« {n} » désigne déjà le type « {owner[n]} »")
+            owner[n] = code
+        flows[code] = flow
+    return flows
+
+
+def find_flow(flows: Mapping[str, Flow], text: str) -> Flow | None:
+    """The flow named by `text` (code, libellé or alias), accent-, case- and hyphen-insensitive."""
+    key = normalize_name(text or "")
+    if not key:
+        return None
+    for flow in flows.values():
+        if key in flow.noms():
+            return flow
+    return None
