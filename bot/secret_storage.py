@@ -99,10 +99,11 @@ def decode_recovery_key(text: str) -> bytes:
     if len(raw) != len(RECOVERY_PREFIX) + KEY_LENGTH + 1:
         raise ValueError(f"Clé de récupération invalide : longueur incorrecte ({len(raw)} octets décodés au "
                          f"lieu de {len(RECOVERY_PREFIX) + KEY_LENGTH + 1}) ; vérifiez qu'elle est complète")
-    if raw[:2] != RECOVERY_PREFIX:
-        raise ValueError("Clé de récupération invalide : ce n'est pas une clé de récupération Matrix (préfixe)")
+    # Parity before prefix, as Element does: a typo near the start also garbles the prefix bytes.
     if _parity(raw) != 0:
         raise ValueError("Clé de récupération invalide : contrôle de parité faux, probablement une faute de frappe")
+    if raw[:2] != RECOVERY_PREFIX:
+        raise ValueError("Clé de récupération invalide : ce n'est pas une clé de récupération Matrix (préfixe)")
     return raw[2:2 + KEY_LENGTH]
 
 

@@ -1,0 +1,155 @@
+"""Care circles end to end: patient room creation, settings, membership, refusals, privacy."""
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.bot_harness import BotHarness
+from tests.clinician import Clinician
+
+pytestmark = pytest.mark.synapse
+
+IDENTITY = {"nom": "Dupontel", "prenom": "Marielle", "naissance": "12/03/1950"}
+NEEDLES = [b"Dupontel", b"DUPONTEL", b"Marielle", b"12/03/1950", b"1950-03-12", "Marielle".encode("utf-16-le")]
+
+
+@pytest.fixture
+async def harness(synapse, register, tmp_path):
+    bot_user, bot_password = register("cercle")
+    h = BotHarness(synapse.url, bot_user, bot_password, tmp_path / "bot")
+    await h.start()
+    yield h
+    await h.stop()
+
+
+@pytest.fixture
+async def people(synapse, register, tmp_path, harness):
+    opened = []
+
+    async def make(prefix, profession="medecin_generaliste", name=None, enrol=True):
+        user_id, password = register(prefix)
+        if enrol:
+            await harness.enrol(user_id, profession, name=name)
+        c = await Clinician.login(synapse.url, user_id, password, tmp_path / f"store-{prefix}-{len(opened)}")
+        opened.append(c)
+        return c
+
+    yield make
+    for c in opened:
+        await c.close()
+
+
+async def direct_chat(c: Clinician, harness: BotHarness) -> str:
+    room = await c.create_room(invite=[harness.user_id], is_direct=True)
+    await c.wait_joined(room, harness.user_id)
+    return room
+
+
+async def command(c: Clinician, room: str, harness: BotHarness, text: str, timeout: float = 20):
+    sent = await c.send_text(room, text)
+    return await c.wait_for_message(room, sender=harness.user_id, predicate=lambda m: m.in_reply_to() == sent,
+                                    timeout=timeout)
+
+
+async def create_patient(dr, ide, harness) -> tuple[str, str]:
+    dm = await direct_chat(dr, harness)
+    reply = await command(dr, dm, harness,
+                          f"patient nouveau nom={IDENTITY['nom']} prenom={IDENTITY['prenom']} "
+                          f"naissance={IDENTITY['naissance']} sexe=F tel=06.12.34.56.78 "
+                          f'adresse="3 rue des Lilas, 91220 Brétigny-sur-Orge" commune=Brétigny-sur-Orge '
+                          f"mt={dr.user_id} pros={ide.user_id}")
+    assert "créé" in reply.body, reply.body
+    code = re.search(r"P-[2-9A-Z]{4}", reply.body).group(0)
+    room = await dr.wait_for_invite()
+    await dr.join(room)
+    return code, room
+
+
+async def test_patient_room_is_private_pseudonymous_and_governed_by_the_bot(harness, people, synapse):
+    dr = await people("drmartin", name="Paul Martin")
+    ide = await people("idepetit", "infirmier", name="Julie Petit")
+    code, room = await create_patient(dr, ide, harness)
+
+    state = await dr.request_json("GET", f"/_matrix/client/v3/rooms/{room}/state")
+    by_type = {(e["type"], e.get("state_key", "")): e["content"] for e in state}
+    assert by_type[("m.room.encryption", "")]["algorithm"] == "m.megolm.v1.aes-sha2"
+    assert by_type[("m.room.join_rules", "")]["join_rule"] == "invite"
+    assert by_type[("m.room.guest_access", "")]["guest_access"] == "forbidden"
+    assert by_type[("m.room.history_visibility", "")]["history_visibility"] == "invited"
+    assert by_type[("m.room.name", "")]["name"] == f"Cercle {code}"
+    levels = by_type[("m.room.power_levels", "")]
+    assert levels["state_default"] == 100 and levels["invite"] == 100 and levels["kick"] == 100
+    assert levels["users"].get(dr.user_id, levels["users_default"]) < 100  # clinicians cannot change state
+    # No identity in any state event, ever.
+    flat = repr(state)
+    for needle in ("Dupontel", "DUPONTEL", "Marielle", "1950", "Lilas"):
+        assert needle not in flat
+
+    # The identity card is the first encrypted message, and it is pinned.
+    card = await dr.wait_for_message(room, sender=harness.user_id, predicate=lambda m: "Fiche d'identité" in m.body)
+    assert card.encrypted and "DUPONTEL" in card.body and "12/03/1950" in card.body
+    for _ in range(100):
+        pinned = await dr.request_json("GET", f"/_matrix/client/v3/rooms/{room}/state")
+        pins = [e["content"]["pinned"] for e in pinned if e["type"] == "m.room.pinned_events"]
+        if pins:
+            break
+        await asyncio.sleep(0.1)
+    assert pins == [[card.event_id]]
+
+    # The usual professional was invited too, and can read the card.
+    ide_room = await ide.wait_for_invite()
+    assert ide_room == room
+    await ide.join(room)
+    listing = await command(dr, room, harness, "!cercle")
+    assert "Paul Martin" in listing.body and "médecin traitant" in listing.body and "Julie Petit" in listing.body
+
+
+async def test_membership_by_name_refusals_and_outsiders(harness, people):
+    dr = await people("drbernard", name="Anne Bernard")
+    ide = await people("idedurand", "infirmier", name="Marc Durand")
+    kine = await people("mksimon", "masseur_kinesitherapeute", name="Emma Simon")
+    await people("mksimonet", "masseur_kinesitherapeute", name="Louis Simonet")
+    outsider = await people("intrus", enrol=False)
+    code, room = await create_patient(dr, ide, harness)
+
+    reply = await command(dr, room, harness, "!cercle ajouter Si")
+    assert "au moins 3 lettres" in reply.body and "Usage" in reply.body
+    reply = await command(dr, room, harness, "!cercle ajouter Sim")
+    assert "plusieurs professionnels" in reply.body and kine.user_id in reply.body
+    reply = await command(dr, room, harness, '!cercle ajouter "Emma Simon"')
+    assert "invité" in reply.body, reply.body
+    assert await kine.wait_for_invite() == room
+    await kine.join(room)
+    card = await kine.wait_for_message(room, sender=harness.user_id, predicate=lambda m: "Fiche d'identité" in m.body)
+    assert card.encrypted and "DUPONTEL" in card.body  # a newcomer gets the identity card
+
+    # Someone outside the directory: no clinical command, and the bot refuses their invites.
+    dm = await outsider.create_room(invite=[harness.user_id], is_direct=True)
+    await asyncio.sleep(2)
+    await harness.idle()
+    assert harness.user_id not in (outsider.client.rooms[dm].users if dm in outsider.client.rooms else {})
+    members = await outsider.request_json("GET", f"/_matrix/client/v3/rooms/{dm}/members")
+    bot_membership = [e["content"]["membership"] for e in members["chunk"] if e["state_key"] == harness.user_id]
+    assert bot_membership == ["leave"]
+
+
+async def test_privacy_no_identity_in_homeserver_or_bot_files(harness, people, synapse):
+    dr = await people("drpriv", name="Dr Privé")
+    ide = await people("idepriv", "infirmier", name="Ide Privée")
+    code, room = await create_patient(dr, ide, harness)
+    await dr.wait_for_message(room, sender=harness.user_id, predicate=lambda m: "Fiche d'identité" in m.body)
+    await harness.idle()
+    await harness.stop()  # flush the bot's files
+    try:
+        files = [p for p in Path(synapse.directory).rglob("*") if p.is_file() and p.suffix != ".log"]
+        files += [p for p in harness.data_dir.rglob("*") if p.is_file()]
+        assert any(p.name == "homeserver.db" for p in files) and any(p.name == "cercle.db" for p in files)
+        for path in files:
+            data = path.read_bytes()
+            for needle in NEEDLES:
+                assert needle not in data, f"{needle!r} found in {path}"
+    finally:
+        await harness.start()
