@@ -25,6 +25,8 @@ from nio import (
     LoginResponse,
     MegolmEvent,
     ReactionEvent,
+    RoomEncryptedFile,
+    RoomMessageFile,
     RoomMessagesError,
     RoomMessageText,
     RoomSendResponse,
@@ -272,6 +274,10 @@ class Bot:
             content = dict(ev.source.get("content", {}))
             return IncomingEvent(ev.event_id, room_id, ev.sender, "message", ev.server_timestamp,
                                  {"body": ev.body, "content": content, "encrypted": ev.decrypted})
+        if isinstance(ev, (RoomMessageFile, RoomEncryptedFile)):
+            content = dict(ev.source.get("content", {}))
+            return IncomingEvent(ev.event_id, room_id, ev.sender, "file", ev.server_timestamp,
+                                 {"body": ev.body, "content": content})
         if isinstance(ev, MegolmEvent):
             return IncomingEvent(ev.event_id, room_id, ev.sender, "undecryptable", ev.server_timestamp,
                                  {"source": ev.source, "session_id": ev.session_id, "device_id": ev.device_id})

@@ -152,7 +152,38 @@ async def handle_reaction(bot, session, event: IncomingEvent) -> None:
     await handler(ctx, event.payload.get("reacts_to"))
 
 
+async def handle_file(bot, session, event: IncomingEvent) -> None:
+    """A CSV posted by a coordinator in the coordinators' room is a directory import."""
+    record = await session.get(RoomRecord, event.room_id)
+    name = event.payload.get("body", "")
+    if record is None or record.kind != "coordination" or not name.lower().endswith(".csv"):
+        return
+    ctx = bot.context(session, event.room_id, "coordination", event.sender, event.event_id)
+    if bot.directory is not None:
+        refusal = await bot.directory.refusal(session, event.sender, "coordinateur")
+        if refusal:
+            ctx.reply(refusal)
+            return
+    from nio.crypto.attachments import decrypt_attachment
+
+    from rooms.directory_import import import_directory
+
+    content = event.payload["content"]
+    file_info = content.get("file")  # encrypted attachment
+    url = file_info["url"] if file_info else content.get("url")
+    response = await bot.client.download(mxc=url)
+    data = getattr(response, "body", None)
+    if data is None:
+        ctx.reply(f"⚠️ Je n'ai pas pu télécharger « {name} » : {getattr(response, 'message', response)}. "
+                  "Rien n'a été modifié ; renvoyez le fichier.")
+        return
+    if file_info:
+        data = decrypt_attachment(data, file_info["key"]["k"], file_info["hashes"]["sha256"], file_info["iv"])
+    ctx.reply(await import_directory(ctx, data))
+
+
 HANDLERS = {
+    "file": handle_file,
     "message": handle_message,
     "undecryptable": handle_undecryptable,
     "withheld": handle_withheld,
