@@ -78,6 +78,8 @@ class Bot:
         self._tasks: list[asyncio.Task] = []
         self.scheduler: AsyncIOScheduler | None = None
         self.synced_once = asyncio.Event()
+        self.identity_status: str | None = None
+        self.identity_warning: str | None = None
         self.sync_filter = {
             "room": {
                 # Lazy-loaded members and a short timeline: the bot sits in thousands of rooms.
@@ -156,6 +158,7 @@ class Bot:
         self._tasks = [asyncio.create_task(self._sync_loop(), name="sync"),
                        asyncio.create_task(self._worker_loop(), name="worker")]
         self._wake_worker.set()
+        await self._ensure_identity_after_first_sync()
         await self.fire_due_deadlines()  # overdue timers fire at once after a downtime
         try:
             await self._stop.wait()
@@ -164,6 +167,24 @@ class Bot:
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self.scheduler.shutdown(wait=False)
+
+    async def _ensure_identity_after_first_sync(self) -> None:
+        from bot.identity import ensure_identity
+
+        try:
+            await asyncio.wait_for(self.synced_once.wait(), 60)
+            if self.client.should_upload_keys:
+                await self.client.keys_upload()
+            await ensure_identity(self)
+            room = getattr(self, "coordinator_room", None)
+            if self.identity_warning and room:
+                from bot.messages import render
+
+                async with self.store.session.begin() as session:
+                    self.store.queue(session, "message", room, render(self.identity_warning), self.clock.now())
+                self._wake_worker.set()
+        except asyncio.TimeoutError:
+            log.error("pas de première synchronisation : signature croisée reportée au prochain démarrage")
 
     async def stop(self) -> None:
         self._stop.set()
@@ -397,7 +418,12 @@ class Bot:
         """Hook for bot.trust (cross-signed devices verified, others per configuration)."""
         from bot import trust
 
-        await trust.apply(self, room_id)
+        try:
+            await trust.apply(self, room_id)
+        except Exception as e:
+            if self.config.trust.unverified_devices == "cross_signed_only":
+                raise LocalProtocolError(f"vérification des appareils impossible ({e})")  # fail closed, retry
+            log.warning("vérification des appareils impossible (%s) : envoi à tous les appareils", e)
 
     # --- deadlines ---------------------------------------------------------------------------------
     async def schedule_wakeup(self) -> None:

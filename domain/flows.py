@@ -134,6 +134,14 @@ def normalize_name(text: str) -> str:
     return " ".join(folded.split())
 
 
+_STOPWORDS = {"d", "de", "du", "des", "l", "la", "le", "les", "un", "une"}
+
+
+def _motif_key(text: str) -> str:
+    """`Renouvellement d'ordonnance` = `renouvellement_ordonnance`."""
+    return "_".join(w for w in normalize_name(text).split() if w not in _STOPWORDS)
+
+
 # --- models ------------------------------------------------------------------------------------
 
 class _Strict(BaseModel):
@@ -213,9 +221,9 @@ class Flow(_Strict):
     def delai_intervention_pour(self, motif: str | None = None) -> timedelta | None:
         """Délai d'intervention, with per-motif override (SNP renouvellement d'ordonnance: 48 h)."""
         if motif:
-            key = normalize_name(motif).replace(" ", "_")
+            key = _motif_key(motif)
             for k, v in self.delai_intervention_par_motif.items():
-                if normalize_name(k).replace(" ", "_") == key:
+                if _motif_key(k) == key:
                     return v
         return self.delai_intervention
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -65,9 +65,13 @@ class PlannedStep:
     due_at: datetime
 
 
-def _check_aware(name: str, instant: datetime) -> None:
+def _utc(name: str, instant: datetime) -> datetime:
+    """Aware instant in UTC. Python adds timedeltas to a ZoneInfo datetime in *wall-clock* time
+    (Paris 22:00 + 8 h = 06:00 across the spring DST switch: 7 real hours), so every
+    computation here runs in UTC, which is real elapsed time (decisions.md 1)."""
     if instant.tzinfo is None or instant.utcoffset() is None:
         raise ValueError(f"{name} must be timezone-aware (UTC), got naive {instant!r}")
+    return instant.astimezone(timezone.utc)
 
 
 def plan_response_ladder(created_at: datetime, delai_reponse: timedelta, *, pool_fraction: float = 0.5,
@@ -78,14 +82,15 @@ def plan_response_ladder(created_at: datetime, delai_reponse: timedelta, *, pool
     - `pool_now`: the MT is absent or has declined, or the patient has no usual professional
       of the profession: the POOL rung is due at creation (decisions.md 3.2).
     - `mt_priority`: an MT-only window (SNP 2 h, decisions.md 5). When given, it ends the
-      CERCLE phase and replaces `pool_fraction`.
+      CERCLE phase and replaces `pool_fraction`; a window ending after the relance point
+      delays the relance to the pool time (rungs are applied in order).
     - `with_pool=False`: the request names one person, not a profession; decisions.md 3 puts
       the pool only on requests addressed to a profession, so the plan is CERCLE, RELANCE,
       ESCALADE.
 
-    Invalid arguments are programming errors and raise ValueError.
+    Due instants are in UTC. Invalid arguments are programming errors and raise ValueError.
     """
-    _check_aware("created_at", created_at)
+    created_at = _utc("created_at", created_at)
     if delai_reponse <= timedelta(0):
         raise ValueError(f"delai_reponse must be positive, got {delai_reponse}")
     if not 0 <= pool_fraction <= 1 or not 0 <= relance_fraction < 1:
@@ -96,6 +101,7 @@ def plan_response_ladder(created_at: datetime, delai_reponse: timedelta, *, pool
         raise ValueError(f"mt_priority ({mt_priority}) must lie within delai_reponse ({delai_reponse})")
 
     steps = [PlannedStep(Rung.CERCLE, created_at)]
+    relance_at = created_at + delai_reponse * relance_fraction
     if with_pool:
         if pool_now:
             pool_at = created_at
@@ -104,7 +110,10 @@ def plan_response_ladder(created_at: datetime, delai_reponse: timedelta, *, pool
         else:
             pool_at = created_at + delai_reponse * pool_fraction
         steps.append(PlannedStep(Rung.POOL, pool_at))
-    steps.append(PlannedStep(Rung.RELANCE, created_at + delai_reponse * relance_fraction))
+        # An MT window longer than the relance point: remind everyone once the pool is open,
+        # never before (the rungs are applied in order).
+        relance_at = max(relance_at, pool_at)
+    steps.append(PlannedStep(Rung.RELANCE, relance_at))
     steps.append(PlannedStep(Rung.ESCALADE, created_at + delai_reponse))
     return sorted(steps, key=lambda s: (s.due_at, s.rung.rank))
 
@@ -130,7 +139,7 @@ def plan_for_flow(flow: Flow, created_at: datetime, *, pool_now: bool = False,
 
 def plan_intervention_deadline(accepted_at: datetime, delai_intervention: timedelta) -> PlannedStep:
     """INTERVENTION rung: due `delai_intervention` after the acceptance (decisions.md 2)."""
-    _check_aware("accepted_at", accepted_at)
+    accepted_at = _utc("accepted_at", accepted_at)
     if delai_intervention <= timedelta(0):
         raise ValueError(f"delai_intervention must be positive, got {delai_intervention}")
     return PlannedStep(Rung.INTERVENTION, accepted_at + delai_intervention)

@@ -1,0 +1,77 @@
+"""Operator commands that use the bot's stored session without syncing: status, identity restore."""
+from __future__ import annotations
+
+from nio import AsyncClient, AsyncClientConfig
+
+from bot.config import Config
+from bot.cross_signing import CrossSigningClient, CrossSigningKeys, device_is_cross_signed
+from bot.identity import SECRET_KEY
+from bot.secret_storage import restore_cross_signing_secrets
+from storage.repositories import open_store
+
+
+async def _session(config: Config):
+    store = await open_store(config.storage.url(), config.storage.key_path(), create_key=False)
+    device_id = await store.get_state("device_id")
+    token = await store.get_secret("access_token")
+    if not device_id or not token:
+        await store.close()
+        raise SystemExit("cercle : le bot ne s'est encore jamais connecté (lancez `cercle run` une première fois)")
+    return store, device_id, token
+
+
+async def status(config: Config) -> str:
+    store, device_id, token = await _session(config)
+    user = config.matrix.user_id
+    try:
+        async with CrossSigningClient(config.matrix.homeserver, user, device_id, token, None) as cs:
+            _, query = await cs.request("POST", "/_matrix/client/v3/keys/query", {"device_keys": {user: [device_id]}})
+            _, joined = await cs.request("GET", "/_matrix/client/v3/joined_rooms")
+        signed = device_is_cross_signed(query, user, device_id)
+        rooms = await store.rooms()
+        kinds: dict[str, int] = {}
+        for r in rooms:
+            kinds[r.kind] = kinds.get(r.kind, 0) + 1
+        deadlines = await store.pending_deadlines()
+        lines = [
+            f"Compte          : {user}",
+            f"Appareil        : {device_id}",
+            f"Signé (croisé)  : {'oui, chaîne de signatures vérifiée' if signed else 'NON : Element peut exclure cet appareil'}",
+            f"Salons rejoints : {len(joined.get('joined_rooms', []))} "
+            f"({', '.join(f'{k} : {n}' for k, n in sorted(kinds.items())) or 'aucun enregistré'})",
+            f"Échéances       : {len(deadlines)} en attente",
+        ]
+        for d in deadlines[:20]:
+            lines.append(f"  - {d.due_at:%d/%m/%Y %H:%M} UTC  {d.kind:<12} {d.ref}")
+        pending = await store.pending_events()
+        lines.append(f"Événements en attente de traitement : {len(pending)}")
+        return "\n".join(lines)
+    finally:
+        await store.close()
+
+
+async def restore_identity(config: Config, recovery_key: str) -> str:
+    """Fetch the cross-signing keys from secret storage with the recovery key, and sign this device."""
+    store, device_id, token = await _session(config)
+    user = config.matrix.user_id
+    client = AsyncClient(config.matrix.homeserver, user, device_id=device_id,
+                         store_path=str(config.storage.data_dir / "nio-store"),
+                         config=AsyncClientConfig(encryption_enabled=True,
+                                                  pickle_key=store.cipher.derive("nio-pickle-key")))
+    try:
+        client.restore_login(user, device_id, token)
+        olm_key = client.olm.account.identity_keys["ed25519"] if client.olm else None
+        async with CrossSigningClient(config.matrix.homeserver, user, device_id, token,
+                                      config.matrix.resolved_password()) as cs:
+            try:
+                keys: CrossSigningKeys = await restore_cross_signing_secrets(cs, recovery_key)
+            except ValueError as e:
+                raise SystemExit(f"cercle : {e}")
+            result = await cs.ensure(keys, olm_ed25519=olm_key)
+        if result.status == "mismatch":
+            raise SystemExit(f"cercle : les clés restaurées ne correspondent pas à celles du serveur ({result.detail})")
+        await store.set_secret(SECRET_KEY, keys.to_secret_dict())
+        return f"Identité restaurée : l'appareil {device_id} de {user} est signé par son identité de signature croisée."
+    finally:
+        await client.close()
+        await store.close()
