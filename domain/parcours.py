@@ -489,7 +489,7 @@ class Question(_Strict):
 
 
 class Questionnaire(_Strict):
-    code: Code
+    code: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]  # "J0", "J7", "J30"
     titre: Texte
     jour: int = Field(ge=0)                      # J-day counted from `ancre`
     ancre: Literal["declenchement", "acceptation"]
