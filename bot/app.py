@@ -49,6 +49,13 @@ COMMANDS_STATE = "org.matrix.msc4332.commands"
 TRANSIENT_ERRORS = {"M_LIMIT_EXCEEDED", "M_UNKNOWN", None}
 
 
+def wall_ms() -> int:
+    """Real time in ms, to compare with server timestamps (the injectable clock is domain time)."""
+    import time
+
+    return int(time.time() * 1000)
+
+
 class BotError(Exception):
     pass
 
@@ -74,6 +81,9 @@ class Bot:
         self.start_hooks: list = []
         self.directory = None  # set by rooms.directory when the directory feature is wired
         self._wake_worker = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._members_dirty: set[str] = set()  # rooms where the bot invited someone its sync has not seen
+        self.outbox_waiting = 0
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.scheduler: AsyncIOScheduler | None = None
@@ -210,9 +220,12 @@ class Bot:
     async def sync_once(self) -> None:
         since = await self.store.get_state("sync_token")
         first = since is None
+        # After a start, the full state (every room, members lazy-loaded): nio keeps no room list
+        # on disk, and the bot must be able to write in a room that has been quiet since.
+        starting = not self.synced_once.is_set()
         response = await self.client.sync(
-            timeout=0 if first else self.config.sync.timeout_ms, sync_filter=self.sync_filter,
-            since=since, full_state=first)
+            timeout=0 if starting else self.config.sync.timeout_ms, sync_filter=self.sync_filter,
+            since=since, full_state=starting)
         if isinstance(response, SyncError) or not isinstance(response, SyncResponse):
             raise BotError(getattr(response, "message", str(response)))
         await self._crypto_housekeeping()
@@ -234,7 +247,7 @@ class Bot:
         await self.client.send_to_device_messages()
 
     async def _collect(self, response: SyncResponse, *, first: bool) -> list[IncomingEvent]:
-        now_ms = int(self.clock.now().timestamp() * 1000)
+        now_ms = wall_ms()
         events: list[IncomingEvent] = []
         for room_id, info in response.rooms.invite.items():
             inviter, is_direct = None, False
@@ -318,6 +331,7 @@ class Bot:
             self._wake_worker.clear()
             try:
                 await self.process_inbox()
+                await self.fire_due_deadlines()  # e.g. a rung due "now" after a decline
                 await self.flush_outbox()
             except asyncio.CancelledError:
                 raise
@@ -342,25 +356,56 @@ class Bot:
                               sender=sender, event_id=event_id, now=self.clock.now())
 
     # --- outbox --------------------------------------------------------------------------------
-    async def flush_outbox(self) -> None:
-        while True:
-            items = await self.store.pending_outbox()
-            if not items:
-                return
-            for item, content in items:
-                ok = await self._send(item, content)
-                if ok is None:  # transient: keep it pending and retry later
-                    asyncio.get_running_loop().call_later(2, self._wake_worker.set)
-                    return
+    async def flush_outbox(self) -> int:
+        """Send what can be sent, in order per room; returns how many items are left waiting.
+
+        An item that cannot go yet (room not synced, recipient not joined, homeserver busy) holds
+        back the later items of the same room only, never the other rooms.
+        """
+        blocked: set[str] = set()
+        async with self._flush_lock:
+            done_ids: set[int] = set()
+            while True:
+                items = [(i, c) for i, c in await self.store.pending_outbox(limit=500) if i.id not in done_ids]
+                sendable = [(i, c) for i, c in items if self._outbox_key(i, c) not in blocked]
+                if not sendable:
+                    break
+                for item, content in sendable:
+                    key = self._outbox_key(item, content)
+                    if key in blocked:
+                        continue
+                    ok = await self._send(item, content)
+                    if ok is None:
+                        blocked.add(key)
+                    done_ids.add(item.id)
+            waiting = len([1 for i, c in await self.store.pending_outbox(limit=500)])
+        self.outbox_waiting = waiting
+        if waiting:
+            asyncio.get_running_loop().call_later(2, self._wake_worker.set)
+        return waiting
+
+    @staticmethod
+    def _outbox_key(item, content: dict) -> str:
+        return f"direct:{content['user_id']}" if item.action == "direct" else item.room_id
 
     async def _send(self, item, content: dict) -> bool | None:
         now = self.clock.now()
         try:
             if item.action == "message":
-                if self.client.should_query_keys:
-                    await self.client.keys_query()
-                await self._apply_trust_policy(item.room_id)
+                await self._prepare_room_keys(item.room_id)
                 response = await self.client.room_send(item.room_id, "m.room.message", content,
+                                                       tx_id=item.txn_id, ignore_unverified_devices=True)
+                if isinstance(response, RoomSendResponse):
+                    await self.store.outbox_done(item.id, now, event_id=response.event_id)
+                    return True
+            elif item.action == "direct":
+                room_id = await self._direct_room(content["user_id"])
+                room = self.client.rooms.get(room_id) if room_id else None
+                if room is None or content["user_id"] not in room.users or content["user_id"] in room.invited_users:
+                    # Wait until they joined: keys shared before that would not reach their devices.
+                    return None
+                await self._prepare_room_keys(room_id)
+                response = await self.client.room_send(room_id, "m.room.message", content["content"],
                                                        tx_id=item.txn_id, ignore_unverified_devices=True)
                 if isinstance(response, RoomSendResponse):
                     await self.store.outbox_done(item.id, now, event_id=response.event_id)
@@ -388,6 +433,7 @@ class Bot:
                     return True
             elif item.action == "invite":
                 response = await self.client.room_invite(item.room_id, content["user_id"])
+                self._members_dirty.add(item.room_id)
                 if not hasattr(response, "status_code") or "already in the room" in str(getattr(response, "message", "")):
                     await self.store.outbox_done(item.id, now)
                     return True
@@ -401,6 +447,9 @@ class Bot:
         except LocalProtocolError as e:  # e.g. the room is not synced yet
             log.info("envoi reporté (%s)", e)
             return None
+        except KeyError as e:  # nio: the room's group session was replaced by a sync mid-share
+            log.info("envoi reporté, session de groupe renouvelée (%s)", e)
+            return None
         errcode = getattr(response, "status_code", None)
         if errcode in TRANSIENT_ERRORS:
             log.warning("envoi reporté dans %s : %s", item.room_id, getattr(response, "message", response))
@@ -408,6 +457,69 @@ class Bot:
         log.error("envoi refusé dans %s : %s %s", item.room_id, errcode, getattr(response, "message", ""))
         await self.store.outbox_done(item.id, now, error=f"{errcode}: {getattr(response, 'message', '')}")
         return False
+
+    def mark_members_dirty(self, room_id: str) -> None:
+        self._members_dirty.add(room_id)
+
+    async def _prepare_room_keys(self, room_id: str) -> None:
+        """Make sure the next message's room key reaches every current device, invitees included.
+
+        nio rotates its outbound session only when its own sync shows a membership or device
+        change; right after the bot invited someone, its sync has not seen it yet. So: re-read the
+        members where the bot invited someone, then rotate if a current device was not covered.
+        """
+        from nio import Event, RoomGetStateResponse, RoomMemberEvent
+
+        room = self.client.rooms.get(room_id)
+        if room is None or not room.encrypted:
+            return
+        if room_id in self._members_dirty:
+            state = await self.client.room_get_state(room_id)
+            if isinstance(state, RoomGetStateResponse):
+                for source in state.events:
+                    if source.get("type") == "m.room.member":
+                        event = Event.parse_event(source)
+                        if isinstance(event, RoomMemberEvent):
+                            room.handle_membership(event)
+                room.members_synced = True
+                self.client.olm.update_tracked_users(room)
+                self._members_dirty.discard(room_id)
+        if self.client.should_query_keys:
+            await self.client.keys_query()
+        await self._apply_trust_policy(room_id)
+        session = self.client.olm.outbound_group_sessions.get(room_id)
+        if session is None or not session.shared:
+            return
+        covered = session.users_shared_with | session.users_ignored
+        wanted = {(u, d.id) for u in room.users for d in self.client.device_store.active_user_devices(u)
+                  if not d.blacklisted}
+        departed = {u for u, _ in session.users_shared_with} - set(room.users)
+        if wanted - covered or departed:
+            self.client.invalidate_outbound_session(room_id)
+
+    async def _direct_room(self, user_id: str) -> str | None:
+        """The bot's direct chat with a professional, created (encrypted) the first time."""
+        from sqlalchemy import select
+
+        from storage.models import RoomRecord
+
+        async with self.store.session() as session:
+            found = await session.scalar(select(RoomRecord.room_id).where(
+                RoomRecord.kind == "direct", RoomRecord.direct_with == user_id))
+        if found:
+            return found
+        from nio import RoomCreateError, RoomPreset
+
+        response = await self.client.room_create(
+            is_direct=True, invite=[user_id], preset=RoomPreset.trusted_private_chat,
+            initial_state=[{"type": "m.room.encryption", "state_key": "",
+                            "content": {"algorithm": "m.megolm.v1.aes-sha2"}}])
+        if isinstance(response, RoomCreateError):
+            log.warning("conversation directe avec %s impossible : %s", user_id, response.message)
+            return None
+        await self.store.save_room(response.room_id, "direct", wall_ms(),
+                                   direct_with=user_id, created=True)
+        return response.room_id
 
     async def may_send_state(self, room, event_type: str) -> bool:
         # nio predates room version 12, where creators have every power without being listed.

@@ -1,6 +1,8 @@
 """From a recorded inbox event to its effect. Each event is handled in one transaction."""
 from __future__ import annotations
 
+from bot.app import wall_ms
+
 import logging
 
 from nio import JoinError, MegolmEvent
@@ -134,7 +136,7 @@ async def handle_invite(bot, session, event: IncomingEvent) -> None:
     if isinstance(response, JoinError):
         log.warning("impossible de rejoindre %s : %s", event.room_id, response.message)
         return
-    now_ms = int(bot.clock.now().timestamp() * 1000)
+    now_ms = wall_ms()
     kind = "direct" if event.payload.get("is_direct") else "other"
     await bot.store.save_room(event.room_id, kind, now_ms, direct_with=event.sender if kind == "direct" else None,
                               session=session)

@@ -5,9 +5,9 @@ from commands.registry import CommandRegistry
 
 
 def build_registry() -> CommandRegistry:
-    from commands import annuaire, cercle, general
+    from commands import alertes, annuaire, cercle, demandes, general
 
     registry = CommandRegistry()
-    for module in (general, cercle, annuaire):
+    for module in (general, cercle, demandes, alertes, annuaire):
         module.register(registry)
     return registry

@@ -18,12 +18,12 @@ class ListOfWords(Word):
 def _roles(text: str | None) -> list[str] | None:
     if text is None:
         return None
-    allowed = ("coordinateur", "referent", "operateur_snp", "secretaire")
+    allowed = ("coordinateur", "referent", "vigie_referent", "structure", "operateur_snp", "secretaire")
     roles = [r.strip() for r in text.split(",") if r.strip()]
     for r in roles:
         if r.split(":")[0] not in allowed:
-            raise ValueError(f"rôle inconnu « {r} » (rôles : coordinateur, referent:<parcours>, operateur_snp, "
-                             "secretaire:<@professionnel>)")
+            raise ValueError(f"rôle inconnu « {r} » (rôles : coordinateur, referent:<parcours>, vigie_referent, "
+                             "structure:<sport_sante|maison_des_femmes|etp>, operateur_snp, secretaire:<@professionnel>)")
     return roles
 
 

@@ -1,6 +1,8 @@
 """Patients and their care circle: patient nouveau, cercle, acces, inclure, sortir."""
 from __future__ import annotations
 
+from bot.app import wall_ms
+
 from sqlalchemy import select
 
 from commands.arguments import Choice, Text, Token, Word
@@ -110,7 +112,7 @@ def register(registry: CommandRegistry) -> None:
         for user_id in invitees:
             role = "medecin_traitant" if mt_prof and user_id == mt_prof.user_id else "habituel"
             await add_member(ctx.session, code, user_id, role, ctx.sender, ctx.now)
-        await ctx.bot.store.save_room(room_id, "patient", int(ctx.now.timestamp() * 1000), created=True,
+        await ctx.bot.store.save_room(room_id, "patient", wall_ms(), created=True,
                                       session=ctx.session)
 
         card = identity.card(code, mt_prof.display_name if mt_prof else None)

@@ -21,12 +21,12 @@ from typing import Annotated, Any, Literal, Mapping
 
 import yaml
 from pydantic import (
-    BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, field_validator,
+    BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError,
     model_validator,
 )
 
 __all__ = [
-    "ActionConditionnelle", "AlerteCritique", "CatalogueError", "ChecklistItem", "Constate", "Delai",
+    "ActionConditionnelle", "AlerteCritique", "CatalogueError", "ChecklistItem", "ConditionQuestion", "Constate", "Delai",
     "DonneeBase", "ElementSuivi", "Fin", "GRANDEURS", "Grandeur", "Inclusion", "Mesure", "Parcours", "Periode",
     "Phase", "Question", "Questionnaire", "Rappel", "RedFlags", "Tcim", "default_directory", "find_parcours",
     "format_duration", "load_catalogue", "load_parcours_file", "normalize", "parse_duration", "parse_periode",
@@ -37,11 +37,15 @@ __all__ = [
 _TYPO = str.maketrans({"’": "'", "‘": "'", "‐": "-", "‑": "-", "–": "-", "—": "-", "œ": "oe", "æ": "ae"})
 
 
+def _fold(text: str) -> str:
+    """Case and accents folded, nothing else: "Périnatalité" → "perinatalite"."""
+    folded = unicodedata.normalize("NFKD", str(text).casefold().translate(_TYPO))
+    return "".join(c for c in folded if not unicodedata.combining(c))
+
+
 def normalize(text: str) -> str:
     """Case- and accent-insensitive key: "Périnatalité" == "perinatalite", "sport-santé" == "sport sante"."""
-    folded = unicodedata.normalize("NFKD", str(text).casefold().translate(_TYPO))
-    plain = "".join(c for c in folded if not unicodedata.combining(c))
-    return " ".join(re.sub(r"[-_'/.]", " ", plain).split())
+    return " ".join(re.sub(r"[-_'/.]", " ", _fold(text)).split())
 
 
 # --- durations (fixed lengths: délais) ------------------------------------------------------------
@@ -64,7 +68,7 @@ def parse_duration(text: str) -> timedelta:
     """
     if not isinstance(text, str) or isinstance(text, bool):
         raise ValueError(f"durée « {text} » sans unité (formes acceptées : {_DURATION_FORMS})")
-    m = _DURATION_RE.match(normalize(text).replace(" ", ""))
+    m = _DURATION_RE.match(_fold(text).replace(" ", ""))
     if not m or m.group(2) not in _DURATION_UNITS:
         raise ValueError(f"durée invalide « {text} » (formes acceptées : {_DURATION_FORMS})")
     value = float(m.group(1).replace(",", "."))
@@ -142,7 +146,7 @@ def parse_periode(text: Any) -> Periode:
         return text
     if not isinstance(text, str):
         raise ValueError(f"période « {text} » sans unité (formes acceptées : {_PERIOD_FORMS})")
-    m = _PERIOD_RE.match(normalize(text).replace(" ", ""))
+    m = _PERIOD_RE.match(_fold(text).replace(" ", ""))
     if not m or m.group(2) not in _PERIOD_UNITS or int(m.group(1)) == 0:
         raise ValueError(f"période invalide « {text} » (formes acceptées : {_PERIOD_FORMS})")
     return Periode(nombre=int(m.group(1)), unite=_PERIOD_UNITS[m.group(2)])
@@ -779,8 +783,6 @@ def load_catalogue(directory: Path | None = None) -> dict[str, Parcours]:
         p = load_parcours_file(path, known_codes=codes)
         if p.code in catalogue:
             raise _error(_display(path), "code", f"code « {p.code} » déjà défini par {_display(origin[p.code])}")
-        if p.code != path.stem:
-            raise _error(_display(path), "code", f"le code « {p.code} » doit être le nom du fichier ({path.stem}.yaml)")
         for name in sorted(p.noms()):
             other = names.get(name)
             if other is not None and other != p.code:
@@ -788,6 +790,9 @@ def load_catalogue(directory: Path | None = None) -> dict[str, Parcours]:
             names[name] = p.code
         catalogue[p.code] = p
         origin[p.code] = path
+    for code, path in origin.items():
+        if code != path.stem:
+            raise _error(_display(path), "code", f"le code « {code} » doit être le nom du fichier ({code}.yaml)")
     return catalogue
 
 

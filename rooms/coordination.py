@@ -1,6 +1,8 @@
 """The CPTS coordinators' room: escalations, inclusions and bordereaux land there (never an identity)."""
 from __future__ import annotations
 
+from bot.app import wall_ms
+
 import logging
 
 from nio import RoomCreateError, RoomVisibility
@@ -12,7 +14,7 @@ ENCRYPTION = {"type": "m.room.encryption", "state_key": "", "content": {"algorit
 
 async def ensure_coordinator_room(bot, invite: list[str] = ()) -> str:
     """Use the configured room, or the one the bot created earlier, or create it (encrypted, invite only)."""
-    now_ms = int(bot.clock.now().timestamp() * 1000)
+    now_ms = wall_ms()
     room_id = bot.config.cpts.coordinator_room or await bot.store.get_state("coordinator_room")
     if room_id is None:
         response = await bot.client.room_create(

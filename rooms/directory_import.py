@@ -14,7 +14,7 @@ from commands.arguments import normalize
 from rooms.directory import find_profession, upsert_professional
 
 COLUMNS = ("matrix_id", "nom", "profession", "communes", "roles", "cotisation")
-ROLE_NAMES = ("coordinateur", "referent", "operateur_snp", "secretaire")
+ROLE_NAMES = ("coordinateur", "referent", "vigie_referent", "structure", "operateur_snp", "secretaire")
 MAX_BYTES = 1_000_000
 
 

@@ -85,6 +85,7 @@ async def create_patient_room(bot, code: str, invite: list[str]) -> str:
     )
     if isinstance(response, RoomCreateError):
         raise RuntimeError(f"création du salon impossible : {response.message}")
+    bot.mark_members_dirty(response.room_id)
     return response.room_id
 
 

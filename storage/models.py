@@ -192,7 +192,9 @@ class Act(Base):
 
 
 class Demande(Base):
-    """A déclenchement (request) in a patient room; `numero` is short and per room."""
+    """A déclenchement in a patient room. The whole domain object (domain.requests.Demande) is
+    kept encrypted in `data_enc` (it holds the comment and the compte-rendu); the plain columns
+    are what lookups and the ladder need, and carry no patient identity."""
 
     __tablename__ = "demande"
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
@@ -200,25 +202,12 @@ class Demande(Base):
     room_id: Mapped[str] = mapped_column(String(255))
     numero: Mapped[int]
     flow: Mapped[str] = mapped_column(String(50))
-    soins: Mapped[str | None] = mapped_column(String(100))
-    demandeur: Mapped[str] = mapped_column(String(255))
-    pour_compte_de: Mapped[str | None] = mapped_column(String(255))  # secretary acting under delegation
-    cible_profession: Mapped[str | None] = mapped_column(String(50))
-    cible_personne: Mapped[str | None] = mapped_column(String(255))
-    commune: Mapped[str | None] = mapped_column(String(200))
-    commentaire_enc: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime]
-    delai_reponse_s: Mapped[int]
-    delai_intervention_s: Mapped[int | None]
     etat: Mapped[str] = mapped_column(String(20))
-    rung: Mapped[str] = mapped_column(String(20), default="cercle")
-    sollicites: Mapped[list] = mapped_column(JSON, default=list)
-    refus: Mapped[dict] = mapped_column(JSON, default=dict)
+    demandeur: Mapped[str] = mapped_column(String(255))
     acceptee_par: Mapped[str | None] = mapped_column(String(255))
-    accepted_at: Mapped[datetime | None]
-    rdv: Mapped[dict | None] = mapped_column(JSON)
-    cr_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
-    closed_at: Mapped[datetime | None]
-    details: Mapped[dict] = mapped_column(JSON, default=dict)  # red flag hits, alert kind…
+    created_at: Mapped[datetime]
+    version: Mapped[int] = mapped_column(default=1)  # optimistic lock: first acceptance wins, once
+    data_enc: Mapped[bytes] = mapped_column(LargeBinary)
 
-    __table_args__ = (UniqueConstraint("room_id", "numero", name="uq_demande_room_numero"),)
+    __table_args__ = (UniqueConstraint("room_id", "numero", name="uq_demande_room_numero"),
+                      {"sqlite_autoincrement": True})

@@ -67,11 +67,17 @@ class BotHarness:
         return await self.start()
 
     async def idle(self, timeout: float = 15) -> None:
-        """Wait until every recorded event is handled and every queued send has gone out."""
+        """Wait until every recorded event is handled and every queued send has gone out, except
+        direct messages waiting for their recipient to join."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         while loop.time() < end:
-            if not await self.bot.store.pending_events() and not await self.bot.store.pending_outbox():
-                return
+            if not await self.bot.store.pending_events():
+                waiting = await self.bot.flush_outbox()
+                if not await self.bot.store.pending_events() and waiting == len(await self.bot.store.pending_outbox()):
+                    if all(i.action == "direct" for i, _ in await self.bot.store.pending_outbox()):
+                        return
             await asyncio.sleep(0.05)
-        raise AssertionError("le bot n'a pas fini de traiter ses événements")
+        pending = [(i.action, i.room_id, i.ref) for i, _ in await self.bot.store.pending_outbox()]
+        events = [(e.kind, e.event_id) for e in await self.bot.store.pending_events()]
+        raise AssertionError(f"le bot n'a pas fini : événements {events}, envois {pending}")

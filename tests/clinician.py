@@ -21,13 +21,14 @@ from nio import (
     AsyncClientConfig,
     EncryptionError,
     EnableEncryptionBuilder,
-    JoinedMembersError,
+    Event,
     JoinError,
     LoginResponse,
     MatrixInvitedRoom,
     MatrixRoom,
     MegolmEvent,
     RoomCreateError,
+    RoomMemberEvent,
     RoomMessage,
     RoomPreset,
     SyncResponse,
@@ -94,8 +95,12 @@ class Clinician:
             raise AssertionError(f"connexion de {user_id} refusée : {response}")
         self = cls(user_id, password, client)
         self._task = asyncio.create_task(self._sync_loop(), name=f"sync {user_id}")
-        await self._wait(lambda: self._synced and client.olm.account.shared, 20,
-                         lambda: f"{user_id}: clés du compte olm jamais publiées")
+        try:
+            await self._wait(lambda: self._synced and client.olm.account.shared, 20,
+                             lambda: f"{user_id}: clés du compte olm jamais publiées")
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def close(self) -> None:
@@ -262,6 +267,16 @@ class Clinician:
         path = f"/_matrix/client/v3/rooms/{quote(room_id)}/send/{quote(event_type)}/{uuid4().hex}"
         return (await self.request_json("PUT", path, content))["event_id"]
 
+    async def _refresh_members(self, room: MatrixRoom) -> None:
+        """The member list as the server has it now, invitees included (Element shares with them)."""
+        chunk = await self.request_json("GET", f"/_matrix/client/v3/rooms/{quote(room.room_id)}/members")
+        for source in chunk.get("chunk", []):
+            event = Event.parse_event(source)
+            if isinstance(event, RoomMemberEvent):
+                room.handle_membership(event)
+        room.members_synced = True
+        self.client.olm.update_tracked_users(room)
+
     async def _refresh_keys(self, room: MatrixRoom) -> None:
         """Members and devices as of now, so a device that joined a moment ago gets the room key.
 
@@ -270,9 +285,7 @@ class Clinician:
         would be left out. Rotate whenever a current device was not given the current key.
         """
         c = self.client
-        members = await c.joined_members(room.room_id)
-        if isinstance(members, JoinedMembersError):
-            raise AssertionError(f"membres de {room.room_id} illisibles : {members}")
+        await self._refresh_members(room)
         if c.should_query_keys:
             await c.keys_query()
         self._trust_everyone()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import os
 import socket
@@ -71,8 +72,13 @@ def _fresh_postgres_schema(request) -> str:
         finally:
             await conn.close()
 
-    asyncio.run(run(f'CREATE SCHEMA "{schema}"'))
-    request.addfinalizer(lambda: asyncio.run(run(f'DROP SCHEMA "{schema}" CASCADE')))
+    def execute(sql: str) -> None:
+        # Its own loop in a thread: callers may be inside a running event loop (async fixtures).
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, run(sql)).result()
+
+    execute(f'CREATE SCHEMA "{schema}"')
+    request.addfinalizer(lambda: execute(f'DROP SCHEMA "{schema}" CASCADE'))
     sep = "&" if "?" in POSTGRES_BASE else "?"
     # storage.engine turns `search_path` into an asyncpg server setting.
     return f"{POSTGRES_BASE}{sep}search_path={schema}"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -68,35 +69,56 @@ async def test_encrypted_exchange_reply_notice_and_reaction(clinician):
     print(f"\nlogin x2 + room + message + reply + reaction: {time.monotonic() - started:.2f} s")
 
 
-async def test_newcomer_gets_the_key_even_before_the_sender_synced_the_join(clinician):
-    a, b, _ = await pair_in_room(clinician)  # A knows B's device from this first room
-    c = await clinician("c")  # a brand-new device, never queried by A
-    room = await a.create_room(invite=[c.user_id])
-    await c.join(await c.wait_for_invite())
-    started = time.monotonic()
-    sent = first = await a.send_text(room, "bienvenue C")  # no wait_joined on A's side on purpose
-    assert (await c.wait_for_message(room, predicate=lambda m: m.event_id == sent, timeout=10)).encrypted
-    print(f"\njoin-then-send decrypted by the newcomer in {time.monotonic() - started:.2f} s")
-
-    # Freeze A's sync so A cannot see C invite B: nio alone would keep its shared session.
-    gate, entered, real_sync = asyncio.Event(), asyncio.Event(), a.client.sync
+@contextlib.asynccontextmanager
+async def sync_frozen(c: Clinician):
+    """While inside, c's sync loop sees nothing new (its long-poll in flight has ended)."""
+    gate, entered, real_sync = asyncio.Event(), asyncio.Event(), c.client.sync
 
     async def gated_sync(*args, **kwargs):
         entered.set()
         await gate.wait()
         return await real_sync(*args, **kwargs)
 
-    a.client.sync = gated_sync
-    await asyncio.wait_for(entered.wait(), 5)  # the long-poll in flight has ended
-    await c.client.room_invite(room, b.user_id)
-    await b.join(await b.wait_for_invite(predicate=lambda r: r.room_id == room))
-    sent = await a.send_text(room, "bienvenue B")
-    assert b.user_id not in a.client.rooms[room].invited_users  # A only learnt B from joined_members
-    gate.set()
+    c.client.sync = gated_sync
+    await asyncio.wait_for(entered.wait(), 5)
+    try:
+        yield
+    finally:
+        c.client.sync = real_sync
+        gate.set()
+
+
+async def test_newcomer_gets_the_key_even_before_the_sender_synced_the_join(clinician):
+    a, b, _ = await pair_in_room(clinician)  # A knows B's device from this first room
+    c = await clinician("c")  # a brand-new device, never queried by A
+    room = await a.create_room(invite=[c.user_id])
+    await c.join(await c.wait_for_invite())
+    started = time.monotonic()
+    first = await a.send_text(room, "bienvenue C")  # no wait_joined on A's side on purpose
+    assert (await c.wait_for_message(room, predicate=lambda m: m.event_id == first, timeout=10)).encrypted
+    print(f"\njoin-then-send decrypted by the newcomer in {time.monotonic() - started:.2f} s")
+
+    # A cannot see C invite B: nio alone would keep using the session it already shared.
+    async with sync_frozen(a):
+        await c.client.room_invite(room, b.user_id)
+        await b.join(await b.wait_for_invite(predicate=lambda r: r.room_id == room))
+        sent = await a.send_text(room, "bienvenue B")
     got = await b.wait_for_message(room, predicate=lambda m: m.event_id == sent, timeout=10)
     assert got.encrypted and got.body == "bienvenue B"
+    assert [e.event_id for e in b.undecryptable(room)] == [first]  # only what predates B's invite
     await a.wait_for_message(room, predicate=lambda m: m.event_id == sent)  # A's loop resumed
-    assert [e.event_id for e in b.undecryptable(room)] == [first]  # only what predates B's join
+
+
+async def test_message_sent_right_after_an_invite_is_readable_once_joined(clinician):
+    a, b = await clinician("a"), await clinician("b")
+    room = await a.create_room()
+    await a.send_text(room, "seul")  # a session shared with nobody
+    async with sync_frozen(a):  # A has not synced its own invite when it sends
+        await a.client.room_invite(room, b.user_id)
+        sent = await a.send_text(room, "pour B, avant qu'il ne rejoigne")
+    await b.join(await b.wait_for_invite())
+    got = await b.wait_for_message(room, predicate=lambda m: m.event_id == sent, timeout=10)
+    assert got.encrypted
 
 
 async def test_wait_for_message_timeout_lists_what_arrived(clinician):

@@ -1,8 +1,8 @@
 """care circles, directory, requests, ledger
 
-Revision ID: 90c766e37d9f
+Revision ID: 2f41897ab24c
 Revises: 0001
-Create Date: 2026-11-23 10:03:23.984506
+Create Date: 2026-11-23 10:23:00.290765
 """
 from alembic import op
 import storage.models
@@ -46,28 +46,15 @@ def upgrade() -> None:
     sa.Column('room_id', sa.String(length=255), nullable=False),
     sa.Column('numero', sa.Integer(), nullable=False),
     sa.Column('flow', sa.String(length=50), nullable=False),
-    sa.Column('soins', sa.String(length=100), nullable=True),
-    sa.Column('demandeur', sa.String(length=255), nullable=False),
-    sa.Column('pour_compte_de', sa.String(length=255), nullable=True),
-    sa.Column('cible_profession', sa.String(length=50), nullable=True),
-    sa.Column('cible_personne', sa.String(length=255), nullable=True),
-    sa.Column('commune', sa.String(length=200), nullable=True),
-    sa.Column('commentaire_enc', sa.LargeBinary(), nullable=False),
-    sa.Column('created_at', storage.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('delai_reponse_s', sa.Integer(), nullable=False),
-    sa.Column('delai_intervention_s', sa.Integer(), nullable=True),
     sa.Column('etat', sa.String(length=20), nullable=False),
-    sa.Column('rung', sa.String(length=20), nullable=False),
-    sa.Column('sollicites', sa.JSON(), nullable=False),
-    sa.Column('refus', sa.JSON(), nullable=False),
+    sa.Column('demandeur', sa.String(length=255), nullable=False),
     sa.Column('acceptee_par', sa.String(length=255), nullable=True),
-    sa.Column('accepted_at', storage.models.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('rdv', sa.JSON(), nullable=True),
-    sa.Column('cr_enc', sa.LargeBinary(), nullable=True),
-    sa.Column('closed_at', storage.models.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('details', sa.JSON(), nullable=False),
+    sa.Column('created_at', storage.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('data_enc', sa.LargeBinary(), nullable=False),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('room_id', 'numero', name='uq_demande_room_numero')
+    sa.UniqueConstraint('room_id', 'numero', name='uq_demande_room_numero'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('demande', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_demande_patient_code'), ['patient_code'], unique=False)
