@@ -82,7 +82,8 @@ def register(registry: CommandRegistry) -> None:
                  Option("tel", Phone(), required=True),
                  Option("adresse", Word(placeholder='"<adresse>"'), "adresse, entre guillemets", required=True),
                  Option("mt", PersonRef(), "médecin traitant (annuaire)"),
-                 Option("nir", Word(), "NIR (facultatif)"), Option("commune", Word(), "commune du domicile"),
+                 Option("nir", Word(placeholder="<NIR>"), "numéro de sécurité sociale"),
+                 Option("commune", Word(placeholder="<commune>"), "commune du domicile (pour les notifications élargies)"),
                  Option("pros", PersonList(), "autres professionnels habituels")],
         help=("Crée un salon chiffré pour le patient, nommé par un code pseudonyme (P-XXXX), et y invite "
               "le cercle. L'identité n'apparaît que dans la fiche d'identité chiffrée (épinglée), jamais "

@@ -8,7 +8,7 @@ from commands.registry import CommandRegistry, Param
 def register(registry: CommandRegistry) -> None:
     @registry.command(
         "aide", aliases=["help", "?"], summary="liste des commandes, ou le détail d'une commande",
-        params=[Param("commande", Word(), optional=True, help="le nom d'une commande, par exemple dec")],
+        params=[Param("commande", Word(placeholder="<commande>"), optional=True, help="le nom d'une commande, par exemple dec")],
         examples=["!aide", "!aide dec"], requires=None, category="Général",
     )
     async def aide(ctx, commande: str | None = None):
