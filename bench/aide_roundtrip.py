@@ -27,6 +27,7 @@ from tests.clinician import Clinician
 
 async def echo_bot(url: str, user_id: str, password: str, store: Path) -> tuple[AsyncClient, asyncio.Task]:
     """The trivial reference: answer every text message with an encrypted m.notice, nothing else."""
+    store.mkdir(parents=True, exist_ok=True)
     client = AsyncClient(url, user_id, store_path=str(store), config=AsyncClientConfig(encryption_enabled=True))
     await client.login(password)
 
