@@ -79,15 +79,15 @@ async def handle_message(bot, session, event: IncomingEvent) -> None:
     cmd = invocation.command
     ctx.sigil = invocation.sigil
     ctx.command = cmd
-    if kind not in cmd.scopes:
-        where = " ou ".join(SCOPE_NAMES[s] for s in sorted(cmd.scopes))
-        ctx.reply(f"⚠️ `!{cmd.name}` s'utilise dans {where}.\nUsage : `{cmd.usage()}`")
-        return
     if cmd.requires and bot.directory is not None:
         refusal = await bot.directory.refusal(session, event.sender, cmd.requires)
         if refusal:
             ctx.reply(refusal)
             return
+    if kind not in cmd.scopes:
+        where = " ou ".join(SCOPE_NAMES[s] for s in sorted(cmd.scopes))
+        ctx.reply(f"⚠️ `!{cmd.name}` s'utilise dans {where}.\nUsage : `{cmd.usage()}`")
+        return
     await cmd.handler(ctx, **invocation.arguments)
 
 

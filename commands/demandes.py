@@ -46,6 +46,31 @@ class DemandeRef(ArgType):
         return ((m[1] or "").upper() or None, int(m[2])), pos + 1
 
 
+class FlowName(ArgType):
+    """A request type from data/flows.yaml; anything else is left to the comment."""
+
+    placeholder = "<soins>"
+    description = "type de demande (consultation, vad, teleconsultation, conseil, snp, sport_sante…)"
+    examples = ["vad"]
+
+    def parse(self, tokens, pos, ctx=None):
+        from domain.flows import load_flows
+
+        text = tokens[pos].text
+        if tokens[pos].quoted or find_flow(_flows(load_flows), text) is None:
+            raise ArgumentError(f"« {text} » n'est pas un type de demande")
+        return text, pos + 1
+
+
+_FLOWS_CACHE: dict = {}
+
+
+def _flows(loader):
+    if not _FLOWS_CACHE:
+        _FLOWS_CACHE.update(loader())
+    return _FLOWS_CACHE
+
+
 MODES = {Mode.CABINET.value: ["cabinet", "lieu d'exercice"], Mode.DOMICILE.value: ["vad", "visite", "domicile"],
          Mode.TELECONSULTATION.value: ["tlc", "teleconsult", "visio", "téléconsultation"],
          Mode.TELEPHONE.value: ["tel", "téléphone", "conseil"]}
@@ -114,7 +139,7 @@ def register(registry: CommandRegistry) -> None:
         summary="demander une prise en charge à un·e collègue ou à une profession",
         params=[Param("cible", Word(placeholder="<cible>"),
                       help="une profession (infirmier, kiné, médecin…), « referent », ou une personne (@id ou nom)"),
-                Param("soins", Word(placeholder="<soins>"), optional=True,
+                Param("soins", FlowName(), optional=True,
                       help="type : consultation, vad, teleconsultation, conseil, snp, red_flag, sport_sante, "
                            "recherche_mt, referent_parcours, tcim… (consultation par défaut)"),
                 Param("commentaire", Text(), help="la demande détaillée (obligatoire)")],
@@ -135,10 +160,7 @@ def register(registry: CommandRegistry) -> None:
     async def declenchement(ctx, cible, soins, commentaire, reponse=None, intervention=None, commune=None,
                             motif=None):
         patient = await current_patient(ctx)
-        flow = find_flow(ctx.bot.flows, soins) if soins else None
-        if soins and flow is None:  # not a type: it was the first word of the comment
-            commentaire = f"{soins} {commentaire}"
-        flow = flow or ctx.bot.flows["consultation"]
+        flow = find_flow(ctx.bot.flows, soins) if soins else ctx.bot.flows["consultation"]
         target = _target(cible)
         person = None
         if target is None:
@@ -290,7 +312,8 @@ def register(registry: CommandRegistry) -> None:
 async def accept(ctx, patient: Patient, row: DemandeRow) -> None:
     d = store.read(ctx.bot, row)
     me = await ctx.bot.directory.get(ctx.session, ctx.sender)
-    if d.cible_profession and ctx.sender not in d.sollicites and me.profession != d.cible_profession:
+    if (d.acceptee_par is None and d.cible_profession and ctx.sender not in d.sollicites
+            and me.profession != d.cible_profession):
         ctx.refuse(f"cette demande s'adresse à un·e {profession_label(d.cible_profession)}", usage=False)
     delegue = next((r.split(":", 1)[1] for r in me.roles or [] if r.startswith("secretaire:")), None)
     outcome = accepter(d, ctx.sender, ctx.now, delegue_de=delegue)

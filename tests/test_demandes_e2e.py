@@ -253,3 +253,21 @@ async def test_a_pending_step_fires_once_across_a_crash(team):
     await t.people["ide2"].wait_for_message(dm2, sender=bot, predicate=lambda m: f"{t.code}/1" in m.body)
     notices = [m for m in t.people["ide2"].messages(dm2) if f"{t.code}/1" in m.body and "Relance" not in m.body]
     assert len(notices) == 1
+
+
+async def test_reaction_accepts_and_a_secretary_acts_for_her_doctor(team):
+    t, bot = team, team.harness.user_id
+    secretary = await t.person("secr", "autre", "Nadia Secrétaire", roles=[f"secretaire:{t.people['mt'].user_id}"])
+    await t.ask("mt", t.patient_room, f"!cercle ajouter {secretary.user_id}")
+    await secretary.join(await secretary.wait_for_invite(predicate=lambda r: r.room_id == t.patient_room))
+
+    reply = await t.ask("secr", t.patient_room, "!dec infirmier reponse=4h prise de sang à domicile demain")
+    assert "n°1" in reply.body
+    notice = await t.people["ide1"].wait_for_message(t.patient_room, sender=bot, predicate=lambda m: "📣" in m.body)
+    await t.people["ide1"].react(t.patient_room, notice.event_id, "✅")
+    taken = await t.people["mt"].wait_for_message(t.patient_room, sender=bot,
+                                                  predicate=lambda m: "prise en charge par Julie Petit" in m.body)
+    # The request belongs to the doctor the secretary works for: she is told as requester.
+    assert t.people["mt"].user_id in taken.content["m.mentions"]["user_ids"]
+    reply = await t.ask("secr", t.patient_room, "!accepter 1")  # decisions.md 11
+    assert "appartient au professionnel" in reply.body and "Paul Martin" in reply.body

@@ -159,3 +159,47 @@ async def test_privacy_no_identity_in_homeserver_or_bot_files(harness, people, s
                 assert needle not in data, f"{needle!r} found in {path}"
     finally:
         await harness.start()
+
+
+async def test_access_request_inclusion_exit_and_non_members(harness, people):
+    dr = await people("drlambert", name="Paul Lambert")
+    ide = await people("ideroche", "infirmier", name="Lucie Roche")
+    ph = await people("phgarnier", "pharmacien", name="Hugo Garnier")
+    outsider = await people("horsannuaire", enrol=False)
+    code, room = await create_patient(dr, ide, harness)
+
+    # A professional outside the circle asks for access; the médecin traitant grants it.
+    ph_dm = await direct_chat(ph, harness)
+    reply = await command(ph, ph_dm, harness, f"acces demander {code}")
+    assert "Demande transmise" in reply.body
+    ask = await dr.wait_for_message(room, sender=harness.user_id, predicate=lambda m: "demande l'accès" in m.body)
+    assert dr.user_id in ask.content["m.mentions"]["user_ids"] and "Hugo Garnier" in ask.body
+    reply = await command(dr, room, harness, f"!acces accepter {ph.user_id}")
+    assert "Accès accordé" in reply.body
+    assert await ph.wait_for_invite(predicate=lambda r: r.room_id == room) == room
+    reply = await command(dr, room, harness, f"!acces accepter {ph.user_id}")
+    assert "n'a pas demandé" in reply.body  # answered once
+
+    # Inclusion rules come from the parcours data: the card must be attested for a chronic parcours.
+    reply = await command(dr, room, harness, "!inclure dt2")
+    assert "carte=oui" in reply.body and "Usage" in reply.body
+    reply = await command(dr, room, harness, "!inclure dt2 carte=oui")
+    assert "Diabète" in reply.body and "HbA1c" in reply.body
+    reply = await command(dr, room, harness, "!inclure astrologie")
+    assert "parcours inconnu" in reply.body.lower()
+    state = await dr.request_json("GET", f"/_matrix/client/v3/rooms/{room}/state/m.room.name")
+    assert state["name"].startswith(f"Cercle {code} · Diabète")
+
+    reply = await command(dr, room, harness, "!sortir dt2")
+    assert "raison" in reply.body and "Usage" in reply.body
+    reply = await command(dr, room, harness, "!sortir dt2 suivi repris par l'hôpital")
+    assert "archivé" in reply.body
+    state = await dr.request_json("GET", f"/_matrix/client/v3/rooms/{room}/state/m.room.name")
+    assert state["name"] == f"Cercle {code} · archivé"
+
+    # Someone outside the directory, in a room with the bot, gets a polite refusal and nothing happens.
+    shared = await dr.create_room(invite=[harness.user_id, outsider.user_id])
+    await outsider.join(shared)
+    await dr.wait_joined(shared, harness.user_id)
+    reply = await command(outsider, shared, harness, "!dec infirmier pansement")
+    assert "ne figure pas dans l'annuaire" in reply.body and "Rien n'a été fait" in reply.body
