@@ -10,6 +10,8 @@ A bare number is refused (hours or days? the source documents use both).
 """
 from __future__ import annotations
 
+from domain.text import normalize_key, parse_duration
+
 import re
 import unicodedata
 from datetime import timedelta
@@ -51,49 +53,10 @@ MODE_LABELS = {
 }
 
 
-# --- durations ---------------------------------------------------------------------------------
+# --- durations: one parser for all the rules data (domain.text) ----------------------------------
 
-_UNITS = {
-    "min": timedelta(minutes=1), "mn": timedelta(minutes=1), "minute": timedelta(minutes=1),
-    "minutes": timedelta(minutes=1),
-    "h": timedelta(hours=1), "heure": timedelta(hours=1), "heures": timedelta(hours=1),
-    "j": timedelta(days=1), "jour": timedelta(days=1), "jours": timedelta(days=1),
-    "d": timedelta(days=1),
-    "sem": timedelta(weeks=1), "semaine": timedelta(weeks=1), "semaines": timedelta(weeks=1),
-}
-_PART = re.compile(r"(\d+(?:[.,]\d+)?)\s*([a-z]+)?")
+parse_duree = parse_duration
 
-
-def parse_duree(value: Any) -> timedelta:
-    """`8h`, `4j`, `15min`, `2h30`, `30 jours`, `1 j 12 h` → timedelta. Raises ValueError (French)."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, bool) or isinstance(value, (int, float)):
-        raise ValueError(f"durée « {value} » sans unité (écrire p. ex. 8h, 4j, 15min)")
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"durée attendue (p. ex. 8h, 4j, 15min), reçu « {value} »")
-    text = normalize_name(value).replace(" ", "")
-    total, pos, last_unit = timedelta(0), 0, None
-    while pos < len(text):
-        m = _PART.match(text, pos)
-        if not m or m.end() == pos:
-            raise ValueError(f"durée invalide « {value} » (écrire p. ex. 8h, 4j, 15min)")
-        number, unit = float(m.group(1).replace(",", ".")), m.group(2)
-        if unit is None:
-            # "2h30": a trailing number after hours means minutes.
-            if last_unit == timedelta(hours=1) and m.end() == len(text):
-                unit_td = timedelta(minutes=1)
-            else:
-                raise ValueError(f"durée « {value} » sans unité (écrire p. ex. 8h, 4j, 15min)")
-        elif unit in _UNITS:
-            unit_td = _UNITS[unit]
-        else:
-            raise ValueError(f"unité inconnue « {unit} » dans « {value} » (min, h, j, sem)")
-        total += unit_td * number
-        last_unit, pos = unit_td, m.end()
-    if total <= timedelta(0):
-        raise ValueError(f"durée nulle « {value} »")
-    return total
 
 
 def format_duree(td: timedelta) -> str:
@@ -120,18 +83,10 @@ Duree = Annotated[timedelta, BeforeValidator(parse_duree)]
 
 # --- names -------------------------------------------------------------------------------------
 
-_TYPO = str.maketrans({"’": "'", "‘": "'", "‐": "-", "‑": "-", "–": "-", "—": "-", "œ": "oe", "æ": "ae"})
-
-
 def normalize_name(text: str) -> str:
-    """Case- and accent-insensitive key: `Visite à domicile` → `visite a domicile`.
-
-    Hyphens, underscores and apostrophes count as spaces (`red-flag` = `red_flag` = `red flag`).
-    """
-    folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
-    folded = "".join(c for c in folded if not unicodedata.combining(c)).translate(_TYPO)
-    folded = re.sub(r"[-_'’.]+", " ", folded)
-    return " ".join(folded.split())
+    """Case- and accent-insensitive key: `Visite à domicile` → `visite a domicile`; hyphens,
+    underscores and apostrophes count as spaces (`red-flag` = `red_flag` = `red flag`)."""
+    return normalize_key(text)
 
 
 _STOPWORDS = {"d", "de", "du", "des", "l", "la", "le", "les", "un", "une"}

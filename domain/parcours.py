@@ -12,6 +12,8 @@ Reminder periods (rappels) are calendar periods: `10j`, `3sem`, `1mois`, `3ans`.
 """
 from __future__ import annotations
 
+from domain.text import fold, normalize_key, parse_duration
+
 import calendar
 import re
 import unicodedata
@@ -34,50 +36,18 @@ __all__ = [
 
 # --- text normalisation ---------------------------------------------------------------------------
 
-_TYPO = str.maketrans({"’": "'", "‘": "'", "‐": "-", "‑": "-", "–": "-", "—": "-", "œ": "oe", "æ": "ae"})
-
-
-def _fold(text: str) -> str:
-    """Case and accents folded, nothing else: "Périnatalité" → "perinatalite"."""
-    folded = unicodedata.normalize("NFKD", str(text).casefold().translate(_TYPO))
-    return "".join(c for c in folded if not unicodedata.combining(c))
+_fold = fold
 
 
 def normalize(text: str) -> str:
     """Case- and accent-insensitive key: "Périnatalité" == "perinatalite", "sport-santé" == "sport sante"."""
-    return " ".join(re.sub(r"[-_'/.]", " ", _fold(text)).split())
+    return normalize_key(text)
 
 
 # --- durations (fixed lengths: délais) ------------------------------------------------------------
 
-_DURATION_UNITS: dict[str, timedelta] = {
-    "min": timedelta(minutes=1), "mn": timedelta(minutes=1), "minute": timedelta(minutes=1),
-    "minutes": timedelta(minutes=1),
-    "h": timedelta(hours=1), "heure": timedelta(hours=1), "heures": timedelta(hours=1),
-    "j": timedelta(days=1), "jour": timedelta(days=1), "jours": timedelta(days=1),
-    "sem": timedelta(weeks=1), "semaine": timedelta(weeks=1), "semaines": timedelta(weeks=1),
-}
-_DURATION_RE = re.compile(r"^(\d+(?:[.,]\d+)?)\s*([a-z]+)$")
-_DURATION_FORMS = "8h, 4j, 30min, 2sem"
-
-
-def parse_duration(text: str) -> timedelta:
-    """"8h", "4j", "30min", "2sem" (also "4 jours", "1,5h") → timedelta. ValueError (French) otherwise.
-
-    A bare number is refused: hours or days? The source documents use both.
-    """
-    if not isinstance(text, str) or isinstance(text, bool):
-        raise ValueError(f"durée « {text} » sans unité (formes acceptées : {_DURATION_FORMS})")
-    m = _DURATION_RE.match(_fold(text).replace(" ", ""))
-    if not m or m.group(2) not in _DURATION_UNITS:
-        raise ValueError(f"durée invalide « {text} » (formes acceptées : {_DURATION_FORMS})")
-    value = float(m.group(1).replace(",", "."))
-    td = value * _DURATION_UNITS[m.group(2)]
-    if td <= timedelta(0):
-        raise ValueError(f"durée nulle « {text} » (formes acceptées : {_DURATION_FORMS})")
-    if td % timedelta(minutes=1):
-        raise ValueError(f"durée « {text} » : un nombre entier de minutes est attendu")
-    return td
+_DURATION_UNITS = {"min": timedelta(minutes=1), "h": timedelta(hours=1), "j": timedelta(days=1),
+                   "sem": timedelta(weeks=1)}
 
 
 def format_duration(td: timedelta) -> str:

@@ -62,6 +62,16 @@ class BotHarness:
                                       communes=communes if communes is not None else ["Brétigny-sur-Orge"],
                                       cotisation_until=now + timedelta(days=365))
 
+    async def identity_status(self, timeout: float = 10) -> str:
+        """The cross-signing outcome of this start (created | reused | mismatch | error)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while loop.time() < end:
+            if self.bot.identity_status:
+                return self.bot.identity_status
+            await asyncio.sleep(0.05)
+        raise AssertionError("identité de signature croisée non vérifiée au démarrage")
+
     async def restart(self) -> Bot:
         await self.stop()
         return await self.start()

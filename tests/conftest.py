@@ -82,3 +82,35 @@ def _fresh_postgres_schema(request) -> str:
     sep = "&" if "?" in POSTGRES_BASE else "?"
     # storage.engine turns `search_path` into an asyncpg server setting.
     return f"{POSTGRES_BASE}{sep}search_path={schema}"
+
+
+@pytest.fixture
+async def harness(synapse, register, tmp_path):
+    """A running Cercle bot on the test Synapse, with its own data directory."""
+    from tests.bot_harness import BotHarness
+
+    bot_user, bot_password = register("cercle")
+    h = BotHarness(synapse.url, bot_user, bot_password, tmp_path / "bot")
+    await h.start()
+    yield h
+    await h.stop()
+
+
+@pytest.fixture
+async def people(synapse, register, tmp_path, harness):
+    """people(prefix, profession, name=…, enrol=…) -> a logged-in E2EE clinician (in the directory by default)."""
+    from tests.clinician import Clinician
+
+    opened = []
+
+    async def make(prefix="dr", profession="medecin_generaliste", name=None, enrol=True, roles=None):
+        user_id, password = register(prefix)
+        if enrol:
+            await harness.enrol(user_id, profession, name=name, roles=roles)
+        c = await Clinician.login(synapse.url, user_id, password, tmp_path / f"store-{prefix}-{len(opened)}")
+        opened.append(c)
+        return c
+
+    yield make
+    for c in opened:
+        await c.close()

@@ -11,40 +11,14 @@ from tests.clinician import Clinician
 pytestmark = pytest.mark.synapse
 
 
-@pytest.fixture
-async def harness(synapse, register, tmp_path):
-    bot_user, bot_password = register("cercle")
-    h = BotHarness(synapse.url, bot_user, bot_password, tmp_path / "bot")
-    await h.start()
-    yield h
-    await h.stop()
-
-
-@pytest.fixture
-async def clinician(synapse, register, tmp_path, harness):
-    opened = []
-
-    async def make(prefix="dr", profession="medecin_generaliste", enrol=True, **kwargs):
-        user_id, password = register(prefix)
-        if enrol:
-            await harness.enrol(user_id, profession, **kwargs)
-        c = await Clinician.login(synapse.url, user_id, password, tmp_path / f"store-{user_id[1:].split(':')[0]}")
-        opened.append(c)
-        return c
-
-    yield make
-    for c in opened:
-        await c.close()
-
-
 async def room_with_bot(c: Clinician, harness: BotHarness, *, is_direct=False) -> str:
     room_id = await c.create_room(invite=[harness.user_id], is_direct=is_direct)
     await c.wait_joined(room_id, harness.user_id)
     return room_id
 
 
-async def test_aide_answered_encrypted_with_both_prefixes(harness, clinician):
-    dr = await clinician()
+async def test_aide_answered_encrypted_with_both_prefixes(harness, people):
+    dr = await people()
     room = await room_with_bot(dr, harness)
     for command in ("!aide", "/aide"):
         sent = await dr.send_text(room, command)
@@ -56,14 +30,14 @@ async def test_aide_answered_encrypted_with_both_prefixes(harness, clinician):
         assert "<strong>" in (reply.formatted_body or "")
 
 
-async def test_direct_chat_needs_no_prefix_and_group_room_ignores_chatter(harness, clinician):
-    dr = await clinician()
+async def test_direct_chat_needs_no_prefix_and_group_room_ignores_chatter(harness, people):
+    dr = await people()
     direct = await room_with_bot(dr, harness, is_direct=True)
     sent = await dr.send_text(direct, "aide dec")
     reply = await dr.wait_for_message(direct, sender=harness.user_id, predicate=lambda m: m.in_reply_to() == sent)
     assert "Usage" in reply.body or "Je ne connais pas" in reply.body
 
-    colleague = await clinician("ide", "infirmier")
+    colleague = await people("ide", "infirmier")
     group = await room_with_bot(dr, harness)
     await dr.client.room_invite(group, colleague.user_id)
     await colleague.join(group)
@@ -74,8 +48,8 @@ async def test_direct_chat_needs_no_prefix_and_group_room_ignores_chatter(harnes
     assert not [m for m in dr.messages(group) if m.in_reply_to() == chatter]
 
 
-async def test_unknown_command_and_malformed_argument_get_french_usage(harness, clinician):
-    dr = await clinician()
+async def test_unknown_command_and_malformed_argument_get_french_usage(harness, people):
+    dr = await people()
     room = await room_with_bot(dr, harness)
     sent = await dr.send_text(room, "!aidez")
     reply = await dr.wait_for_message(room, sender=harness.user_id, predicate=lambda m: m.in_reply_to() == sent)
@@ -87,8 +61,8 @@ async def test_unknown_command_and_malformed_argument_get_french_usage(harness, 
     assert "« en trop »" in reply.body and "Usage : !aide" in reply.body
 
 
-async def test_commands_are_advertised_as_msc4332_state(harness, clinician):
-    dr = await clinician()
+async def test_commands_are_advertised_as_msc4332_state(harness, people):
+    dr = await people()
     # A room where the bot may send state (moderator), as a team would set it up.
     created = await dr.request_json("POST", "/_matrix/client/v3/createRoom", {
         "preset": "private_chat", "invite": [harness.user_id],
@@ -115,8 +89,8 @@ async def test_commands_are_advertised_as_msc4332_state(harness, clinician):
             "GET", f"/_matrix/client/v3/rooms/{plain}/state/org.matrix.msc4332.commands/{harness.user_id}")
 
 
-async def test_restart_keeps_device_answers_once_and_catches_up(harness, clinician):
-    dr = await clinician()
+async def test_restart_keeps_device_answers_once_and_catches_up(harness, people):
+    dr = await people()
     room = await room_with_bot(dr, harness)
     first = await dr.send_text(room, "!aide")
     await dr.wait_for_message(room, sender=harness.user_id, predicate=lambda m: m.in_reply_to() == first)
@@ -136,9 +110,9 @@ async def test_restart_keeps_device_answers_once_and_catches_up(harness, clinici
     assert len(replies_to_first) == 1 and len(replies_to_down) == 1
 
 
-async def test_many_messages_while_down_are_all_answered(harness, clinician):
+async def test_many_messages_while_down_are_all_answered(harness, people):
     """More messages than the sync timeline holds: the gap is paged back, nothing is skipped."""
-    dr = await clinician()
+    dr = await people()
     room = await room_with_bot(dr, harness)
     warm = await dr.send_text(room, "!aide")
     await dr.wait_for_message(room, sender=harness.user_id, predicate=lambda m: m.in_reply_to() == warm)
@@ -150,8 +124,8 @@ async def test_many_messages_while_down_are_all_answered(harness, clinician):
                                   timeout=40)
 
 
-async def test_backlog_from_before_the_bot_joined_is_ignored(harness, clinician):
-    dr = await clinician()
+async def test_backlog_from_before_the_bot_joined_is_ignored(harness, people):
+    dr = await people()
     room = await dr.create_room()
     old = await dr.send_text(room, "!aide")
     await dr.client.room_invite(room, harness.user_id)

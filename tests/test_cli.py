@@ -101,10 +101,7 @@ async def test_status_and_identity_restore_on_a_new_machine(synapse, register, t
     bot_user, bot_password = register("cercle")
     first = BotHarness(synapse.url, bot_user, bot_password, tmp_path / "machine-1")
     await first.start()
-    for _ in range(200):
-        if first.bot.identity_status:
-            break
-        await asyncio.sleep(0.05)
+    await first.identity_status()
     recovery_key = re.search(r"Clé de récupération.*?\n\n\s+(.+?)\n", capsys.readouterr().out, re.S).group(1).strip()
     await first.stop()
 
@@ -117,11 +114,7 @@ async def test_status_and_identity_restore_on_a_new_machine(synapse, register, t
     # A new machine: new device, same account. The bot sees the identity on the server and does not replace it.
     second = BotHarness(synapse.url, bot_user, bot_password, tmp_path / "machine-2")
     await second.start()
-    for _ in range(200):
-        if second.bot.identity_status:
-            break
-        await asyncio.sleep(0.05)
-    assert second.bot.identity_status == "mismatch"
+    assert await second.identity_status() == "mismatch"
     await second.stop()
     config_path = tmp_path / "machine-2.toml"
     write_config(config_path, second.config())
@@ -138,11 +131,7 @@ async def test_status_and_identity_restore_on_a_new_machine(synapse, register, t
     assert "Signé (croisé)  : oui" in status.stdout
 
     await second.start()  # and from now on the stored identity is reused
-    for _ in range(200):
-        if second.bot.identity_status:
-            break
-        await asyncio.sleep(0.05)
-    assert second.bot.identity_status == "reused"
+    assert await second.identity_status() == "reused"
     await second.stop()
 
 

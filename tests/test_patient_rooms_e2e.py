@@ -16,32 +16,6 @@ pytestmark = pytest.mark.synapse
 IDENTITY = {"nom": "Dupontel", "prenom": "Marielle", "naissance": "12/03/1950"}
 
 
-@pytest.fixture
-async def harness(synapse, register, tmp_path):
-    bot_user, bot_password = register("cercle")
-    h = BotHarness(synapse.url, bot_user, bot_password, tmp_path / "bot")
-    await h.start()
-    yield h
-    await h.stop()
-
-
-@pytest.fixture
-async def people(synapse, register, tmp_path, harness):
-    opened = []
-
-    async def make(prefix, profession="medecin_generaliste", name=None, enrol=True):
-        user_id, password = register(prefix)
-        if enrol:
-            await harness.enrol(user_id, profession, name=name)
-        c = await Clinician.login(synapse.url, user_id, password, tmp_path / f"store-{prefix}-{len(opened)}")
-        opened.append(c)
-        return c
-
-    yield make
-    for c in opened:
-        await c.close()
-
-
 async def direct_chat(c: Clinician, harness: BotHarness) -> str:
     room = await c.create_room(invite=[harness.user_id], is_direct=True)
     await c.wait_joined(room, harness.user_id)

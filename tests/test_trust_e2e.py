@@ -69,26 +69,16 @@ async def setup(synapse, register, tmp_path):
     await harness.stop()
 
 
-async def wait_identity(harness):
-    import asyncio
-
-    for _ in range(200):
-        if harness.bot.identity_status:
-            return harness.bot.identity_status
-        await asyncio.sleep(0.05)
-    raise AssertionError("identity not ensured")
-
-
 async def test_bot_device_is_cross_signed_and_stays_so_after_restart(setup, capsys):
     harness, clinician = setup
-    assert await wait_identity(harness) == "created"
+    assert await harness.identity_status() == "created"
     assert "Clé de récupération" in capsys.readouterr().out  # printed once, at creation
     dr = await clinician()
     device = harness.bot.device_id
     before = await check_bot_cross_signed(dr, harness.user_id, device)
 
     await harness.restart()
-    assert await wait_identity(harness) == "reused"
+    assert await harness.identity_status() == "reused"
     assert "Clé de récupération" not in capsys.readouterr().out
     assert harness.bot.device_id == device
     after = await check_bot_cross_signed(dr, harness.user_id, device)
