@@ -5,7 +5,7 @@ from bot.app import wall_ms
 
 import logging
 
-from nio import JoinError, MegolmEvent
+from nio import JoinError
 
 from commands.arguments import ParseContext
 from commands.context import Refusal
@@ -94,10 +94,8 @@ async def handle_message(bot, session, event: IncomingEvent) -> None:
 async def handle_undecryptable(bot, session, event: IncomingEvent) -> None:
     """Tell the sender, in French, and ask their devices for the key."""
     try:
-        megolm = MegolmEvent.from_dict(event.payload["source"])
-        megolm.room_id = event.room_id
-        await bot.client.request_room_key(megolm)
-    except Exception as e:  # an already pending request is fine
+        await request_key_from_sender(bot, event)
+    except Exception as e:  # an already pending request is fine; the French answer matters more
         log.info("demande de clé non envoyée : %s", e)
     ctx = bot.context(session, event.room_id, "", event.sender, event.event_id)
     ctx.reply(
@@ -105,6 +103,23 @@ async def handle_undecryptable(bot, session, event: IncomingEvent) -> None:
         "J'ai demandé la clé à votre appareil. Si cela se reproduit, vérifiez dans Element que "
         "l'envoi aux sessions non vérifiées n'est pas bloqué, puis renvoyez votre message.",
         mentions={event.sender: event.sender})
+
+
+async def request_key_from_sender(bot, event: IncomingEvent) -> None:
+    """m.room_key_request to the sender's device (nio would only ask the bot's own devices)."""
+    import uuid
+
+    from nio import ToDeviceMessage
+
+    source = event.payload["source"]
+    content = source.get("content", {})
+    request = {
+        "action": "request", "requesting_device_id": bot.device_id, "request_id": uuid.uuid4().hex,
+        "body": {"algorithm": content.get("algorithm"), "room_id": event.room_id,
+                 "sender_key": content.get("sender_key"), "session_id": content.get("session_id")},
+    }
+    device = content.get("device_id") or "*"
+    await bot.client.to_device(ToDeviceMessage("m.room_key_request", event.sender, device, request))
 
 
 async def handle_withheld(bot, session, event: IncomingEvent) -> None:

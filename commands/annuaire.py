@@ -1,13 +1,17 @@
 """The directory, managed by the coordinators: annuaire ajouter | modifier | retirer | voir."""
 from __future__ import annotations
 
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 
-from commands.arguments import Choice, Text, Word
+from commands.arguments import Choice, ParseContext, Text, Word, normalize
 from commands.people import CalendarDate, PersonRef
 from commands.registry import COORDINATION, CommandRegistry, Option, Param
 from rooms.directory import find_profession, profession_label, professions, upsert_professional
 from storage.models import Professional
+
+
+def ctx_parse(ctx) -> ParseContext:
+    return ParseContext(now=ctx.now, tz=ctx.bot.config.tz)
 
 
 class ListOfWords(Word):
@@ -39,6 +43,32 @@ def describe(p: Professional) -> str:
 
 
 def register(registry: CommandRegistry) -> None:
+    @registry.command(
+        "absence", aliases=["absent", "conges", "congés"],
+        summary="déclarer une absence : les demandes passent alors aux collègues sans attendre",
+        params=[Param("debut", Word(placeholder="<JJ/MM/AAAA|aucune>"), help="premier jour d'absence, ou « aucune »"),
+                Param("fin", CalendarDate(), optional=True, help="dernier jour d'absence (inclus)")],
+        examples=["!absence 12/03/2027 20/03/2027", "!absence aucune"], category="Général",
+    )
+    async def absence(ctx, debut, fin=None):
+        me = await ctx.bot.directory.get(ctx.session, ctx.sender)
+        if normalize(debut) in ("aucune", "aucun", "fin", "retour"):
+            me.absences = []
+            ctx.reply("✅ Absences effacées : vous recevez de nouveau les demandes.")
+            return
+        from commands.arguments import Token
+
+        first, _ = CalendarDate().parse([Token(debut)], 0, ctx_parse(ctx))
+        last = fin or first
+        if last < first:
+            ctx.refuse("le dernier jour précède le premier")
+        tz = ctx.bot.config.tz
+        start = datetime.combine(first, time(0, 0), tzinfo=tz)
+        end = datetime.combine(last + timedelta(days=1), time(0, 0), tzinfo=tz)
+        me.absences = [*(me.absences or []), [start.isoformat(), end.isoformat()]]
+        ctx.reply(f"✅ Absence notée du {first:%d/%m/%Y} au {last:%d/%m/%Y} inclus : pendant ce temps, les "
+                  "demandes qui vous seraient adressées en premier passent directement aux collègues.")
+
     @registry.command(
         "annuaire", summary="gérer l'annuaire des professionnels de la CPTS (coordinateurs)",
         params=[Param("action", Choice({"voir": ["liste", "chercher"], "ajouter": ["ajout"], "modifier": ["maj"],

@@ -252,6 +252,10 @@ def register(registry: CommandRegistry) -> None:
                        f"`!inclure {p.code} carte=oui`")
         ctx.session.add(Inclusion(patient_code=patient.code, parcours=p.code, included_by=ctx.sender,
                                   included_at=ctx.now, attestation="remise" if carte == "oui" else None))
+        # Ledger: the repérage belongs to whoever identified the patient (created the cercle),
+        # the inclusion to whoever includes; the tariff rules price them later.
+        ctx.session.add(Act(user_id=patient.created_by, kind="reperage", patient_code=patient.code, parcours=p.code,
+                            at=ctx.now, details={"consentement_oral": True}))
         ctx.session.add(Act(user_id=ctx.sender, kind="inclusion", patient_code=patient.code, parcours=p.code,
                             at=ctx.now, details={"attestation": carte == "oui"}))
         names = await _parcours_names(ctx, patient, extra=p.nom)

@@ -45,10 +45,9 @@ def profession_label(code: str) -> str:
 
 
 def is_absent(prof: Professional, now: datetime) -> bool:
-    for start, end in prof.absences or []:
-        if datetime.fromisoformat(start) <= now <= datetime.fromisoformat(end):
-            return True
-    return False
+    from domain.requests import est_absent
+
+    return est_absent(prof.absences, now)
 
 
 def has_role(prof: Professional, role: str) -> bool:

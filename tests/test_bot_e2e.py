@@ -133,3 +133,92 @@ async def test_backlog_from_before_the_bot_joined_is_ignored(harness, people):
     probe = await dr.send_text(room, "!aide aide")
     await dr.wait_for_message(room, sender=harness.user_id, predicate=lambda m: m.in_reply_to() == probe)
     assert not [m for m in dr.messages(room) if m.in_reply_to() == old]
+
+
+async def test_undecryptable_message_gets_a_french_answer_and_a_key_request(harness, people):
+    dr = await people()
+    room = await room_with_bot(dr, harness)
+    # A message encrypted with a room key the bot never received.
+    olm = dr.client.olm
+    olm.create_outbound_group_session(room)
+    olm.outbound_group_sessions[room].shared = True  # pretend: the key is deliberately withheld
+    payload = olm.group_encrypt(room, {"type": "m.room.message", "content": {"msgtype": "m.text", "body": "!aide"}})
+    sent = (await dr.request_json("PUT", f"/_matrix/client/v3/rooms/{room}/send/m.room.encrypted/undecryptable-1",
+                                  payload))["event_id"]
+    reply = await dr.wait_for_message(room, sender=harness.user_id, predicate=lambda m: m.in_reply_to() == sent)
+    assert "pas pu déchiffrer" in reply.body and "demandé la clé" in reply.body
+    assert dr.user_id in reply.content["m.mentions"]["user_ids"]
+    requests = [e for e in dr.to_device_events if getattr(e, "source", {}).get("type") == "m.room_key_request"]
+    assert any(r.source["content"].get("body", {}).get("session_id") == payload["session_id"] for r in requests)
+
+
+async def test_a_crash_between_send_and_record_sends_once(harness, people):
+    """The reply reached the homeserver but the bot died before writing it down: the restart
+    sends it again with the same transaction id, and the homeserver deduplicates it."""
+    dr = await people()
+    room = await room_with_bot(dr, harness)
+    died = asyncio.Event()
+
+    async def die_before_recording(*args, **kwargs):
+        died.set()
+        raise RuntimeError("the process dies here")
+
+    harness.bot.store.outbox_done = die_before_recording
+    sent = await dr.send_text(room, "!aide")
+    await asyncio.wait_for(died.wait(), 20)
+    harness.task.cancel()  # no clean shutdown
+    await asyncio.gather(harness.task, return_exceptions=True)
+    await harness.bot.close()
+    harness.bot = None
+
+    await harness.start()
+    await harness.idle()
+    first = await dr.wait_for_message(room, sender=harness.user_id, predicate=lambda m: m.in_reply_to() == sent)
+    await asyncio.sleep(1.5)
+    replies = [m for m in dr.messages(room) if m.in_reply_to() == sent]
+    assert len(replies) == 1
+    async with harness.bot.store.session() as s:
+        from sqlalchemy import select
+
+        from storage.models import OutboxItem
+
+        rows = (await s.scalars(select(OutboxItem).where(OutboxItem.status == "sent"))).all()
+    assert first.event_id in [r.event_id for r in rows]  # the retried send got the original event back
+
+
+async def test_reconnects_after_the_homeserver_comes_back(tmp_path):
+    from bot.local_synapse import LocalSynapse
+    from tests.clinician import Clinician
+
+    server = LocalSynapse.prepare(tmp_path / "hs")
+    server.start()
+    try:
+        bot_user = server.register("cercle", "pw-bot")
+        dr_user = server.register("dr", "pw-dr")
+        h = BotHarness(server.url, bot_user, "pw-bot", tmp_path / "bot")
+        h_config = h.config
+
+        def fast_backoff():
+            c = h_config()
+            return c.model_copy(update={"sync": c.sync.model_copy(update={"max_backoff_s": 1.0})})
+
+        h.config = fast_backoff
+        await h.start()
+        await h.enrol(dr_user)
+        dr = await Clinician.login(server.url, dr_user, "pw-dr", tmp_path / "dr")
+        room = await room_with_bot(dr, h)
+        await dr.close()
+
+        server.stop()  # the homeserver goes away for a while
+        await asyncio.sleep(3)
+        server.start()
+        dr = await Clinician.login(server.url, dr_user, "pw-dr", tmp_path / "dr2")
+        await dr.join(room)
+        sent = await dr.send_text(room, "!aide")
+        reply = await dr.wait_for_message(room, sender=bot_user, predicate=lambda m: m.in_reply_to() == sent,
+                                          timeout=30)
+        assert "Commandes de Cercle" in reply.body
+        await dr.close()
+        await h.stop()
+    finally:
+        server.stop()

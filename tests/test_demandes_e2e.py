@@ -271,3 +271,34 @@ async def test_reaction_accepts_and_a_secretary_acts_for_her_doctor(team):
     assert t.people["mt"].user_id in taken.content["m.mentions"]["user_ids"]
     reply = await t.ask("secr", t.patient_room, "!accepter 1")  # decisions.md 11
     assert "appartient au professionnel" in reply.body and "Paul Martin" in reply.body
+
+
+async def test_alerte_critique_mentions_midwife_and_mt_and_follows_up(team):
+    t, bot = team, team.harness.user_id
+    sf = await t.person("sf", "sage_femme", "Sophie Leroy")
+    await t.ask("mt", t.patient_room, f"!cercle ajouter {sf.user_id}")
+    await sf.join(await sf.wait_for_invite(predicate=lambda r: r.room_id == t.patient_room))
+    reply = await t.ask("mt", t.patient_room, "!alerte ta=150/95 céphalées depuis ce matin")
+    assert "périnatalité" in reply.body and "pas incluse" in reply.body  # not in the parcours yet
+    reply = await t.ask("mt", t.patient_room, "!inclure perinat carte=oui")
+    assert "Périnatalité" in reply.body, reply.body
+
+    reply = await t.ask("ide1", t.patient_room, "!alerte ta=150/95 céphalées ne cédant pas au paracétamol")
+    assert "ALERTE CRITIQUE" in reply.body and "8 h" in reply.body and "TA" in reply.body
+    assert {sf.user_id, t.people["mt"].user_id} <= set(reply.content["m.mentions"]["user_ids"])
+    t.clock.advance(timedelta(hours=8))
+    await t.fire()
+    followup = await sf.wait_for_message(t.patient_room, sender=bot, predicate=lambda m: "a-t-elle consulté" in m.body)
+    assert sf.user_id in followup.content["m.mentions"]["user_ids"]
+
+
+async def test_an_absent_mt_sends_a_red_flag_straight_to_the_other_doctors(team):
+    t, bot = team, team.harness.user_id
+    other = await t.person("mg3", "medecin_generaliste", "Claude Morel")
+    await t.ask("mt", t.patient_room, "!inclure ic carte=oui")
+    today = t.clock.now().astimezone(t.harness.bot.config.tz)
+    reply = await t.ask("mt", t.dms["mt"], f"absence {today:%d/%m/%Y} {(today + timedelta(days=7)):%d/%m/%Y}")
+    assert "Absence notée" in reply.body
+    await t.ask("ide1", t.patient_room, "!rf fc=45 malaise ce matin, bradycardie")
+    dm = await t.dm("mg3")  # no waiting for half the délai: the MT is away
+    await other.wait_for_message(dm, sender=bot, predicate=lambda m: f"{t.code}/1" in m.body)
