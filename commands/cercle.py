@@ -84,16 +84,19 @@ def register(registry: CommandRegistry) -> None:
                  Option("mt", PersonRef(), "médecin traitant (annuaire)"),
                  Option("nir", Word(placeholder="<NIR>"), "numéro de sécurité sociale"),
                  Option("commune", Word(placeholder="<commune>"), "commune du domicile (pour les notifications élargies)"),
-                 Option("pros", PersonList(), "autres professionnels habituels")],
+                 Option("pros", PersonList(), "autres professionnels habituels"),
+                 Option("consentement", Choice({"oui": ["o", "recueilli"]}),
+                        "le consentement oral du patient a été recueilli (obligatoire)", required=True)],
         help=("Crée un salon chiffré pour le patient, nommé par un code pseudonyme (P-XXXX), et y invite "
               "le cercle. L'identité n'apparaît que dans la fiche d'identité chiffrée (épinglée), jamais "
               "dans le nom ou le sujet du salon."),
         examples=['!patient nouveau nom=Dupont prenom=Marie naissance=12/03/1950 sexe=F tel=0612345678 '
-                  'adresse="3 rue des Lilas, 91220 Brétigny-sur-Orge" commune=Brétigny-sur-Orge mt=Martin'],
+                  'adresse="3 rue des Lilas, 91220 Brétigny-sur-Orge" commune=Brétigny-sur-Orge mt=Martin '
+                  'consentement=oui'],
         scopes=[DIRECT, COORDINATION], category="Patients",
     )
     async def patient_nouveau(ctx, action, nom=None, prenom=None, naissance=None, sexe=None, tel=None,
-                              adresse=None, mt=None, nir=None, commune=None, pros=None):
+                              adresse=None, mt=None, nir=None, commune=None, pros=None, consentement=None):
         creator = await ctx.bot.directory.get(ctx.session, ctx.sender)
         mt_prof = await resolve_person(ctx, mt) if mt else None
         if mt_prof and mt_prof.profession != "medecin_generaliste":
@@ -255,7 +258,7 @@ def register(registry: CommandRegistry) -> None:
         # Ledger: the repérage belongs to whoever identified the patient (created the cercle),
         # the inclusion to whoever includes; the tariff rules price them later.
         ctx.session.add(Act(user_id=patient.created_by, kind="reperage", patient_code=patient.code, parcours=p.code,
-                            at=ctx.now, details={"consentement_oral": True}))
+                            at=ctx.now, details={"consentement_oral": "attesté à la création du cercle"}))
         ctx.session.add(Act(user_id=ctx.sender, kind="inclusion", patient_code=patient.code, parcours=p.code,
                             at=ctx.now, details={"attestation": carte == "oui"}))
         names = await _parcours_names(ctx, patient, extra=p.nom)

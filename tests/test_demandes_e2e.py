@@ -85,7 +85,7 @@ async def team(request, synapse, register, tmp_path):
     t.dms["mt"] = dm
     reply = await t.ask("mt", dm, "patient nouveau nom=Dupontel prenom=Marielle naissance=12/03/1950 sexe=F "
                                   'tel=0612345678 adresse="3 rue des Lilas" commune=Brétigny-sur-Orge '
-                                  f"mt={mt.user_id} pros={t.people['ide1'].user_id}")
+                                  f"mt={mt.user_id} pros={t.people['ide1'].user_id} consentement=oui")
     t.code = re.search(r"P-[2-9A-Z]{4}", reply.body).group(0)
     t.patient_room = await mt.wait_for_invite()
     await mt.join(t.patient_room)

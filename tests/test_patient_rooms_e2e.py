@@ -34,7 +34,7 @@ async def create_patient(dr, ide, harness, identity=IDENTITY) -> tuple[str, str]
                           f"patient nouveau nom={identity['nom']} prenom={identity['prenom']} "
                           f"naissance={identity['naissance']} sexe=F tel=06.12.34.56.78 "
                           f'adresse="3 rue des Lilas, 91220 Brétigny-sur-Orge" commune=Brétigny-sur-Orge '
-                          f"mt={dr.user_id} pros={ide.user_id}")
+                          f"mt={dr.user_id} pros={ide.user_id} consentement=oui")
     assert "créé" in reply.body, reply.body
     code = re.search(r"P-[2-9A-Z]{4}", reply.body).group(0)
     room = await dr.wait_for_invite()
@@ -144,6 +144,9 @@ async def test_access_request_inclusion_exit_and_non_members(harness, people):
 
     # A professional outside the circle asks for access; the médecin traitant grants it.
     ph_dm = await direct_chat(ph, harness)
+    reply = await command(ph, ph_dm, harness, 'patient nouveau nom=Sans prenom=Accord naissance=01/02/1960 sexe=M '
+                                              'tel=0600000000 adresse="1 place de la Mairie"')
+    assert "consentement=" in reply.body and "Usage" in reply.body  # no circle without the patient's consent
     reply = await command(ph, ph_dm, harness, f"acces demander {code}")
     assert "Demande transmise" in reply.body
     ask = await dr.wait_for_message(room, sender=harness.user_id, predicate=lambda m: "demande l'accès" in m.body)

@@ -69,7 +69,7 @@ async def setup(synapse, register, tmp_path):
     await harness.stop()
 
 
-async def test_bot_device_is_cross_signed_and_stays_so_after_restart(setup, capsys):
+async def test_bot_device_is_cross_signed_and_stays_so_after_restart(capsys, setup):
     harness, clinician = setup
     assert await harness.identity_status() == "created"
     assert "Clé de récupération" in capsys.readouterr().out  # printed once, at creation
