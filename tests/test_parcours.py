@@ -24,7 +24,8 @@ CODES = {
     "sport_sante", "snp", "tcim", "recherche_mt", "vigie_senior",
 }
 PARCOURS_DIR = default_directory()
-SEEDS = Path(os.environ.get("CERCLE_SEEDS", "/work/shared/seeds"))
+# shared/ lies beside the checkout (here, in CI and on developer machines).
+SEEDS = Path(os.environ.get("CERCLE_SEEDS", Path(__file__).resolve().parents[2] / "shared" / "seeds"))
 
 
 @pytest.fixture(scope="module")
