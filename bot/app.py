@@ -13,14 +13,12 @@ import logging
 import random
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from nio import (
     AsyncClient,
     AsyncClientConfig,
     InviteMemberEvent,
-    JoinedMembersError,
     LocalProtocolError,
     LoginResponse,
     MegolmEvent,
@@ -38,7 +36,7 @@ from nio import (
 
 from bot.config import Config
 from commands.context import CommandContext
-from commands.registry import CommandNotFound, CommandRegistry, UsageError
+from commands.registry import CommandRegistry
 from domain.clock import Clock
 from storage.repositories import IncomingEvent, Store
 

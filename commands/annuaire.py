@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime, time, timedelta
 
-from commands.arguments import Choice, ParseContext, Text, Word, normalize
+from commands.arguments import Choice, ParseContext, Word, normalize
 from commands.people import CalendarDate, PersonRef
 from commands.registry import COORDINATION, CommandRegistry, Option, Param
 from rooms.directory import find_profession, profession_label, professions, upsert_professional

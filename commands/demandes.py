@@ -11,7 +11,6 @@ from commands.cercle import current_patient, resolve_person
 from commands.registry import DIRECT, PATIENT, CommandRegistry, Option, Param
 from domain.flows import Mode, find_flow
 from domain.requests import (
-    Acceptee,
     Declinee,
     DejaPrise,
     Etat,
@@ -21,13 +20,12 @@ from domain.requests import (
     cloturer,
     creer_demande,
     fixer_rdv,
-    passer_au_palier,
     poster_cr,
     refuser,
 )
 from rooms import demandes as store
 from rooms.directory import find_profession, has_role, profession_label
-from storage.models import Act, Patient, Professional
+from storage.models import Act, Patient
 from storage.models import Demande as DemandeRow
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable
 
 from commands.arguments import ArgType, ArgumentError, ParseContext, Text, Token, normalize, split_options, tokenize

@@ -13,7 +13,6 @@ from __future__ import annotations
 from domain.text import normalize_key, parse_duration
 
 import re
-import unicodedata
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path

@@ -16,7 +16,6 @@ from domain.text import fold, normalize_key, parse_duration
 
 import calendar
 import re
-import unicodedata
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from commands.arguments import format_french_datetime
 from domain.flows import Mode
-from domain.ladder import Rung, plan_for_flow, plan_intervention_deadline
+from domain.ladder import Rung, plan_for_flow
 from domain.requests import (
     Acceptee,
     Demande,

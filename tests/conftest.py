@@ -7,7 +7,6 @@ import itertools
 import os
 import socket
 import uuid
-from pathlib import Path
 
 import pytest
 

@@ -117,7 +117,7 @@ async def test_many_messages_while_down_are_all_answered(harness, people):
     warm = await dr.send_text(room, "!aide")
     await dr.wait_for_message(room, sender=harness.user_id, predicate=lambda m: m.in_reply_to() == warm)
     await harness.stop()
-    sent = [await dr.send_text(room, f"!aide aide") for _ in range(harness.config().sync.timeline_limit + 5)]
+    sent = [await dr.send_text(room, "!aide aide") for _ in range(harness.config().sync.timeline_limit + 5)]
     await harness.start()
     for event_id in sent:
         await dr.wait_for_message(room, sender=harness.user_id, predicate=lambda m, e=event_id: m.in_reply_to() == e,

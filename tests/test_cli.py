@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import load_config, write_config
+from bot.config import write_config
 from bot.local_synapse import free_port
 from tests.bot_harness import BotHarness
 from tests.clinician import Clinician

@@ -4,10 +4,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from cryptography.exceptions import InvalidTag
 from sqlalchemy import select, text
 
 from storage.crypto import FieldCipher, StorageKeyError
-from storage.models import Deadline, InboxEvent, OutboxItem
+from storage.models import InboxEvent
 from storage.repositories import IncomingEvent, open_store
 
 NOW = datetime(2026, 3, 12, 9, 0, tzinfo=timezone.utc)
@@ -25,13 +26,13 @@ def test_cipher_is_authenticated_and_bound_to_purpose(tmp_path):
     blob = cipher.encrypt_json({"nom": "Dupont"}, "patient:P-1")
     assert b"Dupont" not in blob
     assert cipher.decrypt_json(blob, "patient:P-1") == {"nom": "Dupont"}
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidTag):
         cipher.decrypt_json(blob, "patient:P-2")  # cannot be moved to another row
     tampered = blob[:-1] + bytes([blob[-1] ^ 1])
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidTag):
         cipher.decrypt_json(tampered, "patient:P-1")
     other = FieldCipher.from_key_file(tmp_path / "other")
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidTag):
         other.decrypt_json(blob, "patient:P-1")
 
 
