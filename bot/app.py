@@ -554,19 +554,25 @@ class Bot:
 
     async def fire_due_deadlines(self) -> int:
         """Fire every due deadline once: its state change and messages commit together."""
+        from sqlalchemy.orm.exc import StaleDataError
+
         fired = 0
         for deadline in await self.store.due_deadlines(self.clock.now()):
             handler = self.deadline_handlers.get(deadline.kind)
-            async with self.store.session.begin() as session:
-                if not await self.store.take_deadline(session, deadline.id, self.clock.now()):
-                    continue
-                if handler is None:
-                    log.error("échéance %s sans traitement (%s)", deadline.kind, deadline.ref)
-                    continue
-                ctx = self.context(session, deadline.payload.get("room_id", ""), "timer", self.user_id,
-                                   f"deadline:{deadline.id}")
-                await handler(ctx, deadline)
-                fired += 1
+            try:
+                async with self.store.session.begin() as session:
+                    if not await self.store.take_deadline(session, deadline.id, self.clock.now()):
+                        continue
+                    if handler is None:
+                        log.error("échéance %s sans traitement (%s)", deadline.kind, deadline.ref)
+                        continue
+                    ctx = self.context(session, deadline.payload.get("room_id", ""), "timer", self.user_id,
+                                       f"deadline:{deadline.id}")
+                    await handler(ctx, deadline)
+                    fired += 1
+            except StaleDataError:  # an answer changed the request meanwhile: still pending, fires next pass
+                log.info("échéance %s reportée (conflit d'écriture)", deadline.ref)
+                self._wake_worker.set()
         await self.flush_outbox()
         await self.schedule_wakeup()
         return fired

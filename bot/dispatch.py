@@ -6,6 +6,7 @@ from bot.app import wall_ms
 import logging
 
 from nio import JoinError
+from sqlalchemy.orm.exc import StaleDataError
 
 from commands.arguments import ParseContext
 from commands.context import Refusal
@@ -16,13 +17,18 @@ from storage.repositories import IncomingEvent
 log = logging.getLogger("cercle.dispatch")
 
 
-async def dispatch(bot, event: IncomingEvent) -> None:
+async def dispatch(bot, event: IncomingEvent, attempts: int = 3) -> None:
     handler = HANDLERS.get(event.kind)
     try:
         async with bot.store.session.begin() as session:
             if handler is not None:
                 await handler(bot, session, event)
             await _mark(session, event.event_id, "handled", bot.clock.now())
+    except StaleDataError:
+        # A timer changed the same request meanwhile: nothing was written, handle it again on fresh data.
+        if attempts > 1:
+            return await dispatch(bot, event, attempts - 1)
+        await _fail(bot, event, "conflit d'écriture répété")
     except Refusal as refusal:
         async with bot.store.session.begin() as session:
             ctx = bot.context(session, event.room_id, "", event.sender, event.event_id)
@@ -30,12 +36,16 @@ async def dispatch(bot, event: IncomingEvent) -> None:
             await _mark(session, event.event_id, "handled", bot.clock.now())
     except Exception as e:
         log.exception("échec du traitement de %s", event.event_id)
-        async with bot.store.session.begin() as session:
-            if event.kind == "message":
-                ctx = bot.context(session, event.room_id, "", event.sender, event.event_id)
-                ctx.reply("❌ Une erreur interne m'a empêché de traiter cette commande. Rien n'a été "
-                          "enregistré ; réessayez, et prévenez les coordinateurs si cela se reproduit.")
-            await _mark(session, event.event_id, "failed", bot.clock.now(), error=repr(e)[:500])
+        await _fail(bot, event, repr(e))
+
+
+async def _fail(bot, event: IncomingEvent, error: str) -> None:
+    async with bot.store.session.begin() as session:
+        if event.kind == "message":
+            ctx = bot.context(session, event.room_id, "", event.sender, event.event_id)
+            ctx.reply("❌ Une erreur interne m'a empêché de traiter cette commande. Rien n'a été "
+                      "enregistré ; réessayez, et prévenez les coordinateurs si cela se reproduit.")
+        await _mark(session, event.event_id, "failed", bot.clock.now(), error=error[:500])
 
 
 async def _mark(session, event_id: str, status: str, now, error: str | None = None) -> None:

@@ -87,16 +87,16 @@ def load(data: dict) -> Demande:
 
 
 # --- rows ----------------------------------------------------------------------------------------
-def _purpose(row_id: int | None, room_id: str, numero: int) -> str:
+def _purpose(room_id: str, numero: int) -> str:
     return f"demande:{room_id}:{numero}"
 
 
 def read(bot, row: DemandeRow) -> Demande:
-    return load(bot.store.cipher.decrypt_json(row.data_enc, _purpose(row.id, row.room_id, row.numero)))
+    return load(bot.store.cipher.decrypt_json(row.data_enc, _purpose(row.room_id, row.numero)))
 
 
 def write(bot, row: DemandeRow, d: Demande) -> None:
-    row.data_enc = bot.store.cipher.encrypt_json(dump(d), _purpose(row.id, row.room_id, row.numero))
+    row.data_enc = bot.store.cipher.encrypt_json(dump(d), _purpose(row.room_id, row.numero))
     row.etat = d.etat.value
     row.acceptee_par = d.acceptee_par
 

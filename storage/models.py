@@ -211,3 +211,6 @@ class Demande(Base):
 
     __table_args__ = (UniqueConstraint("room_id", "numero", name="uq_demande_room_numero"),
                       {"sqlite_autoincrement": True})
+    # A timer and an answer may touch the same request at once: the later write fails
+    # (StaleDataError) and is retried on fresh data, instead of silently undoing the other.
+    __mapper_args__ = {"version_id_col": version}

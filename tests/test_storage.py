@@ -113,3 +113,24 @@ async def test_a_rolled_back_handler_leaves_no_outbox_row(store):
             store.queue(s, "message", "!r", {"body": "half"}, NOW)
             raise RuntimeError("crash in the handler")
     assert await store.pending_outbox() == []
+
+
+async def test_concurrent_writes_to_a_request_do_not_overwrite_each_other(store):
+    """A timer and an answer loading the same request: the second write fails instead of undoing the first."""
+    from sqlalchemy.orm.exc import StaleDataError
+
+    from storage.models import Demande
+
+    async with store.session.begin() as s:
+        s.add(Demande(patient_code="P-2345", room_id="!r", numero=1, flow="consultation", etat="en_attente",
+                      demandeur="@a:b", created_at=NOW, data_enc=b"v1"))
+    async with store.session() as timer, store.session() as answer:
+        t_row = (await timer.scalars(select(Demande))).one()
+        a_row = (await answer.scalars(select(Demande))).one()
+        a_row.etat = "acceptee"
+        await answer.commit()
+        t_row.etat = "en_attente"  # computed from stale data
+        with pytest.raises(StaleDataError):
+            await timer.commit()
+    async with store.session() as s:
+        assert (await s.scalars(select(Demande))).one().etat == "acceptee"
