@@ -129,7 +129,7 @@ async def test_concurrent_writes_to_a_request_do_not_overwrite_each_other(store)
         a_row = (await answer.scalars(select(Demande))).one()
         a_row.etat = "acceptee"
         await answer.commit()
-        t_row.etat = "en_attente"  # computed from stale data
+        t_row.etat, t_row.data_enc = "expiree", b"v2-stale"  # computed from stale data
         with pytest.raises(StaleDataError):
             await timer.commit()
     async with store.session() as s:
