@@ -112,7 +112,7 @@ def register(registry: CommandRegistry) -> None:
                             parcours=candidates[0].code if candidates else None, ref=f"demande:{row.id}",
                             at=ctx.now, details={"seuils": [h.code for h in hits], "signes": known + free}))
         lines = [f"🚩 **RED FLAG · demande n°{d.numero}**"
-                 + (f" · parcours {', '.join(p.nom for p in candidates)}" if candidates else "")]
+                 + (f" · parcours {', '.join(p.nom for p in candidates)}" if candidates else ""), ""]
         for h in hits:
             cond = f" (à confirmer : {h.condition})" if h.condition else ""
             lines.append(f"- seuil franchi : **{h.seuil_text}** ({h.measurement.texte}){cond}")
@@ -167,7 +167,7 @@ def register(registry: CommandRegistry) -> None:
                 mention.add(m.user_id)
         noms = await store.names(ctx.session, mention)
         lines = [f"🚨 **ALERTE CRITIQUE · périnatalité** : la patiente doit consulter **dans les "
-                 f"{format_duration(rules.delai_consultation)}** (avant {format_french_datetime(due, ctx.bot.config.tz)})."]
+                 f"{format_duration(rules.delai_consultation)}** (avant {format_french_datetime(due, ctx.bot.config.tz)}).", ""]
         lines += [f"- seuil franchi : **{h.seuil_text}** ({h.measurement.texte})" for h in hits]
         lines += [f"- signe : {s}" for s in known + free]
         lines += ["", *[f"- {c}" for c in rules.consignes]]

@@ -220,7 +220,7 @@ class CommandRegistry:
             if scope is None or scope in cmd.scopes:
                 by_category.setdefault(cmd.category, []).append(cmd)
         for category, cmds in by_category.items():
-            lines.append(f"\n**{category}**")
+            lines.append(f"\n**{category}**\n")  # blank line: Markdown lists need one
             for cmd in cmds:
                 alias = f" (ou {', '.join('`' + a + '`' for a in cmd.aliases)})" if cmd.aliases else ""
                 lines.append(f"- `!{cmd.name}`{alias} : {cmd.summary}")
