@@ -136,3 +136,25 @@ async def test_strict_policy_shares_keys_only_with_cross_signed_devices(setup, s
         await asyncio.sleep(0.1)
     assert [e for e in unsigned.undecryptable(room) if e.sender == harness.user_id]
     assert not [m for m in unsigned.messages(room) if m.sender == harness.user_id]
+
+
+async def test_an_identity_reset_elsewhere_is_reported_not_overwritten(setup, synapse):
+    from bot.cross_signing import CrossSigningKeys
+    from rooms.coordination import ensure_coordinator_room
+
+    harness, clinician = setup
+    assert await harness.identity_status() == "created"
+    coord = await clinician("coord")
+    room = await ensure_coordinator_room(harness.bot, invite=[coord.user_id])
+    await coord.join(await coord.wait_for_invite())
+    # Someone resets the bot account's cross-signing from another session.
+    other = CrossSigningKeys.generate()
+    async with CrossSigningClient(synapse.url, harness.user_id, harness.bot.device_id,
+                                  harness.bot.client.access_token, harness.password) as cs:
+        await cs.upload_cross_signing_keys(other)
+    await harness.restart()
+    assert await harness.identity_status() == "mismatch"
+    warning = await coord.wait_for_message(room, sender=harness.user_id, predicate=lambda m: "remplacée" in m.body)
+    assert "cercle identity restore" in warning.body
+    query = await coord.request_json("POST", "/_matrix/client/v3/keys/query", {"device_keys": {harness.user_id: []}})
+    assert only_key(query["master_keys"][harness.user_id])[1] == other.public_keys()["master"]  # not overwritten
