@@ -397,11 +397,17 @@ class Bot:
                     await self.store.outbox_done(item.id, now, event_id=response.event_id)
                     return True
             elif item.action == "direct":
-                room_id = await self._direct_room(content["user_id"])
+                user_id = content["user_id"]
+                room_id = await self._direct_room(user_id)
                 room = self.client.rooms.get(room_id) if room_id else None
-                if room is None or content["user_id"] not in room.users or content["user_id"] in room.invited_users:
-                    # Wait until they joined: keys shared before that would not reach their devices.
+                if room is None:
+                    return None  # just created: wait for the sync that brings it
+                if user_id not in room.users:  # they left the chat: invite them back once
+                    await self.client.room_invite(room_id, user_id)
+                    self._members_dirty.add(room_id)
                     return None
+                if user_id in room.invited_users:
+                    return None  # wait until they joined: keys shared before would not reach their devices
                 await self._prepare_room_keys(room_id)
                 response = await self.client.room_send(room_id, "m.room.message", content["content"],
                                                        tx_id=item.txn_id, ignore_unverified_devices=True)
