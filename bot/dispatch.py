@@ -8,7 +8,7 @@ import logging
 from nio import JoinError
 from sqlalchemy.orm.exc import StaleDataError
 
-from commands.arguments import ParseContext
+from commands.arguments import ArgumentError, ParseContext
 from commands.context import Refusal
 from commands.registry import SCOPE_NAMES, CommandNotFound, UsageError
 from storage.models import RoomRecord
@@ -98,7 +98,10 @@ async def handle_message(bot, session, event: IncomingEvent) -> None:
         where = " ou ".join(SCOPE_NAMES[s] for s in sorted(cmd.scopes))
         ctx.reply(f"⚠️ `!{cmd.name}` s'utilise dans {where}.\nUsage : `{cmd.usage()}`")
         return
-    await cmd.handler(ctx, **invocation.arguments)
+    try:
+        await cmd.handler(ctx, **invocation.arguments)
+    except ArgumentError as e:  # a value checked inside the handler: same answer as a parse error
+        raise Refusal(bot.registry.usage_error_text(cmd, e.message))
 
 
 async def handle_undecryptable(bot, session, event: IncomingEvent) -> None:

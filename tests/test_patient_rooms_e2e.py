@@ -147,6 +147,8 @@ async def test_access_request_inclusion_exit_and_non_members(harness, people):
     reply = await command(ph, ph_dm, harness, 'patient nouveau nom=Sans prenom=Accord naissance=01/02/1960 sexe=M '
                                               'tel=0600000000 adresse="1 place de la Mairie"')
     assert "consentement=" in reply.body and "Usage" in reply.body  # no circle without the patient's consent
+    reply = await command(ph, ph_dm, harness, "acces demander P-10")
+    assert "n'est pas un code patient" in reply.body and "Usage" in reply.body
     reply = await command(ph, ph_dm, harness, f"acces demander {code}")
     assert "Demande transmise" in reply.body
     ask = await dr.wait_for_message(room, sender=harness.user_id, predicate=lambda m: "demande l'accès" in m.body)
