@@ -302,3 +302,16 @@ async def test_an_absent_mt_sends_a_red_flag_straight_to_the_other_doctors(team)
     await t.ask("ide1", t.patient_room, "!rf fc=45 malaise ce matin, bradycardie")
     dm = await t.dm("mg3")  # no waiting for half the délai: the MT is away
     await other.wait_for_message(dm, sender=bot, predicate=lambda m: f"{t.code}/1" in m.body)
+
+
+async def test_odd_input_never_causes_an_internal_error(team):
+    t = team
+    odd = ["!cr", "!cloturer 5", "!annuler", "!refuser", "!rdv demain 9h", "!rdv 1 demain 9h plage",
+           "!inclure", "!sortir ic pas inclus", "!cercle retirer @nobody:localhost", "!cercle retirer",
+           "!acces accepter quelqu1", "!redflag signes=", "!alerte", "!dec referent", "!demandes extra",
+           "!accepter P-ZZZZ/1", "!dec @absent:localhost x", '!dec infirmier "', "!rf spo2=abc malaise",
+           "!rf ta=300 malaise", "!absence 31/02/2026", "!patient nouveau", "!annuaire voir"]
+    for text in odd:
+        reply = await t.ask("mt", t.patient_room, text)
+        assert "erreur interne" not in reply.body, (text, reply.body)
+        assert reply.body.startswith(("⚠️", "🙏", "Aucune")), (text, reply.body)
