@@ -123,7 +123,7 @@ def _print_welcome(url, bot_user, accounts, demo_path, speed) -> None:
     print(f"  Bot            : {bot_user}")
     if speed:
         print(f"  Horloge        : accélérée ×{speed} (démonstration)")
-    print("\nSe connecter avec Element (Element Web, Desktop ou Element X) :")
+    print("\nSe connecter avec Element Web ou Element Desktop, sur cette machine :")
     print(f"  1. « Se connecter » → « Modifier » le serveur d'accueil → {url}")
     print("  2. identifiant et mot de passe d'un compte de démonstration :")
     for a in accounts:
