@@ -181,9 +181,18 @@ class Bot:
 
         try:
             await asyncio.wait_for(self.synced_once.wait(), 60)
-            if self.client.should_upload_keys:
-                await self.client.keys_upload()
-            await ensure_identity(self)
+            for attempt in range(5):
+                # The device keys must be on the server before the device can be signed; the sync
+                # loop may be uploading them right now.
+                for _ in range(300):
+                    if self.client.olm is not None and self.client.olm.account.shared:
+                        break
+                    await asyncio.sleep(0.1)
+                if await ensure_identity(self) != "error":
+                    break
+                await asyncio.sleep(2 * (attempt + 1))
+            else:
+                self.identity_status = "error"
             room = getattr(self, "coordinator_room", None)
             if self.identity_warning and room:
                 from bot.messages import render
@@ -193,6 +202,9 @@ class Bot:
                 self._wake_worker.set()
         except asyncio.TimeoutError:
             log.error("pas de première synchronisation : signature croisée reportée au prochain démarrage")
+        except Exception:  # the bot still serves; `cercle status` shows the device is not signed
+            log.exception("signature croisée impossible à ce démarrage")
+            self.identity_status = "error"
 
     async def stop(self) -> None:
         self._stop.set()

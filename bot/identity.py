@@ -31,9 +31,7 @@ async def ensure_identity(bot) -> str:
             if e.keys is not None:  # uploaded, then something failed: keep what the server now has
                 await bot.store.set_secret(SECRET_KEY, e.keys.to_secret_dict())
             log.error("signature croisée impossible : %s", e)
-            bot.identity_status = "error"
             return "error"
-    bot.identity_status = result.status
     if result.status == "created":
         await bot.store.set_secret(SECRET_KEY, result.keys.to_secret_dict())
         announce_recovery_key(result.recovery_key)
@@ -45,6 +43,7 @@ async def ensure_identity(bot) -> str:
             "Un opérateur doit lancer `cercle identity restore` avec la clé de récupération.")
     else:
         log.info("identité de signature croisée reprise, appareil %s signé", bot.device_id)
+    bot.identity_status = result.status  # last: whoever waits on it sees the whole outcome
     return result.status
 
 
