@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass
 from datetime import datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -56,12 +55,6 @@ def wall_ms() -> int:
 
 class BotError(Exception):
     pass
-
-
-@dataclass
-class ReactionHandler:
-    key: str
-    handler: object  # async (ctx, target_event_id) -> None
 
 
 class Bot:

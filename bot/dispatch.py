@@ -36,7 +36,7 @@ async def dispatch(bot, event: IncomingEvent, attempts: int = 3) -> None:
             await _mark(session, event.event_id, "handled", bot.clock.now())
     except Exception as e:
         log.exception("échec du traitement de %s", event.event_id)
-        await _fail(bot, event, repr(e))
+        await _fail(bot, event, type(e).__name__)  # not the message: it may quote clinical input
 
 
 async def _fail(bot, event: IncomingEvent, error: str) -> None:

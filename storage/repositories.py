@@ -115,12 +115,6 @@ class Store:
             await s.execute(update(InboxEvent).where(InboxEvent.event_id == event_id)
                             .values(status=status, handled_at=now, error=error))
 
-    async def event_status(self, event_id: str) -> str | None:
-        async with self.session() as s:
-            row = await s.get(InboxEvent, event_id)
-            return row.status if row else None
-
-    # --- rooms -------------------------------------------------------------------------
     async def get_room(self, room_id: str) -> RoomRecord | None:
         async with self.session() as s:
             return await s.get(RoomRecord, room_id)
@@ -140,11 +134,6 @@ class Store:
             row.direct_with = direct_with or row.direct_with
             row.bot_is_creator = row.bot_is_creator or created
         return row
-
-    async def set_commands_published(self, room_id: str, digest: str) -> None:
-        async with self.session.begin() as s:
-            await s.execute(update(RoomRecord).where(RoomRecord.room_id == room_id)
-                            .values(commands_published=digest))
 
     async def bot_created(self, room_id: str) -> bool:
         row = await self.get_room(room_id)
