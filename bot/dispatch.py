@@ -1,16 +1,17 @@
 """From a recorded inbox event to its effect. Each event is handled in one transaction."""
 from __future__ import annotations
 
-from bot.app import wall_ms
-
 import logging
 
 from nio import JoinError
 from sqlalchemy.orm.exc import StaleDataError
 
+from bot.app import wall_ms
 from commands.arguments import ArgumentError, ParseContext
 from commands.context import Refusal
-from commands.registry import SCOPE_NAMES, CommandNotFound, UsageError
+from commands.registry import PATIENT, SCOPE_NAMES, CommandNotFound, UsageError
+from rooms.access import require_cercle
+from rooms.patients import patient_by_room
 from storage.models import RoomRecord
 from storage.repositories import IncomingEvent
 
@@ -98,6 +99,10 @@ async def handle_message(bot, session, event: IncomingEvent) -> None:
         where = " ou ".join(SCOPE_NAMES[s] for s in sorted(cmd.scopes))
         ctx.reply(f"⚠️ `!{cmd.name}` s'utilise dans {where}.\nUsage : `{cmd.usage()}`")
         return
+    if kind == PATIENT and cmd.requires is not None:
+        patient = await patient_by_room(session, event.room_id)
+        if patient is not None:
+            await require_cercle(ctx, patient)  # a former member, or anyone let in by mistake
     try:
         await cmd.handler(ctx, **invocation.arguments)
     except ArgumentError as e:  # a value checked inside the handler: same answer as a parse error

@@ -6,10 +6,19 @@ import re
 
 from sqlalchemy import select
 
-from commands.arguments import ArgType, ArgumentError, Choice, Duration, Text, TimeSlot, Word
+from commands.arguments import (
+    ArgType,
+    ArgumentError,
+    Choice,
+    Duration,
+    Text,
+    TimeSlot,
+    Word,
+)
 from commands.cercle import current_patient, resolve_person
 from commands.registry import DIRECT, PATIENT, CommandRegistry, Option, Param
 from domain.flows import Mode, find_flow
+from domain.permissions import Action
 from domain.requests import (
     Declinee,
     DejaPrise,
@@ -24,7 +33,8 @@ from domain.requests import (
     refuser,
 )
 from rooms import demandes as store
-from rooms.directory import find_profession, has_role, profession_label
+from rooms.access import authorize
+from rooms.directory import find_profession, profession_label
 from storage.models import Act, Patient
 from storage.models import Demande as DemandeRow
 
@@ -176,7 +186,7 @@ def register(registry: CommandRegistry) -> None:
         numero = await store.next_numero(ctx.session, ctx.room_id)
         d = creer_demande(numero, flow, demandeur, ctx.now, commentaire=commentaire, pour_compte_de=pour,
                           medecin_traitant=patient.medecin_traitant, motif=motif, delai_reponse=reponse,
-                          delai_intervention=intervention, **kwargs)
+                          delai_intervention=intervention, commune=commune, **kwargs)
         if isinstance(d, Refus):
             ctx.refuse(d.texte())
         row = await store.start(ctx, patient, d, flow, commune)
@@ -206,6 +216,7 @@ def register(registry: CommandRegistry) -> None:
     async def refuser_cmd(ctx, motif, demande=None):
         patient, row = await resolve(ctx, demande, answering=True)
         d = store.read(ctx.bot, row)
+        await authorize(ctx, Action.REFUSER, patient, d)
         outcome = refuser(d, ctx.sender, motif, ctx.now)
         if isinstance(outcome, DejaPrise):
             ctx.reply(outcome.texte(await store.names(ctx.session, [outcome.par])))
@@ -217,11 +228,9 @@ def register(registry: CommandRegistry) -> None:
             ctx.reply(f"Refus noté pour la demande {patient.code}/{d.numero}. Merci.")
         if isinstance(outcome, Declinee) and outcome.avancer_vers:
             # The MT declined, or everyone asked did: the next rung now, not at its planned time.
-            await ctx.bot.store.cancel_deadlines(f"demande:{row.id}", (f"demande.{outcome.avancer_vers.value}",),
-                                                 session=ctx.session)
-            await ctx.bot.store.add_deadline(f"demande.{outcome.avancer_vers.value}", f"demande:{row.id}", ctx.now,
-                                             ctx.now, payload={"room_id": patient.room_id, "commune": patient.commune},
-                                             session=ctx.session)
+            await ctx.bot.store.bring_forward(ctx.session, f"demande.{outcome.avancer_vers.value}",
+                                              f"demande:{row.id}", ctx.now, ctx.now,
+                                              payload={"room_id": patient.room_id, "commune": patient.commune})
 
     @registry.command(
         "rdv", aliases=["rendez-vous", "rendezvous"], summary="fixer le rendez-vous d'une demande acceptée",
@@ -236,14 +245,13 @@ def register(registry: CommandRegistry) -> None:
     async def rdv(ctx, quand, lieu, demande=None, precisions=None):
         patient, row = await resolve(ctx, demande, answering=False)
         d = store.read(ctx.bot, row)
-        me = await ctx.bot.directory.get(ctx.session, ctx.sender)
-        delegue = next((r.split(":", 1)[1] for r in me.roles or [] if r.startswith("secretaire:")), None)
+        permission = await authorize(ctx, Action.RDV, patient, d)
         slot = (quand.start, quand.end) if quand.end else quand.start
-        outcome = fixer_rdv(d, ctx.sender, slot, Mode(lieu), ctx.now, au_nom_de=delegue)
+        outcome = fixer_rdv(d, ctx.sender, slot, Mode(lieu), ctx.now, au_nom_de=permission.acting_for)
         if precisions and not isinstance(outcome, Refus):
             d.rdv = dataclasses.replace(d.rdv, texte=precisions)
         await _answer(ctx, outcome, patient, row, d)
-        noms = await store.names(ctx.session, [ctx.sender, *d.demandeurs])
+        noms = await store.names(ctx.session, [ctx.sender, permission.acting_for, *d.demandeurs])
         ctx.reply(outcome.texte(noms) + (f"\n{precisions}" if precisions else ""),
                   mentions={u: noms[u] for u in d.demandeurs})
 
@@ -256,6 +264,7 @@ def register(registry: CommandRegistry) -> None:
     async def cr(ctx, texte, demande=None):
         patient, row = await resolve(ctx, demande, answering=False)
         d = store.read(ctx.bot, row)
+        await authorize(ctx, Action.CR, patient, d)
         outcome = poster_cr(d, ctx.sender, texte, ctx.now)
         await _answer(ctx, outcome, patient, row, d)
         await ctx.bot.store.cancel_deadlines(f"demande:{row.id}", ("demande.intervention",), session=ctx.session)
@@ -270,6 +279,7 @@ def register(registry: CommandRegistry) -> None:
     async def cloturer_cmd(ctx, demande=None):
         patient, row = await resolve(ctx, demande, answering=False)
         d = store.read(ctx.bot, row)
+        await authorize(ctx, Action.CLOTURER, patient, d)
         outcome = cloturer(d, ctx.sender, ctx.now)
         await _answer(ctx, outcome, patient, row, d)
         await ctx.bot.store.cancel_deadlines(f"demande:{row.id}", session=ctx.session)
@@ -283,8 +293,8 @@ def register(registry: CommandRegistry) -> None:
     async def annuler_cmd(ctx, motif, demande=None):
         patient, row = await resolve(ctx, demande, answering=False)
         d = store.read(ctx.bot, row)
-        me = await ctx.bot.directory.get(ctx.session, ctx.sender)
-        outcome = annuler(d, ctx.sender, motif, ctx.now, coordinateur=has_role(me, "coordinateur"))
+        await authorize(ctx, Action.ANNULER, patient, d)
+        outcome = annuler(d, ctx.sender, motif, ctx.now)
         await _answer(ctx, outcome, patient, row, d)
         await ctx.bot.store.cancel_deadlines(f"demande:{row.id}", session=ctx.session)
         ctx.reply(outcome.texte(await store.names(ctx.session, [ctx.sender])))
@@ -309,12 +319,8 @@ def register(registry: CommandRegistry) -> None:
 
 async def accept(ctx, patient: Patient, row: DemandeRow) -> None:
     d = store.read(ctx.bot, row)
-    me = await ctx.bot.directory.get(ctx.session, ctx.sender)
-    if (d.acceptee_par is None and d.cible_profession and ctx.sender not in d.sollicites
-            and me.profession != d.cible_profession):
-        ctx.refuse(f"cette demande s'adresse à un·e {profession_label(d.cible_profession)}", usage=False)
-    delegue = next((r.split(":", 1)[1] for r in me.roles or [] if r.startswith("secretaire:")), None)
-    outcome = accepter(d, ctx.sender, ctx.now, delegue_de=delegue)
+    await authorize(ctx, Action.ACCEPTER, patient, d)
+    outcome = accepter(d, ctx.sender, ctx.now)
     if isinstance(outcome, DejaPrise):
         ctx.reply(outcome.texte(await store.names(ctx.session, [outcome.par])))
         return

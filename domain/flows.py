@@ -10,8 +10,6 @@ A bare number is refused (hours or days? the source documents use both).
 """
 from __future__ import annotations
 
-from domain.text import normalize_key, parse_duration
-
 import re
 from datetime import timedelta
 from enum import StrEnum
@@ -19,7 +17,17 @@ from pathlib import Path
 from typing import Annotated, Any, Iterable, Mapping
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from domain.rules_yaml import load_rules
+from domain.text import normalize_key, parse_duration
 
 __all__ = [
     "DEFAULT_PATH", "Echelle", "Flow", "FlowsError", "Mode", "MEDECIN_TRAITANT", "find_flow",
@@ -218,7 +226,7 @@ def _reason(err: Mapping[str, Any]) -> str:
 def _known_professions() -> set[str] | None:
     if not PROFESSIONS_PATH.exists():
         return None
-    raw = yaml.safe_load(PROFESSIONS_PATH.read_text(encoding="utf-8")) or {}
+    raw = load_rules(PROFESSIONS_PATH.read_text(encoding="utf-8")) or {}
     return set(raw) if isinstance(raw, dict) else None
 
 
@@ -240,7 +248,7 @@ def load_flows(path: str | Path | None = None, *, professions: Iterable[str] | N
     except OSError as e:
         raise fail("", f"lecture impossible ({e.strerror or e})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_rules(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"ligne {mark.line + 1}" if mark is not None else "?"

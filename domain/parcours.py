@@ -12,8 +12,6 @@ Reminder periods (rappels) are calendar periods: `10j`, `3sem`, `1mois`, `3ans`.
 """
 from __future__ import annotations
 
-from domain.text import fold, normalize_key, parse_duration
-
 import calendar
 import re
 from datetime import date, timedelta
@@ -22,9 +20,17 @@ from typing import Annotated, Any, Literal, Mapping
 
 import yaml
 from pydantic import (
-    BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
     model_validator,
 )
+
+from domain.rules_yaml import load_rules
+from domain.text import fold, normalize_key, parse_duration
 
 __all__ = [
     "ActionConditionnelle", "AlerteCritique", "CatalogueError", "ChecklistItem", "ConditionQuestion", "Constate", "Delai",
@@ -590,22 +596,6 @@ class CatalogueError(ValueError):
     """A malformed parcours file. One French line: `<file>: <key path>: <reason>`."""
 
 
-class _NoDuplicateLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key written twice in the same mapping (PyYAML keeps the last silently)."""
-
-
-def _construct_mapping(loader: _NoDuplicateLoader, node: yaml.MappingNode, deep: bool = False):
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"clé « {key} » en double (ligne {key_node.start_mark.line + 1})", key_node.start_mark)
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_NoDuplicateLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 _ROLES = {"medecin_traitant", "referent_parcours", "coordinateur", "operateur_snp", "tous"}
 _ROOT = Path(__file__).resolve().parent.parent
@@ -625,7 +615,7 @@ def _known_codes() -> set[str] | None:
     """Professions of data/professions.yaml plus the directory roles; None if the file is absent."""
     path = _ROOT / "data" / "professions.yaml"
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = load_rules(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         return None
     return set(raw) | _ROLES
@@ -695,7 +685,7 @@ def load_parcours_file(path: Path, *, known_codes: set[str] | None = None) -> Pa
     except OSError as exc:
         raise _error(file, "(fichier)", f"lecture impossible ({exc.strerror or exc})") from exc
     try:
-        raw = yaml.load(text, Loader=_NoDuplicateLoader)
+        raw = load_rules(text)
     except yaml.MarkedYAMLError as exc:
         line = f" (ligne {exc.problem_mark.line + 1})" if exc.problem_mark else ""
         raise _error(file, "(yaml)", f"YAML invalide : {exc.problem}{line}") from exc

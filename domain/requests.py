@@ -118,6 +118,7 @@ class Demande:
     pour_compte_de: str | None = None        # the professional a secretary created it for
     medecin_traitant: str | None = None      # MT of the cercle, solicited first
     motif: str | None = None                 # e.g. "renouvellement_ordonnance" (SNP 48 h)
+    commune: str | None = None               # `commune=`: only that commune's professionals may answer
     etat: Etat = Etat.EN_ATTENTE
     rung: Rung = Rung.CERCLE
     sollicites: set[str] = field(default_factory=set)
@@ -220,9 +221,6 @@ class Outcome:
 
 class Raison(StrEnum):
     ETAT = "etat"                      # transition not allowed from the current state
-    NON_AUTORISE = "non_autorise"      # not the acceptor / requester
-    PROPRE_DEMANDE = "propre_demande"  # requester acting on their own request
-    DELEGATION = "delegation"          # a secretary cannot do this
     MOTIF_MANQUANT = "motif_manquant"
     TEXTE_MANQUANT = "texte_manquant"
     CRENEAU = "creneau"                # bad or past slot
@@ -447,7 +445,7 @@ def creer_demande(numero: int, flow: Flow, demandeur: str, now: datetime, *, com
                   cible_profession: str | None = None, cible_personne: str | None = None,
                   pour_compte_de: str | None = None, medecin_traitant: str | None = None,
                   motif: str | None = None, delai_reponse: timedelta | None = None,
-                  delai_intervention: timedelta | None = None) -> Demande | Refus:
+                  delai_intervention: timedelta | None = None, commune: str | None = None) -> Demande | Refus:
     """A new request in state en_attente, or a Refus (missing comment, no target, fixed délais…).
 
     `demandeur` is who typed the command; when a secretary acts under delegation, pass the
@@ -485,6 +483,7 @@ def creer_demande(numero: int, flow: Flow, demandeur: str, now: datetime, *, com
         commentaire=commentaire, cible_profession=profession, cible_role=role,
         cible_personne=cible_personne, pour_compte_de=pour_compte_de,
         medecin_traitant=medecin_traitant if flow.medecin_traitant_d_abord else None, motif=motif,
+        commune=commune,
     )
     d._log(now, demandeur, "creation", flow.code)
     return d
@@ -506,28 +505,16 @@ def solliciter(d: Demande, users: Iterable[str], now: datetime) -> frozenset[str
 
 # --- acceptance / refusal ----------------------------------------------------------------------
 
-def accepter(d: Demande, user: str, now: datetime, *, delegue_de: str | None = None) -> Acceptee | DejaPrise | Refus:
-    """First acceptance wins (decisions.md 4). `delegue_de`: set when `user` is a secretary
-    acting for that professional, which is refused (acceptances belong to the professional)."""
+def accepter(d: Demande, user: str, now: datetime) -> Acceptee | DejaPrise | Refus:
+    """First acceptance wins (decisions.md 4). Who may accept is decided by domain.permissions."""
     now = _utc(now)
-    if delegue_de is not None:
-        return _refus(d, Raison.DELEGATION,
-                      "Une acceptation appartient au professionnel : {pro} doit accepter lui-même ou "
-                      "elle-même. La secrétaire peut ensuite fixer le rendez-vous.", pro=delegue_de)
     if d.etat is Etat.ANNULEE:
         return _refus_etat(d, " : elle ne peut plus être acceptée.")
     if d.acceptee_par is not None or d.etat in PRISE:
         return DejaPrise(numero=d.numero, par=d.acceptee_par or "?", vous=d.acceptee_par == user)
-    if user in d.demandeurs:
-        return _refus(d, Raison.PROPRE_DEMANDE, "Vous ne pouvez pas accepter votre propre demande.")
-    if d.cible_personne and user != d.cible_personne and user not in d.sollicites:
-        return _refus(d, Raison.NON_AUTORISE,
-                      f"La demande n°{d.numero} est adressée à {{cible}} : seule cette personne peut l'accepter.",
-                      cible=d.cible_personne)
     tardive = d.etat is Etat.EXPIREE or (d.echeance_reponse is not None and now > d.echeance_reponse)
     avait_decline = d.refus.pop(user, None) is not None
     d.etat, d.acceptee_par, d.accepted_at, d.acceptation_tardive = Etat.ACCEPTEE, user, now, tardive
-    d.sollicites.add(user)
     d._log(now, user, "acceptation", "tardive" if tardive else "")
     echeance = plan_intervention_deadline(now, d.delai_intervention).due_at if d.delai_intervention else None
     return Acceptee(numero=d.numero, par=user, at=now, tardive=tardive, avait_decline=avait_decline,
@@ -546,13 +533,11 @@ def refuser(d: Demande, user: str, motif: str, now: datetime) -> Declinee | Deja
                           f"Vous avez accepté la demande n°{d.numero} : pour vous désister, prévenez "
                           f"le demandeur, qui peut l'annuler.")
         return DejaPrise(numero=d.numero, par=d.acceptee_par)
-    if user in d.demandeurs:
-        return _refus(d, Raison.PROPRE_DEMANDE,
-                      "Vous ne pouvez pas décliner votre propre demande : annulez-la (avec un motif).")
     if not motif:
         return _refus(d, Raison.MOTIF_MANQUANT, "Le motif du refus est obligatoire.")
+    # Not added to `sollicites`: that list holds only those the ladder asked (issue 8: declining
+    # must never become a way around the profession check).
     d.refus[user] = motif
-    d.sollicites.add(user)
     d._log(now, user, "refus", motif)
 
     avancer, par_mt = None, False
@@ -621,18 +606,14 @@ Slot = datetime | tuple[datetime, datetime] | str
 
 def fixer_rdv(d: Demande, user: str, slot: Slot, mode: Mode | str, now: datetime, *,
               au_nom_de: str | None = None) -> RdvFixe | Refus:
-    """Set or move the appointment. Only the acceptor, or a secretary acting for them
-    (`au_nom_de` = the professional; the caller has checked the delegation)."""
+    """Set or move the appointment (who may: domain.permissions). `au_nom_de`: the professional
+    a secretary acts for."""
     now = _utc(now)
     acting = au_nom_de or user
     if d.etat in ACCEPTABLE:
         return _refus_etat(d, " : le rendez-vous se fixe après l'acceptation.")
     if d.etat not in (Etat.ACCEPTEE, Etat.RDV_FIXE):
         return _refus_etat(d, " : le rendez-vous ne peut plus être modifié.")
-    if acting != d.acceptee_par:
-        return _refus(d, Raison.NON_AUTORISE,
-                      f"Seul·e {{acceptant}}, qui a accepté la demande n°{d.numero}, peut fixer le rendez-vous.",
-                      acceptant=d.acceptee_par)
     try:
         mode = Mode(mode)
     except ValueError:
@@ -661,7 +642,7 @@ def fixer_rdv(d: Demande, user: str, slot: Slot, mode: Mode | str, now: datetime
 
 
 def poster_cr(d: Demande, user: str, texte: str, now: datetime) -> CrPoste | Refus:
-    """The acceptor posts the compte-rendu (a secretary cannot: clinical content)."""
+    """The compte-rendu (who may: domain.permissions)."""
     now = _utc(now)
     if d.etat in ACCEPTABLE:
         return _refus_etat(d, " : le compte-rendu vient après l'acceptation.")
@@ -669,10 +650,6 @@ def poster_cr(d: Demande, user: str, texte: str, now: datetime) -> CrPoste | Ref
         return _refus_etat(d, " : ajoutez un complément dans le salon du patient.")
     if d.etat not in (Etat.ACCEPTEE, Etat.RDV_FIXE):
         return _refus_etat(d, ".")
-    if user != d.acceptee_par:
-        return _refus(d, Raison.NON_AUTORISE,
-                      f"Seul·e {{acceptant}}, qui a accepté la demande n°{d.numero}, peut poster le compte-rendu.",
-                      acceptant=d.acceptee_par)
     texte = (texte or "").strip()
     if not texte:
         return _refus(d, Raison.TEXTE_MANQUANT, "Le compte-rendu est vide.")
@@ -683,34 +660,26 @@ def poster_cr(d: Demande, user: str, texte: str, now: datetime) -> CrPoste | Ref
 
 
 def cloturer(d: Demande, user: str, now: datetime) -> Cloturee | Refus:
-    """The acceptor or the requester closes the request once it was accepted."""
+    """Close the request once it was accepted (who may: domain.permissions)."""
     now = _utc(now)
     if d.etat in ACCEPTABLE:
         return _refus_etat(d, " : pour l'arrêter, annulez-la (avec un motif).")
     if d.etat in (Etat.CLOTUREE, Etat.ANNULEE):
         return _refus_etat(d, ".")
-    if user != d.acceptee_par and user not in d.demandeurs:
-        return _refus(d, Raison.NON_AUTORISE,
-                      f"Seul·e {{acceptant}} ou le demandeur peut clôturer la demande n°{d.numero}.",
-                      acceptant=d.acceptee_par)
     sans_cr = d.cr is None
     d.etat, d.cloturee_par, d.closed_at = Etat.CLOTUREE, user, now
     d._log(now, user, "cloture", "sans CR" if sans_cr else "")
     return Cloturee(numero=d.numero, par=user, sans_cr=sans_cr)
 
 
-def annuler(d: Demande, user: str, motif: str, now: datetime, *, coordinateur: bool = False) -> Annulee | Refus:
-    """The requester (or a coordinator) cancels, with a motif, until the CR is posted."""
+def annuler(d: Demande, user: str, motif: str, now: datetime) -> Annulee | Refus:
+    """Cancel, with a motif, until the CR is posted (who may: domain.permissions)."""
     now = _utc(now)
     motif = _motif(motif)
     if d.etat in (Etat.CR_POSTE,):
         return _refus_etat(d, " : clôturez-la plutôt que de l'annuler.")
     if d.etat in (Etat.CLOTUREE, Etat.ANNULEE):
         return _refus_etat(d, ".")
-    if user not in d.demandeurs and not coordinateur:
-        return _refus(d, Raison.NON_AUTORISE,
-                      f"Seul le demandeur ({{demandeur}}) ou un·e coordinateur·rice peut annuler la demande n°{d.numero}.",
-                      demandeur=d.pour_compte_de or d.demandeur)
     if not motif:
         return _refus(d, Raison.MOTIF_MANQUANT, "Le motif de l'annulation est obligatoire.")
     informer = (d.sollicites | ({d.acceptee_par} if d.acceptee_par else set())) - {user}

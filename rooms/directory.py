@@ -6,11 +6,11 @@ from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from commands.arguments import normalize
+from domain.rules_yaml import load_rules
 from storage.models import Professional
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -26,7 +26,7 @@ class Profession:
 
 @lru_cache
 def professions() -> dict[str, Profession]:
-    raw = yaml.safe_load((DATA / "professions.yaml").read_text())
+    raw = load_rules((DATA / "professions.yaml").read_text(encoding="utf-8"))
     return {code: Profession(code, v["libelle"], v["pluriel"], tuple(v.get("aliases", ()))) for code, v in raw.items()}
 
 
@@ -66,9 +66,8 @@ class Directory:
         """A polite French refusal, or None when `user_id` may use a command needing `requires`."""
         prof = await self.get(session, user_id)
         if prof is None:
-            return (f"🙏 Désolé, {user_id} ne figure pas dans l'annuaire de la {self.bot.config.cpts.name} : "
-                    "les commandes cliniques sont réservées à ses membres. Rien n'a été fait. "
-                    "Les coordinateurs peuvent vous ajouter (`!annuaire ajouter`).")
+            # Nothing about the CPTS or its members to someone outside it (issue 8).
+            return "🙏 Accès réservé. Rien n'a été fait."
         if requires == "coordinateur" and not has_role(prof, "coordinateur"):
             return "🙏 Cette commande est réservée aux coordinateurs de la CPTS. Rien n'a été fait."
         return None

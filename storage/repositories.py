@@ -153,6 +153,17 @@ class Store:
         async with self.session.begin() as s:
             s.add(row)
 
+    async def bring_forward(self, session: AsyncSession, kind: str, ref: str, due_at: datetime, now: datetime,
+                            payload: dict | None = None) -> None:
+        """A planned step due earlier (e.g. the MT declined: the pool now). One row per (kind, ref):
+        the pending row moves; a row that already fired or was cancelled stays as it is."""
+        existing = await session.scalar(select(Deadline).where(Deadline.kind == kind, Deadline.ref == ref))
+        if existing is None:
+            session.add(Deadline(kind=kind, ref=ref, due_at=due_at, status="pending", payload=payload or {},
+                                 created_at=now))
+        elif existing.status == "pending" and existing.due_at > due_at:
+            existing.due_at = due_at
+
     async def due_deadlines(self, now: datetime) -> list[Deadline]:
         async with self.session() as s:
             return list((await s.scalars(

@@ -1,0 +1,195 @@
+"""Who may act on a request: the one place that decides (pure, no I/O).
+
+Each request action has one rule below. Handlers build an `Actor` from the directory and the
+patient's cercle, ask `authorize(action, demande, actor)`, and act only on `Permission.granted`.
+The state machine (domain.requests) then decides whether the request's *state* allows the action;
+it never decides *who*.
+
+Sources: decisions.md 3 (the ladder asks the cercle, then the profession), 4 (first acceptance
+wins), 10 (only the cercle acts on the patient), 11 (a secretary acts for one professional: she may
+create requests and set appointments, never accept: acceptances belong to the professional).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from domain.requests import Demande
+from domain.text import fold
+
+
+class Action(StrEnum):
+    ACCEPTER = "accepter"
+    REFUSER = "refuser"
+    RDV = "rdv"
+    CR = "cr"
+    CLOTURER = "cloturer"
+    ANNULER = "annuler"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """What the rules need to know of the person typing the command."""
+
+    user_id: str
+    in_directory: bool = True
+    profession: str | None = None
+    roles: frozenset[str] = frozenset()
+    communes: frozenset[str] = frozenset()
+    cercle_member: bool = False  # a current member of the patient's cercle (not a former one)
+
+    @property
+    def delegation_for(self) -> str | None:
+        """The professional a secretary works for (role `secretaire:<user id>`), if any."""
+        return next((r.split(":", 1)[1] for r in self.roles if r.startswith("secretaire:")), None)
+
+    @property
+    def coordinateur(self) -> bool:
+        return self.has_role("coordinateur")
+
+    def has_role(self, role: str) -> bool:
+        return any(r == role or r.startswith(role + ":") for r in self.roles)
+
+    def practises_in(self, commune: str) -> bool:
+        return fold(commune) in {fold(c) for c in self.communes}
+
+
+@dataclass(frozen=True)
+class Permission:
+    granted: bool
+    reason: str = ""  # French, for the refusal; empty when granted
+    acting_for: str | None = None  # a secretary's professional, when she acts under delegation
+    mentions: dict[str, str] = field(default_factory=dict)  # user ids quoted in `reason`
+
+    def __bool__(self) -> bool:
+        return self.granted
+
+
+ALLOWED = Permission(True)
+
+
+def _no(reason: str, **mentions: str) -> Permission:
+    return Permission(False, reason, mentions={k: v for k, v in mentions.items() if v})
+
+
+def _addressed_to(d: Demande, actor: Actor, profession_label) -> Permission:
+    """Is the request addressed to this person? The target person, anyone the ladder asked, a
+    professional of the target profession (of the request's commune when it names one), or a
+    holder of the target role."""
+    if actor.user_id in d.sollicites:
+        return ALLOWED
+    if d.cible_personne:
+        if actor.user_id == d.cible_personne:
+            return ALLOWED
+        return _no(f"la demande n°{d.numero} est adressée à {d.cible_personne} : seule cette personne peut y répondre",
+                   cible=d.cible_personne)
+    if d.cible_role:
+        if actor.has_role(d.cible_role):
+            return ALLOWED
+        return _no(f"la demande n°{d.numero} s'adresse aux {d.cible_role}s de parcours : vous n'avez pas ce rôle "
+                   "dans l'annuaire")
+    if d.cible_profession:
+        label = profession_label(d.cible_profession)
+        if actor.profession != d.cible_profession:
+            return _no(f"la demande n°{d.numero} s'adresse à un·e {label}")
+        if d.commune and not actor.practises_in(d.commune):
+            return _no(f"la demande n°{d.numero} s'adresse à un·e {label} exerçant à {d.commune}")
+        return ALLOWED
+    return _no(f"la demande n°{d.numero} ne vous est pas adressée")
+
+
+def may_accept(d: Demande, actor: Actor, profession_label=str) -> Permission:
+    if actor.user_id in d.demandeurs:
+        return _no("vous ne pouvez pas accepter votre propre demande")
+    if actor.delegation_for:
+        return _no(f"une acceptation appartient au professionnel : {actor.delegation_for} doit accepter "
+                   "lui-même ou elle-même ; vous pourrez ensuite fixer le rendez-vous",
+                   pro=actor.delegation_for)
+    return _addressed_to(d, actor, profession_label)
+
+
+def may_decline(d: Demande, actor: Actor, profession_label=str) -> Permission:
+    if actor.user_id in d.demandeurs:
+        return _no("vous ne pouvez pas décliner votre propre demande : annulez-la (avec un motif)")
+    if actor.delegation_for:
+        return _no(f"la réponse à une demande appartient au professionnel : {actor.delegation_for} doit "
+                   "répondre lui-même ou elle-même", pro=actor.delegation_for)
+    return _addressed_to(d, actor, profession_label)
+
+
+def may_act_in_cercle(actor: Actor) -> Permission:
+    """Any command in a patient's room: a current member of the cercle, or a coordinator."""
+    if not actor.in_directory:
+        return _no("accès réservé")
+    if not actor.cercle_member and not actor.coordinateur:
+        return _no("vous ne faites pas (ou plus) partie du cercle de ce patient")
+    return ALLOWED
+
+
+def _in_cercle(actor: Actor) -> Permission | None:
+    permission = may_act_in_cercle(actor)
+    return None if permission else permission
+
+
+def may_set_rdv(d: Demande, actor: Actor, profession_label=str) -> Permission:
+    """The acceptor, or the acceptor's secretary (decisions.md 11)."""
+    if (refused := _in_cercle(actor)) is not None:
+        return refused
+    if d.acceptee_par is None:
+        return ALLOWED  # the state machine answers « le rendez-vous se fixe après l'acceptation »
+    if actor.user_id == d.acceptee_par:
+        return ALLOWED
+    if actor.delegation_for and actor.delegation_for == d.acceptee_par:
+        return Permission(True, acting_for=d.acceptee_par)
+    return _no(f"seul·e {d.acceptee_par}, qui a accepté la demande n°{d.numero}, peut fixer le rendez-vous",
+               acceptant=d.acceptee_par)
+
+
+def may_post_cr(d: Demande, actor: Actor, profession_label=str) -> Permission:
+    """The acceptor only: a compte-rendu is clinical content (no delegation)."""
+    if (refused := _in_cercle(actor)) is not None:
+        return refused
+    if d.acceptee_par is None or actor.user_id == d.acceptee_par:
+        return ALLOWED
+    return _no(f"seul·e {d.acceptee_par}, qui a accepté la demande n°{d.numero}, peut poster le compte-rendu",
+               acceptant=d.acceptee_par)
+
+
+def may_close(d: Demande, actor: Actor, profession_label=str) -> Permission:
+    """The acceptor, the requester (or the professional behind a secretary's request), or a coordinator."""
+    if (refused := _in_cercle(actor)) is not None:
+        return refused
+    if actor.user_id in (d.acceptee_par, *d.demandeurs) or actor.coordinateur:
+        return ALLOWED
+    return _no(f"seul·e {d.acceptee_par or 'la personne qui l’a acceptée'} ou le demandeur peut clôturer "
+               f"la demande n°{d.numero}", acceptant=d.acceptee_par)
+
+
+def may_cancel(d: Demande, actor: Actor, profession_label=str) -> Permission:
+    """The requester, the professional behind a secretary's request, or a coordinator."""
+    if (refused := _in_cercle(actor)) is not None:
+        return refused
+    if actor.user_id in d.demandeurs or actor.coordinateur:
+        return ALLOWED
+    if actor.delegation_for and actor.delegation_for in d.demandeurs:
+        return ALLOWED
+    demandeur = d.pour_compte_de or d.demandeur
+    return _no(f"seul le demandeur ({demandeur}) ou un·e coordinateur·rice peut annuler la demande n°{d.numero}",
+               demandeur=demandeur)
+
+
+RULES = {
+    Action.ACCEPTER: may_accept,
+    Action.REFUSER: may_decline,
+    Action.RDV: may_set_rdv,
+    Action.CR: may_post_cr,
+    Action.CLOTURER: may_close,
+    Action.ANNULER: may_cancel,
+}
+
+
+def authorize(action: Action, d: Demande, actor: Actor, profession_label=str) -> Permission:
+    """The only place that decides who may do `action` on request `d`."""
+    if not actor.in_directory:
+        return _no("accès réservé")
+    return RULES[action](d, actor, profession_label)
