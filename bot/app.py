@@ -23,9 +23,12 @@ from nio import (
     MegolmEvent,
     ReactionEvent,
     RoomEncryptedFile,
+    RoomLeaveResponse,
+    RoomMemberEvent,
     RoomMessageFile,
     RoomMessagesError,
     RoomMessageText,
+    RoomRedactResponse,
     RoomSendResponse,
     SyncError,
     SyncResponse,
@@ -321,6 +324,10 @@ class Bot:
         if isinstance(ev, ReactionEvent):
             return IncomingEvent(ev.event_id, room_id, ev.sender, "reaction", ev.server_timestamp,
                                  {"key": ev.key, "reacts_to": ev.reacts_to})
+        if isinstance(ev, RoomMemberEvent) and ev.membership in ("leave", "ban"):
+            # Someone left: the bot must not stay alone with people outside the directory.
+            return IncomingEvent(ev.event_id, room_id, ev.sender, "membership", ev.server_timestamp,
+                                 {"user_id": ev.state_key, "membership": ev.membership})
         if isinstance(ev, UnknownEvent) and ev.type == "m.reaction":
             rel = ev.source.get("content", {}).get("m.relates_to", {})
             return IncomingEvent(ev.event_id, room_id, ev.sender, "reaction", ev.server_timestamp,
@@ -445,6 +452,17 @@ class Bot:
                 self._members_dirty.add(item.room_id)
                 if not hasattr(response, "status_code") or "already in the room" in str(getattr(response, "message", "")):
                     await self.store.outbox_done(item.id, now)
+                    return True
+            elif item.action == "leave":
+                response = await self.client.room_leave(item.room_id)
+                if isinstance(response, RoomLeaveResponse):
+                    await self.store.outbox_done(item.id, now)
+                    return True
+            elif item.action == "redact":
+                response = await self.client.room_redact(item.room_id, content["event_id"], content.get("reason"),
+                                                         tx_id=item.txn_id)
+                if isinstance(response, RoomRedactResponse):
+                    await self.store.outbox_done(item.id, now, event_id=response.event_id)
                     return True
             elif item.action == "kick":
                 response = await self.client.room_kick(item.room_id, content["user_id"], content.get("reason"))

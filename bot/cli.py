@@ -62,8 +62,8 @@ def cmd_run(args) -> int:
 
 def cmd_up(args) -> int:
     """Local Synapse + bot + demo accounts, all under one directory; a second run reuses it."""
-    from bot.local_synapse import SERVER_NAME, LocalSynapse
     from bot.config import CptsConfig, MatrixConfig, StorageConfig
+    from bot.local_synapse import SERVER_NAME, LocalSynapse
     from domain.clock import ScaledClock, SystemClock
 
     data_dir = Path(args.data_dir).resolve()

@@ -24,6 +24,7 @@ async def dispatch(bot, event: IncomingEvent, attempts: int = 3) -> None:
         async with bot.store.session.begin() as session:
             if handler is not None:
                 await handler(bot, session, event)
+            await _protect_identity(bot, session, event)
             await _mark(session, event.event_id, "handled", bot.clock.now())
     except StaleDataError:
         # A timer changed the same request meanwhile: nothing was written, handle it again on fresh data.
@@ -33,7 +34,9 @@ async def dispatch(bot, event: IncomingEvent, attempts: int = 3) -> None:
     except Refusal as refusal:
         async with bot.store.session.begin() as session:
             ctx = bot.context(session, event.room_id, "", event.sender, event.event_id)
+            ctx.reply_privately = await _identity_in_shared_room(bot, session, event)
             ctx.reply(refusal.text)
+            await _protect_identity(bot, session, event)
             await _mark(session, event.event_id, "handled", bot.clock.now())
     except Exception as e:
         log.exception("échec du traitement de %s", event.event_id)
@@ -44,9 +47,33 @@ async def _fail(bot, event: IncomingEvent, error: str) -> None:
     async with bot.store.session.begin() as session:
         if event.kind == "message":
             ctx = bot.context(session, event.room_id, "", event.sender, event.event_id)
+            ctx.reply_privately = await _identity_in_shared_room(bot, session, event)
             ctx.reply("❌ Une erreur interne m'a empêché de traiter cette commande. Rien n'a été "
                       "enregistré ; réessayez, et prévenez les coordinateurs si cela se reproduit.")
+        await _protect_identity(bot, session, event)
         await _mark(session, event.event_id, "failed", bot.clock.now(), error=error[:500])
+
+
+async def _identity_in_shared_room(bot, session, event: IncomingEvent) -> bool:
+    """A command carrying a patient's identity, typed anywhere but the sender's direct chat with the bot."""
+    if event.kind != "message":
+        return False
+    kind = room_kind(bot, await session.get(RoomRecord, event.room_id))
+    cmd = bot.registry.addressed_command(event.payload.get("body", ""), direct=kind == "direct")
+    return cmd is not None and cmd.carries_identity and kind != "direct"
+
+
+async def _protect_identity(bot, session, event: IncomingEvent) -> None:
+    """Room history is kept for every member, present and future: redact the identity out of it
+    (the bot has the power to in the rooms it governs), and say so in one line."""
+    if not await _identity_in_shared_room(bot, session, event):
+        return
+    ctx = bot.context(session, event.room_id, "", event.sender, event.event_id)
+    ctx.queue("redact", event.room_id, {"event_id": event.event_id, "reason": "identité de patient dans un salon partagé"})
+    ctx.send(event.room_id, f"🔒 J'ai effacé le message de {event.sender} : il contenait l'identité d'un patient, "
+                            "et l'historique de ce salon reste lisible par tous ses membres. La réponse est dans "
+                            "votre conversation directe avec moi ; écrivez-y la prochaine fois.",
+             mentions={event.sender: event.sender})
 
 
 async def _mark(session, event_id: str, status: str, now, error: str | None = None) -> None:
@@ -83,17 +110,20 @@ async def handle_message(bot, session, event: IncomingEvent) -> None:
         ctx.reply(f"⚠️ Commande inconnue : « {e.word} ».{hint}\nTapez `!aide` pour la liste des commandes.")
         return
     except UsageError as e:
+        ctx.reply_privately = await _identity_in_shared_room(bot, session, event)  # the error may quote it
         ctx.reply(bot.registry.usage_error_text(e.command, e.message))
         return
     if invocation is None:
         return
     cmd = invocation.command
+    ctx.reply_privately = await _identity_in_shared_room(bot, session, event)
     ctx.sigil = invocation.sigil
     ctx.command = cmd
     if cmd.requires and bot.directory is not None:
         refusal = await bot.directory.refusal(session, event.sender, cmd.requires)
         if refusal:
             ctx.reply(refusal)
+            await leave_if_no_member_left(bot, session, record)
             return
     if kind not in cmd.scopes:
         where = " ou ".join(SCOPE_NAMES[s] for s in sorted(cmd.scopes))
@@ -178,6 +208,27 @@ async def handle_invite(bot, session, event: IncomingEvent) -> None:
     await advertise_commands(bot, session, event.room_id, kind)
 
 
+async def handle_membership(bot, session, event: IncomingEvent) -> None:
+    await leave_if_no_member_left(bot, session, await session.get(RoomRecord, event.room_id))
+
+
+async def leave_if_no_member_left(bot, session, record: RoomRecord | None) -> None:
+    """In a room the bot was invited to, it stays only while a directory member is there (issue 8):
+    never alone with people outside the CPTS. Patient and coordinators' rooms are the bot's own."""
+    if record is None or record.kind in ("patient", "coordination", "left"):
+        return
+    response = await bot.client.joined_members(record.room_id)  # the server's word, not the lazy-loaded sync
+    members = [m.user_id for m in getattr(response, "members", None) or []]
+    if not members:
+        return  # could not ask: decide at the next membership change
+    for user_id in members:
+        if user_id != bot.user_id and await bot.directory.get(session, user_id) is not None:
+            return
+    log.info("plus aucun membre de l'annuaire dans %s : le bot quitte le salon", record.room_id)
+    bot.store.queue(session, "leave", record.room_id, {}, bot.clock.now())
+    record.kind = "left"
+
+
 async def handle_reaction(bot, session, event: IncomingEvent) -> None:
     handler = bot.reaction_handlers.get(event.payload.get("key"))
     if handler is None:
@@ -224,4 +275,5 @@ HANDLERS = {
     "withheld": handle_withheld,
     "invite": handle_invite,
     "reaction": handle_reaction,
+    "membership": handle_membership,
 }

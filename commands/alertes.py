@@ -5,10 +5,22 @@ import re
 
 from sqlalchemy import select
 
-from commands.arguments import Choice, Text, Word, format_duration, format_french_datetime, normalize
+from commands.arguments import (
+    Choice,
+    Text,
+    Word,
+    format_duration,
+    format_french_datetime,
+    normalize,
+)
 from commands.cercle import current_patient
 from commands.registry import PATIENT, CommandRegistry, Option, Param
-from domain.redflags import MeasurementError, check_measurements, explain_not_applicable, parse_measurement
+from domain.redflags import (
+    MeasurementError,
+    check_measurements,
+    explain_not_applicable,
+    parse_measurement,
+)
 from domain.requests import Refus, creer_demande
 from rooms import demandes as store
 from rooms.patients import cercle_members

@@ -6,7 +6,12 @@ from datetime import datetime, time, timedelta
 from commands.arguments import Choice, ParseContext, Word, normalize
 from commands.people import CalendarDate, PersonRef
 from commands.registry import COORDINATION, CommandRegistry, Option, Param
-from rooms.directory import find_profession, profession_label, professions, upsert_professional
+from rooms.directory import (
+    find_profession,
+    profession_label,
+    professions,
+    upsert_professional,
+)
 from storage.models import Professional
 
 

@@ -1,13 +1,19 @@
 """Patients and their care circle: patient nouveau, cercle, acces, inclure, sortir."""
 from __future__ import annotations
 
-from bot.app import wall_ms
-
 from sqlalchemy import select
 
+from bot.app import wall_ms
 from commands.arguments import Choice, Text, Token, Word
 from commands.people import BirthDate, PatientCode, PersonList, PersonRef, Phone
-from commands.registry import COORDINATION, DIRECT, PATIENT, CommandRegistry, Option, Param
+from commands.registry import (
+    COORDINATION,
+    DIRECT,
+    PATIENT,
+    CommandRegistry,
+    Option,
+    Param,
+)
 from rooms.coordination import coordinator_room_id
 from rooms.directory import has_role, profession_label
 from rooms.patients import (
@@ -89,11 +95,13 @@ def register(registry: CommandRegistry) -> None:
                         "le consentement oral du patient a été recueilli (obligatoire)", required=True)],
         help=("Crée un salon chiffré pour le patient, nommé par un code pseudonyme (P-XXXX), et y invite "
               "le cercle. L'identité n'apparaît que dans la fiche d'identité chiffrée (épinglée), jamais "
-              "dans le nom ou le sujet du salon."),
+              "dans le nom ou le sujet du salon. Tapez-la dans votre conversation directe avec Cercle : "
+              "dans un salon partagé, le message (qui contient l'identité) est effacé et la réponse vous "
+              "arrive en privé."),
         examples=['!patient nouveau nom=Dupont prenom=Marie naissance=12/03/1950 sexe=F tel=0612345678 '
                   'adresse="3 rue des Lilas, 91220 Brétigny-sur-Orge" commune=Brétigny-sur-Orge mt=Martin '
                   'consentement=oui'],
-        scopes=[DIRECT, COORDINATION], category="Patients",
+        scopes=[DIRECT, COORDINATION], category="Patients", carries_identity=True,
     )
     async def patient_nouveau(ctx, action, nom=None, prenom=None, naissance=None, sexe=None, tel=None,
                               adresse=None, mt=None, nir=None, commune=None, pros=None, consentement=None):

@@ -33,6 +33,7 @@ class CommandContext:
     sigil: str = "!"
     command: object = None  # the Command being run, for usage lines
     sent: list[str] = field(default_factory=list)  # outbox txn ids queued by this handler
+    reply_privately: bool = False  # answers go to the sender's direct chat (identity typed in a shared room)
 
     @property
     def store(self):
@@ -40,6 +41,9 @@ class CommandContext:
 
     def reply(self, md_text: str, *, mentions: dict[str, str] | None = None, ref: str | None = None) -> str:
         """An m.notice in reply to the command; mentioned users are notified."""
+        if self.reply_privately:
+            content = render(md_text, mentions=mentions)
+            return self.queue("direct", "", {"user_id": self.sender, "content": content}, ref=ref)
         return self.send(self.room_id, md_text, mentions=mentions, reply_to=self.event_id, ref=ref)
 
     def refuse(self, message: str, *, usage: bool = True) -> "NoReturn":

@@ -12,7 +12,16 @@ import re
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable
 
-from commands.arguments import ArgType, ArgumentError, ParseContext, Text, Token, normalize, split_options, tokenize
+from commands.arguments import (
+    ArgType,
+    ArgumentError,
+    ParseContext,
+    Text,
+    Token,
+    normalize,
+    split_options,
+    tokenize,
+)
 
 # Where a command may be used; the dispatcher knows each room's kind.
 PATIENT, COORDINATION, DIRECT = "patient", "coordination", "direct"
@@ -66,6 +75,9 @@ class Command:
     requires: str | None = "membre"  # None | "membre" (directory member) | "coordinateur"
     category: str = "Général"
     passthrough_options: bool = False  # leave unknown key=value tokens to the params (e.g. spo2=91)
+    # The command's text holds a patient's identity: outside a direct chat with the bot, it is
+    # redacted and every answer goes to the sender's direct chat (issue 8; decisions.md 8).
+    carries_identity: bool = False
 
     def usage(self, sigil: str = "!") -> str:
         # Options go before a trailing free-text argument, which takes the rest of the line.
@@ -109,12 +121,12 @@ class CommandRegistry:
     def command(self, name: str, *, summary: str, aliases: Iterable[str] = (), params: Iterable[Param] = (),
                 options: Iterable[Option] = (), help: str = "", examples: Iterable[str] = (),
                 scopes: Iterable[str] = ANYWHERE, requires: str | None = "membre", category: str = "Général",
-                passthrough_options: bool = False):
+                passthrough_options: bool = False, carries_identity: bool = False):
         def register(handler):
             cmd = Command(name=name, aliases=tuple(aliases), summary=summary, handler=handler,
                           params=tuple(params), options=tuple(options), help=help, examples=tuple(examples),
                           scopes=frozenset(scopes), requires=requires, category=category,
-                          passthrough_options=passthrough_options)
+                          passthrough_options=passthrough_options, carries_identity=carries_identity)
             for word in cmd.names():
                 key = normalize(word)
                 if key in self._index and self._index[key] is not cmd:
@@ -156,6 +168,12 @@ class CommandRegistry:
         if direct and text:
             return "", text
         return None
+
+    def addressed_command(self, body: str, *, direct: bool) -> Command | None:
+        """The command a message names, even if its arguments are wrong (None if it names none)."""
+        stripped = self.strip_prefix(body, direct=direct)
+        words = stripped[1].split() if stripped else []
+        return self.find(words[0]) if words else None
 
     def parse(self, body: str, ctx: ParseContext, *, direct: bool) -> Invocation | None:
         stripped = self.strip_prefix(body, direct=direct)

@@ -13,7 +13,15 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 
-from domain.parcours import GRANDEURS, Mesure, Parcours, format_duration, format_number, normalize, parse_duration
+from domain.parcours import (
+    GRANDEURS,
+    Mesure,
+    Parcours,
+    format_duration,
+    format_number,
+    normalize,
+    parse_duration,
+)
 
 __all__ = [
     "CheckResult", "Measurement", "MeasurementError", "ThresholdHit", "check_measurements", "explain_not_applicable",

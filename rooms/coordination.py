@@ -1,11 +1,11 @@
 """The CPTS coordinators' room: escalations, inclusions and bordereaux land there (never an identity)."""
 from __future__ import annotations
 
-from bot.app import wall_ms
-
 import logging
 
 from nio import RoomCreateError, RoomVisibility
+
+from bot.app import wall_ms
 
 log = logging.getLogger("cercle.rooms")
 

@@ -1,6 +1,7 @@
 """Repositories: the only place that reads and writes rows. Encryption at rest happens here."""
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -10,8 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from storage.crypto import FieldCipher
 from storage.engine import migrate, sessionmaker
-import uuid
-
 from storage.models import BotState, Deadline, InboxEvent, OutboxItem, RoomRecord
 
 

@@ -181,4 +181,4 @@ async def test_access_request_inclusion_exit_and_non_members(harness, people):
     await outsider.join(shared)
     await dr.wait_joined(shared, harness.user_id)
     reply = await command(outsider, shared, harness, "!dec infirmier pansement")
-    assert "ne figure pas dans l'annuaire" in reply.body and "Rien n'a été fait" in reply.body
+    assert reply.body.startswith("🙏 Accès réservé") and "Rien n'a été fait" in reply.body

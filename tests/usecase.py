@@ -28,6 +28,16 @@ BOT = "@cercle:cpts.test"
 COORDINATION_ROOM = "!coordination:cpts.test"
 
 
+class NoHomeserver:
+    """The use-case tier's stand-in for the Matrix client: sends are outbox rows (read them with
+    `sent()`); reads of the server's state answer « unknown », as when the homeserver is away."""
+
+    rooms: dict = {}
+
+    async def joined_members(self, room_id: str):
+        return None
+
+
 @dataclass
 class Sent:
     action: str
@@ -60,7 +70,7 @@ class UseCases:
                         cpts=CptsConfig(name="CPTS de test", coordinator_room=COORDINATION_ROOM))
         data_dir.mkdir(parents=True, exist_ok=True)
         store = await open_store(config.storage.url(), config.storage.key_path())
-        bot = Bot(config, store, clock, build_registry(), client=None, password="unused")
+        bot = Bot(config, store, clock, build_registry(), client=NoHomeserver(), password="unused")
         wire(bot)
         bot.coordinator_room = COORDINATION_ROOM
         await store.save_room(COORDINATION_ROOM, "coordination", 0)

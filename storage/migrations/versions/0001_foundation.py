@@ -4,10 +4,10 @@ Revision ID: 993befdabdc7
 Revises: 
 Create Date: 2026-11-23 09:59:55.280244
 """
-from alembic import op
-import storage.models
 import sqlalchemy as sa
+from alembic import op
 
+import storage.models
 
 revision = '0001'
 down_revision = None

@@ -4,10 +4,10 @@ Revision ID: 2f41897ab24c
 Revises: 0001
 Create Date: 2026-11-23 10:23:00.290765
 """
-from alembic import op
-import storage.models
 import sqlalchemy as sa
+from alembic import op
 
+import storage.models
 
 revision = '0002'
 down_revision = '0001'
