@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 
-from bot.cross_signing import CrossSigningClient, CrossSigningError, CrossSigningKeys
+from bot.cross_signing import CrossSigningClient
+from bot.cross_signing_keys import CrossSigningError, CrossSigningKeys
 
 log = logging.getLogger("cercle.identity")
 

@@ -24,7 +24,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from bot.cross_signing import CrossSigningError, CrossSigningKeys, b64decode_unpadded
+from bot.cross_signing_keys import (
+    CrossSigningError,
+    CrossSigningKeys,
+    b64decode_unpadded,
+)
 
 if TYPE_CHECKING:
     from bot.cross_signing import CrossSigningClient

@@ -4,11 +4,8 @@ from __future__ import annotations
 from nio import AsyncClient, AsyncClientConfig
 
 from bot.config import Config
-from bot.cross_signing import (
-    CrossSigningClient,
-    CrossSigningKeys,
-    device_is_cross_signed,
-)
+from bot.cross_signing import CrossSigningClient
+from bot.cross_signing_keys import CrossSigningKeys, device_is_cross_signed
 from bot.identity import SECRET_KEY
 from bot.secret_storage import restore_cross_signing_secrets
 from storage.repositories import open_store

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from bot.cross_signing import device_is_cross_signed
+from bot.cross_signing_keys import device_is_cross_signed
 
 log = logging.getLogger("cercle.trust")
 

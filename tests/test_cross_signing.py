@@ -10,8 +10,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nio import AsyncClient, AsyncClientConfig, KeysUploadResponse, LoginResponse
 
-from bot.cross_signing import (
-    CrossSigningClient,
+from bot.cross_signing import CrossSigningClient
+from bot.cross_signing_keys import (
     CrossSigningError,
     CrossSigningKeys,
     b64decode_unpadded,
