@@ -243,7 +243,10 @@ class Bot:
         new = await self.store.record_sync(events, response.next_batch, now)
         if new:
             self._wake_worker.set()
-        await self.retry_waiting_keys()
+        try:
+            await self.retry_waiting_keys()
+        except Exception:  # never let it stop the sync: the waiting events stay recorded
+            log.exception("nouvel essai de déchiffrement impossible")
         self.synced_once.set()
 
     async def _crypto_housekeeping(self) -> None:
@@ -573,15 +576,18 @@ class Bot:
                     log.warning("création du salon %s reportée : %s", key, response.message)
                     return None
                 log.error("création du salon %s refusée : %s %s", key, response.status_code, response.message)
-                error = f"{response.status_code}: {response.message}"
-                await self.store.creation_failed(item.room_id, now, error)
-                if content.get("notify"):
-                    from bot.messages import render
+                async with self.store.session.begin() as session:
+                    await self.store.creation_failed(session, item.room_id, now,
+                                                     f"{response.status_code}: {response.message}")
+                    await patients.abandon_patient_room(session, content["code"], now)
+                    await self.store.clear_state(attempt, session)
+                    if content.get("notify"):
+                        from bot.messages import render
 
-                    async with self.store.session.begin() as session:
                         self.store.queue(session, "message", content["notify"], render(
                             f"❌ Le salon du cercle {content['code']} n'a pas pu être créé : le serveur Matrix "
-                            f"a refusé ({response.status_code}). Prévenez les coordinateurs."), now)
+                            f"a refusé ({response.status_code}). Relancez `!patient nouveau`, et prévenez les "
+                            "coordinateurs si cela se reproduit."), now)
                 return False
             room_id = response.room_id
         self.mark_members_dirty(room_id)

@@ -139,6 +139,13 @@ async def record_patient_room(session: AsyncSession, code: str, room_id: str) ->
         patient.room_id = room_id
 
 
+async def abandon_patient_room(session: AsyncSession, code: str, now: datetime) -> None:
+    """The homeserver refused the room for good: the cercle is archived rather than left pending."""
+    patient = await session.get(Patient, code)
+    if patient is not None and patient.room_id is None:
+        patient.archived_at = now
+
+
 async def patient_by_room(session: AsyncSession, room_id: str) -> Patient | None:
     return await session.scalar(select(Patient).where(Patient.room_id == room_id))
 

@@ -266,12 +266,12 @@ class Store:
             OutboxItem.room_id == placeholder, OutboxItem.status == "pending",
             OutboxItem.action != "create_room").values(room_id=room_id))
 
-    async def creation_failed(self, placeholder: str, now: datetime, error: str) -> None:
+    @staticmethod
+    async def creation_failed(session: AsyncSession, placeholder: str, now: datetime, error: str) -> None:
         """The room will not exist: its create_room item and everything queued against it fail."""
-        async with self.session.begin() as s:
-            await s.execute(update(OutboxItem).where(
-                OutboxItem.room_id == placeholder, OutboxItem.status == "pending").values(
-                status="failed", sent_at=now, error=error))
+        await session.execute(update(OutboxItem).where(
+            OutboxItem.room_id == placeholder, OutboxItem.status == "pending").values(
+            status="failed", sent_at=now, error=error))
 
     async def outbox_event_ids(self, ref: str) -> list[str]:
         async with self.session() as s:

@@ -156,3 +156,25 @@ async def test_commands_wait_while_the_room_is_being_created(harness, people):
     assert "Demande transmise" in reply.body, reply.body
     state = await dr.request_json("GET", f"/_matrix/client/v3/rooms/{room}/state/org.cercle.creation")
     assert state == {"key": f"patient:{code}"}  # the opaque creation key, no identity
+
+
+async def test_a_room_refused_for_good_is_reported_and_nothing_stays_pending(harness, people):
+    dr = await people("drrefus", name="Léon Refus")
+    ide = await people("iderefus", "infirmier", name="Inès Refus")
+    ph = await people("phrefus", "pharmacien", name="Hugo Refus")
+    dm = await direct_chat(dr, harness)
+    ph_dm = await direct_chat(ph, harness)
+
+    async def refused(*args, **kwargs):
+        return RoomCreateError("création de salons interdite", "M_FORBIDDEN")
+
+    harness.bot.client.room_create = refused
+    reply = await command(dr, dm, harness, nouveau(dr, ide))
+    code = re.search(r"P-[2-9A-Z]{4}", reply.body).group(0)
+    notice = await dr.wait_for_message(dm, sender=harness.user_id, predicate=lambda m: "pas pu être créé" in m.body)
+    assert code in notice.body and "!patient nouveau" in notice.body
+    await harness.idle()
+    assert await count(harness, select(func.count()).select_from(OutboxItem)
+                       .where(OutboxItem.status == "pending")) == 0
+    reply = await command(ph, ph_dm, harness, f"acces demander {code}")
+    assert "aucun cercle actif" in reply.body, reply.body
