@@ -16,7 +16,9 @@ async def advertise_commands(bot, session, room_id: str, kind: str) -> None:
     record = await session.get(RoomRecord, room_id)
     if record is not None and record.commands_published == digest:
         return
-    # `optional`: skipped at send time where the bot's power level does not allow it.
+    # `optional`: skipped at send time where the bot's power level does not allow it. A room still
+    # being created (`pending:<creation key>`) has no record yet: the state waits in the outbox
+    # with the room's other first items, and goes out once the room exists.
     bot.store.queue(session, "state", room_id, {"type": COMMANDS_STATE, "state_key": bot.user_id,
                                                 "content": content, "optional": True}, bot.clock.now())
     from sqlalchemy import update

@@ -40,6 +40,7 @@ from bot.config import Config
 from commands.context import CommandContext
 from commands.registry import CommandRegistry
 from domain.clock import Clock
+from rooms.patients import PENDING_ROOM
 from storage.repositories import IncomingEvent, Store
 
 log = logging.getLogger("cercle")
@@ -78,6 +79,8 @@ class Bot:
         self._flush_lock = asyncio.Lock()
         self._members_dirty: set[str] = set()  # rooms where the bot invited someone its sync has not seen
         self.outbox_waiting = 0
+        self._key_wait_deadline_ms: int | None = None  # earliest give-up among events waiting for a key
+        self._key_requested: set[str] = set()  # waiting events whose key was asked for since this start
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.scheduler: AsyncIOScheduler | None = None
@@ -229,8 +232,11 @@ class Bot:
         # After a start, the full state (every room, members lazy-loaded): nio keeps no room list
         # on disk, and the bot must be able to write in a room that has been quiet since.
         starting = not self.synced_once.is_set()
+        timeout = self.config.sync.timeout_ms
+        if self._key_wait_deadline_ms is not None:
+            timeout = max(0, min(timeout, self._key_wait_deadline_ms - wall_ms()))
         response = await self.client.sync(
-            timeout=0 if starting else self.config.sync.timeout_ms, sync_filter=self.sync_filter,
+            timeout=0 if starting else timeout, sync_filter=self.sync_filter,
             since=since, full_state=starting)
         if isinstance(response, SyncError) or not isinstance(response, SyncResponse):
             raise BotError(getattr(response, "message", str(response)))
@@ -240,6 +246,10 @@ class Bot:
         new = await self.store.record_sync(events, response.next_batch, now)
         if new:
             self._wake_worker.set()
+        try:
+            await self.retry_waiting_keys()
+        except Exception:  # never let it stop the sync: the waiting events stay recorded
+            log.exception("nouvel essai de déchiffrement impossible")
         self.synced_once.set()
 
     async def _crypto_housekeeping(self) -> None:
@@ -318,9 +328,10 @@ class Bot:
             content = dict(ev.source.get("content", {}))
             return IncomingEvent(ev.event_id, room_id, ev.sender, "file", ev.server_timestamp,
                                  {"body": ev.body, "content": content})
-        if isinstance(ev, MegolmEvent):
+        if isinstance(ev, MegolmEvent):  # its key may arrive a moment later: it waits (retry_waiting_keys)
             return IncomingEvent(ev.event_id, room_id, ev.sender, "undecryptable", ev.server_timestamp,
-                                 {"source": ev.source, "session_id": ev.session_id, "device_id": ev.device_id})
+                                 {"source": ev.source, "session_id": ev.session_id, "device_id": ev.device_id},
+                                 status="waiting_key", session_id=ev.session_id, waiting_since_ms=wall_ms())
         if isinstance(ev, ReactionEvent):
             return IncomingEvent(ev.event_id, room_id, ev.sender, "reaction", ev.server_timestamp,
                                  {"key": ev.key, "reacts_to": ev.reacts_to})
@@ -333,6 +344,66 @@ class Bot:
             return IncomingEvent(ev.event_id, room_id, ev.sender, "reaction", ev.server_timestamp,
                                  {"key": rel.get("key"), "reacts_to": rel.get("event_id")})
         return None
+
+    # --- events waiting for their room key ------------------------------------------------------
+    async def retry_waiting_keys(self) -> None:
+        """Decrypt again the events recorded before their room key; give up after key_wait_s.
+
+        nio stores a room key when its to-device event arrives but never retries the events it
+        could not decrypt. They are few and decryption is local, so each sync tries them all: a
+        decrypted one becomes a pending event of its real kind (handled once, like any other); one
+        whose wait is over is marked failed and its sender told once, in the same transaction.
+        """
+        from bot.dispatch import request_key_from_sender, tell_undecryptable
+
+        waiting = await self.store.waiting_key_events()
+        deadline = None
+        for event in waiting:
+            decrypted = await self.decrypt_later(event)
+            if decrypted is not None:
+                if await self.store.key_arrived(event.event_id, decrypted.kind, decrypted.payload):
+                    log.info("clé reçue, événement %s déchiffré", event.event_id)
+                    self._wake_worker.set()
+                continue
+            give_up = (event.waiting_since_ms or 0) + int(self.config.sync.key_wait_s * 1000)
+            withheld = await self.store.is_known_event(
+                f"withheld:{event.session_id}:{event.sender}")  # the sender was told why (handle_withheld)
+            if withheld or wall_ms() >= give_up:
+                async with self.store.session.begin() as session:
+                    if await self.store.give_up_waiting(session, event.event_id, self.clock.now(),
+                                                        "clé refusée" if withheld else "clé non reçue"):
+                        if not withheld:
+                            await tell_undecryptable(self, session, event)
+                self._wake_worker.set()
+                continue
+            deadline = give_up if deadline is None else min(deadline, give_up)
+            if event.event_id not in self._key_requested:
+                self._key_requested.add(event.event_id)
+                try:
+                    await request_key_from_sender(self, event)
+                except Exception as e:  # best effort: the key usually comes by itself
+                    log.info("demande de clé non envoyée : %s", e)
+        self._key_wait_deadline_ms = deadline
+
+    async def decrypt_later(self, event: IncomingEvent) -> IncomingEvent | None:
+        """The undecryptable `event` as the event it is, if its room key is here now; else None.
+
+        Decrypted but nothing to act on (e.g. a notice): kind `ignored`, handled as nothing."""
+        from nio import EncryptionError, Event
+
+        if self.client.olm is None or "source" not in event.payload:
+            return None
+        encrypted = Event.parse_encrypted_event(event.payload["source"])
+        if not isinstance(encrypted, MegolmEvent):
+            return None
+        encrypted.room_id = event.room_id
+        try:
+            decrypted = self.client.decrypt_event(encrypted)
+        except EncryptionError:
+            return None
+        record = await self.store.get_room(event.room_id)
+        item = self._incoming(event.room_id, decrypted, record.joined_ts if record else 0)
+        return item or IncomingEvent(event.event_id, event.room_id, event.sender, "ignored", event.origin_ts, {})
 
     # --- inbox worker ----------------------------------------------------------------------------
     async def _worker_loop(self) -> None:
@@ -400,7 +471,14 @@ class Bot:
 
     async def _send(self, item, content: dict) -> bool | None:
         now = self.clock.now()
+        if item.room_id.startswith(PENDING_ROOM) and item.action != "create_room":
+            room_id = await self.store.created_room_id(item.room_id)
+            if room_id is None:
+                return None  # its room is not created yet (the create_room item comes first)
+            item.room_id = room_id  # the row itself was rewritten when the room was recorded
         try:
+            if item.action == "create_room":
+                return await self._send_create_room(item, content)
             if item.action == "message":
                 await self._prepare_room_keys(item.room_id)
                 response = await self.client.room_send(item.room_id, "m.room.message", content,
@@ -484,6 +562,61 @@ class Bot:
         log.error("envoi refusé dans %s : %s %s", item.room_id, errcode, getattr(response, "message", ""))
         await self.store.outbox_done(item.id, now, error=f"{errcode}: {getattr(response, 'message', '')}")
         return False
+
+    async def _send_create_room(self, item, content: dict) -> bool | None:
+        """Create a room exactly once, even if the bot dies between room_create and recording it.
+
+        The attempt is committed before room_create, and the room carries its creation key
+        (rooms.patients.CREATION_STATE): after a crash, the next attempt finds the room among the
+        bot's rooms instead of creating a second one. The transaction that records the room also
+        points every item queued against `pending:<key>` at the real room id.
+        """
+        from nio import RoomCreateError
+
+        from rooms import patients
+
+        key, now = content["key"], self.clock.now()
+        attempt = f"creation:{key}"
+        started = await self.store.get_state(attempt)
+        room_id = None
+        if started is not None:
+            try:
+                room_id = await patients.find_created_room(self, key)
+            except patients.RoomLookupError as e:
+                log.warning("recherche du salon %s impossible (%s) : nouvel essai", key, e)
+                return None
+        if room_id is None:
+            started = str(wall_ms())
+            await self.store.set_state(attempt, started)
+            response = await patients.create_patient_room(self, key, content["code"], content["invite"])
+            if isinstance(response, RoomCreateError):
+                if response.status_code in TRANSIENT_ERRORS:
+                    log.warning("création du salon %s reportée : %s", key, response.message)
+                    return None
+                log.error("création du salon %s refusée : %s %s", key, response.status_code, response.message)
+                async with self.store.session.begin() as session:
+                    await self.store.creation_failed(session, item.room_id, now,
+                                                     f"{response.status_code}: {response.message}")
+                    await patients.abandon_patient_room(session, content["code"], now)
+                    await self.store.clear_state(attempt, session)
+                    if content.get("notify"):
+                        from bot.messages import render
+
+                        self.store.queue(session, "message", content["notify"], render(
+                            f"❌ Le salon du cercle {content['code']} n'a pas pu être créé : le serveur Matrix "
+                            f"a refusé ({response.status_code}). Relancez `!patient nouveau`, et prévenez les "
+                            "coordinateurs si cela se reproduit."), now)
+                return False
+            room_id = response.room_id
+        self.mark_members_dirty(room_id)
+        async with self.store.session.begin() as session:
+            await patients.record_patient_room(session, content["code"], room_id)
+            await self.store.save_room(room_id, content.get("kind", "patient"), int(started), created=True,
+                                       session=session)
+            await self.store.room_exists(session, item.id, item.room_id, room_id, now)
+            await self.store.clear_state(attempt, session)
+        log.info("salon %s créé : %s", key, room_id)
+        return True
 
     def mark_members_dirty(self, room_id: str) -> None:
         self._members_dirty.add(room_id)

@@ -109,6 +109,9 @@ class SyncConfig(_Section):
     timeout_ms: int = Field(30000, ge=0)
     timeline_limit: int = Field(20, ge=1, le=100)
     max_backoff_s: float = Field(60.0, gt=0)
+    # A message whose room key has not arrived waits this long (wall-clock seconds) before its
+    # sender is told it could not be read; a key arriving meanwhile runs it as the command it is.
+    key_wait_s: float = Field(120.0, gt=0)
 
 
 class Config(_Section):

@@ -140,11 +140,23 @@ async def handle_message(bot, session, event: IncomingEvent) -> None:
 
 
 async def handle_undecryptable(bot, session, event: IncomingEvent) -> None:
-    """Tell the sender, in French, and ask their devices for the key."""
+    """An undecryptable event recorded as pending (the sync records them as waiting_key, see
+    Bot.retry_waiting_keys): run it if its key is here by now, else ask for it and tell the sender."""
+    decrypted = await bot.decrypt_later(event)
+    if decrypted is not None:
+        handler = HANDLERS.get(decrypted.kind)
+        if handler is not None:
+            await handler(bot, session, decrypted)
+        return
     try:
         await request_key_from_sender(bot, event)
     except Exception as e:  # an already pending request is fine; the French answer matters more
         log.info("demande de clé non envoyée : %s", e)
+    await tell_undecryptable(bot, session, event)
+
+
+async def tell_undecryptable(bot, session, event: IncomingEvent) -> None:
+    """Tell the sender, in French, that their message could not be read (queued in `session`)."""
     ctx = bot.context(session, event.room_id, "", event.sender, event.event_id)
     ctx.reply(
         f"🔒 {event.sender} : je n'ai pas pu déchiffrer votre message (clé de chiffrement non reçue). "

@@ -20,12 +20,13 @@ from rooms.patients import (
     Identity,
     add_member,
     cercle_members,
-    create_patient_room,
+    creation_request,
     encrypt_identity,
     identity_of,
     new_code,
     patient_by_code,
     patient_by_room,
+    pending_room,
     room_name,
 )
 from storage.models import Act, BotState, CercleMember, Inclusion, Patient, Professional
@@ -67,9 +68,18 @@ def post_to_coordinators(ctx, text: str) -> None:
         ctx.send(room, text)
 
 
+def require_room(ctx, patient: Patient) -> str:
+    """The patient's room id; refuses while the outbox has not created the room yet."""
+    if patient.room_id is None:
+        ctx.refuse(f"le salon du cercle {patient.code} est en cours de création ; réessayez dans un instant",
+                   usage=False)
+    return patient.room_id
+
+
 def invite_with_identity(ctx, patient: Patient, user_id: str, why: str) -> None:
     """Invite into the patient room, then post the identity card again: a newcomer cannot decrypt
     messages sent before their device received the room key."""
+    require_room(ctx, patient)
     ctx.queue("invite", patient.room_id, {"user_id": user_id})
     ident = identity_of(ctx.bot, patient)
     card = ident.card(patient.code, patient.medecin_traitant)
@@ -115,17 +125,20 @@ def register(registry: CommandRegistry) -> None:
             invitees.setdefault(creator.user_id, creator)
 
         code = await new_code(ctx.session)
-        room_id = await create_patient_room(ctx.bot, code, [u for u in invitees if u != ctx.bot.user_id])
         identity = Identity(nom=nom, prenom=prenom, naissance=naissance.isoformat(), sexe=sexe, telephone=tel,
                             adresse=adresse, nir=nir)
-        ctx.session.add(Patient(code=code, room_id=room_id, identity_enc=encrypt_identity(ctx.bot, code, identity),
+        # No room yet: the outbox creates it once this transaction has committed, so a command that
+        # fails leaves nothing on the homeserver. Everything for the room is queued against its
+        # creation key and goes out, in order, once the room exists.
+        ctx.session.add(Patient(code=code, room_id=None, identity_enc=encrypt_identity(ctx.bot, code, identity),
                                 medecin_traitant=mt_prof.user_id if mt_prof else None, created_by=ctx.sender,
                                 created_at=ctx.now, commune=commune, birth_year=naissance.year))
         for user_id in invitees:
             role = "medecin_traitant" if mt_prof and user_id == mt_prof.user_id else "habituel"
             await add_member(ctx.session, code, user_id, role, ctx.sender, ctx.now)
-        await ctx.bot.store.save_room(room_id, "patient", wall_ms(), created=True,
-                                      session=ctx.session)
+        room_id = pending_room(code)
+        ctx.queue("create_room", room_id,
+                  creation_request(code, [u for u in invitees if u != ctx.bot.user_id], notify=ctx.room_id))
 
         card = identity.card(code, mt_prof.display_name if mt_prof else None)
         ctx.send(room_id, card + "\n\nTapez `!aide` pour les commandes du cercle.", ref=f"identity:{code}",
@@ -135,7 +148,8 @@ def register(registry: CommandRegistry) -> None:
 
         await advertise_commands(ctx.bot, ctx.session, room_id, PATIENT)
         members = ", ".join(p.display_name for p in invitees.values()) or "personne"
-        ctx.reply(f"✅ Cercle **{code}** créé : salon « {room_name(code, [])} ». Invité·e·s : {members}.\n"
+        ctx.reply(f"✅ Cercle **{code}** créé : le salon « {room_name(code, [])} » est en cours de création, "
+                  f"les invitations partent dans un instant. Invité·e·s : {members}.\n"
                   f"Pour inclure le patient dans un parcours : `!inclure <parcours>` dans ce salon.")
         post_to_coordinators(ctx, f"🆕 Nouveau cercle **{code}** créé par {ctx.sender}"
                                   f"{' ; médecin traitant : ' + mt_prof.display_name if mt_prof else ' ; sans médecin traitant'}.")
@@ -199,6 +213,7 @@ def register(registry: CommandRegistry) -> None:
                 ctx.refuse(f"aucun cercle actif ne porte le code {code}", usage=False)
             if await is_member(ctx, patient, ctx.sender):
                 ctx.refuse(f"vous faites déjà partie du cercle {code}", usage=False)
+            require_room(ctx, patient)
             prof = await ctx.bot.directory.get(ctx.session, ctx.sender)
             approvers = await _approvers(ctx, patient)
             ctx.send(patient.room_id,

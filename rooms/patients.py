@@ -10,7 +10,7 @@ import secrets
 from dataclasses import asdict, dataclass
 from datetime import date, datetime
 
-from nio import RoomCreateError, RoomVisibility
+from nio import RoomVisibility
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -69,8 +69,31 @@ async def new_code(session: AsyncSession) -> str:
             return code
 
 
-async def create_patient_room(bot, code: str, invite: list[str]) -> str:
-    response = await bot.client.room_create(
+# The room is created by the outbox (action `create_room`), after the command's transaction has
+# committed: a command rolled back leaves nothing on the homeserver. Until the room exists, what
+# the command queued for it targets PENDING_ROOM + creation key (see Bot._send_create_room).
+PENDING_ROOM = "pending:"
+# State event carrying the opaque creation key, so that a creation interrupted between
+# room_create and recording its id is found again instead of repeated. Never any identity.
+CREATION_STATE = "org.cercle.creation"
+
+
+def creation_key(code: str) -> str:
+    return f"patient:{code}"
+
+
+def pending_room(code: str) -> str:
+    return PENDING_ROOM + creation_key(code)
+
+
+def creation_request(code: str, invite: list[str], notify: str | None = None) -> dict:
+    """The create_room outbox content; `notify` is where to say so if the homeserver refuses."""
+    return {"key": creation_key(code), "kind": "patient", "code": code, "invite": invite, "notify": notify}
+
+
+async def create_patient_room(bot, key: str, code: str, invite: list[str]):
+    """room_create for a patient room; returns nio's response (RoomCreateResponse or RoomCreateError)."""
+    return await bot.client.room_create(
         visibility=RoomVisibility.private, name=room_name(code, []),
         topic=f"Cercle de soins {code}, salon chiffré géré par Cercle. Tapez !aide.",
         invite=invite, preset=None,
@@ -80,13 +103,47 @@ async def create_patient_room(bot, code: str, invite: list[str]) -> str:
             {"type": "m.room.guest_access", "state_key": "", "content": {"guest_access": "forbidden"}},
             # Members see history from their invitation on, not before.
             {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "invited"}},
+            {"type": CREATION_STATE, "state_key": "", "content": {"key": key}},
         ],
         power_level_override=power_levels(),
     )
-    if isinstance(response, RoomCreateError):
-        raise RuntimeError(f"création du salon impossible : {response.message}")
-    bot.mark_members_dirty(response.room_id)
-    return response.room_id
+
+
+class RoomLookupError(Exception):
+    """The homeserver did not answer the lookup: neither found nor absent, try again later."""
+
+
+async def find_created_room(bot, key: str) -> str | None:
+    """The room a previous, interrupted attempt created for `key`, if any.
+
+    Only rooms the bot has joined but not recorded with a purpose are read (after a crash the sync
+    records an unknown room as `other`); each one costs one state request."""
+    from nio import JoinedRoomsResponse, RoomGetStateEventResponse
+
+    joined = await bot.client.joined_rooms()
+    if not isinstance(joined, JoinedRoomsResponse):
+        raise RoomLookupError(getattr(joined, "message", str(joined)))
+    known = {r.room_id for r in await bot.store.rooms() if r.kind != "other"}
+    for room_id in joined.rooms:
+        if room_id in known:
+            continue
+        state = await bot.client.room_get_state_event(room_id, CREATION_STATE, "")
+        if isinstance(state, RoomGetStateEventResponse) and state.content.get("key") == key:
+            return room_id
+    return None
+
+
+async def record_patient_room(session: AsyncSession, code: str, room_id: str) -> None:
+    patient = await session.get(Patient, code)
+    if patient is not None:
+        patient.room_id = room_id
+
+
+async def abandon_patient_room(session: AsyncSession, code: str, now: datetime) -> None:
+    """The homeserver refused the room for good: the cercle is archived rather than left pending."""
+    patient = await session.get(Patient, code)
+    if patient is not None and patient.room_id is None:
+        patient.archived_at = now
 
 
 async def patient_by_room(session: AsyncSession, room_id: str) -> Patient | None:

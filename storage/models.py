@@ -54,7 +54,9 @@ class InboxEvent(Base):
     """Every event the bot must act on, recorded before the sync token moves past it.
 
     status: pending -> handled (or failed). A restart resumes the pending ones; the event id
-    is the primary key, so an event is never recorded (nor handled) twice.
+    is the primary key, so an event is never recorded (nor handled) twice. An event the bot could
+    not decrypt yet is `waiting_key` until its megolm session's key arrives (-> pending, as the
+    decrypted event) or the wait is over (-> failed, the sender told once).
     """
 
     __tablename__ = "inbox_event"
@@ -68,6 +70,8 @@ class InboxEvent(Base):
     status: Mapped[str] = mapped_column(String(20), default="pending")
     handled_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
+    session_id: Mapped[str | None] = mapped_column(String(255))  # megolm session of a waiting_key event
+    waiting_since_ms: Mapped[int | None] = mapped_column(BigInteger)  # wall time: key delivery is real time
 
     __table_args__ = (Index("ix_inbox_status_ts", "status", "origin_ts"),)
 

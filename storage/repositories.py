@@ -22,6 +22,11 @@ class IncomingEvent:
     kind: str
     origin_ts: int
     payload: dict
+    # An undecryptable event is recorded as `waiting_key` with its megolm session and the wall time
+    # the wait started; everything else as `pending`.
+    status: str = "pending"
+    session_id: str | None = None
+    waiting_since_ms: int | None = None
 
 
 class Store:
@@ -49,6 +54,12 @@ class Store:
         async with self.session.begin() as s:
             await s.merge(BotState(key=key, value=value))
 
+    @staticmethod
+    async def clear_state(key: str, session: AsyncSession) -> None:
+        row = await session.get(BotState, key)
+        if row is not None:
+            await session.delete(row)
+
     async def get_secret(self, key: str):
         async with self.session() as s:
             row = await s.get(BotState, key)
@@ -75,11 +86,7 @@ class Store:
                 if e.event_id in known:
                     continue
                 known.add(e.event_id)
-                s.add(InboxEvent(
-                    event_id=e.event_id, room_id=e.room_id, sender=e.sender, kind=e.kind,
-                    origin_ts=e.origin_ts, received_at=now, status="pending",
-                    payload_enc=self.cipher.encrypt_json(e.payload, f"inbox:{e.event_id}"),
-                ))
+                s.add(self._inbox_row(e, now))
                 new += 1
             await self.set_state("sync_token", next_batch, session=s)
             return new
@@ -88,14 +95,45 @@ class Store:
         """Record one event outside a sync batch (e.g. recovered from a gap). False if already known."""
         try:
             async with self.session.begin() as s:
-                s.add(InboxEvent(
-                    event_id=event.event_id, room_id=event.room_id, sender=event.sender, kind=event.kind,
-                    origin_ts=event.origin_ts, received_at=now, status="pending",
-                    payload_enc=self.cipher.encrypt_json(event.payload, f"inbox:{event.event_id}"),
-                ))
+                s.add(self._inbox_row(event, now))
             return True
         except IntegrityError:
             return False
+
+    def _inbox_row(self, e: IncomingEvent, now: datetime) -> InboxEvent:
+        return InboxEvent(
+            event_id=e.event_id, room_id=e.room_id, sender=e.sender, kind=e.kind,
+            origin_ts=e.origin_ts, received_at=now, status=e.status, session_id=e.session_id,
+            waiting_since_ms=e.waiting_since_ms,
+            payload_enc=self.cipher.encrypt_json(e.payload, f"inbox:{e.event_id}"),
+        )
+
+    async def waiting_key_events(self, limit: int = 200) -> list[IncomingEvent]:
+        """Events recorded before their room key arrived, oldest first."""
+        async with self.session() as s:
+            rows = (await s.scalars(
+                select(InboxEvent).where(InboxEvent.status == "waiting_key")
+                .order_by(InboxEvent.origin_ts, InboxEvent.received_at).limit(limit))).all()
+            return [IncomingEvent(r.event_id, r.room_id, r.sender, r.kind, r.origin_ts,
+                                  self.cipher.decrypt_json(r.payload_enc, f"inbox:{r.event_id}"),
+                                  r.status, r.session_id, r.waiting_since_ms) for r in rows]
+
+    async def key_arrived(self, event_id: str, kind: str, payload: dict) -> bool:
+        """waiting_key -> pending, as the decrypted event; False if it was no longer waiting."""
+        async with self.session.begin() as s:
+            result = await s.execute(
+                update(InboxEvent).where(InboxEvent.event_id == event_id, InboxEvent.status == "waiting_key")
+                .values(kind=kind, status="pending",
+                        payload_enc=self.cipher.encrypt_json(payload, f"inbox:{event_id}")))
+            return result.rowcount == 1
+
+    @staticmethod
+    async def give_up_waiting(session: AsyncSession, event_id: str, now: datetime, error: str) -> bool:
+        """waiting_key -> failed inside the caller's transaction; False if it was no longer waiting."""
+        result = await session.execute(
+            update(InboxEvent).where(InboxEvent.event_id == event_id, InboxEvent.status == "waiting_key")
+            .values(status="failed", handled_at=now, error=error))
+        return result.rowcount == 1
 
     async def is_known_event(self, event_id: str) -> bool:
         async with self.session() as s:
@@ -220,6 +258,31 @@ class Store:
         async with self.session.begin() as s:
             await s.execute(update(OutboxItem).where(OutboxItem.id == item_id).values(
                 status="failed" if error else "sent", sent_at=now, event_id=event_id, error=error))
+
+    async def created_room_id(self, placeholder: str) -> str | None:
+        """The real room id behind a `pending:<creation key>` placeholder, once the room exists."""
+        async with self.session() as s:
+            return await s.scalar(select(OutboxItem.event_id).where(
+                OutboxItem.action == "create_room", OutboxItem.room_id == placeholder,
+                OutboxItem.status == "sent"))
+
+    @staticmethod
+    async def room_exists(session: AsyncSession, item_id: int, placeholder: str, room_id: str,
+                          now: datetime) -> None:
+        """Inside the caller's transaction: the create_room item is done (its `event_id` keeps the
+        room id) and every item still queued against the placeholder now targets the real room."""
+        await session.execute(update(OutboxItem).where(OutboxItem.id == item_id).values(
+            status="sent", sent_at=now, event_id=room_id))
+        await session.execute(update(OutboxItem).where(
+            OutboxItem.room_id == placeholder, OutboxItem.status == "pending",
+            OutboxItem.action != "create_room").values(room_id=room_id))
+
+    @staticmethod
+    async def creation_failed(session: AsyncSession, placeholder: str, now: datetime, error: str) -> None:
+        """The room will not exist: its create_room item and everything queued against it fail."""
+        await session.execute(update(OutboxItem).where(
+            OutboxItem.room_id == placeholder, OutboxItem.status == "pending").values(
+            status="failed", sent_at=now, error=error))
 
     async def outbox_event_ids(self, ref: str) -> list[str]:
         async with self.session() as s:

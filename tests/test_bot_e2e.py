@@ -136,6 +136,7 @@ async def test_backlog_from_before_the_bot_joined_is_ignored(harness, people):
 
 
 async def test_undecryptable_message_gets_a_french_answer_and_a_key_request(harness, people):
+    harness.bot.config.sync.key_wait_s = 1  # the key never comes: no need to wait the default 2 minutes
     dr = await people()
     room = await room_with_bot(dr, harness)
     # A message encrypted with a room key the bot never received.
