@@ -11,6 +11,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from commands.arguments import ArgumentError, ParseContext
 from commands.context import Refusal
 from commands.registry import SCOPE_NAMES, CommandNotFound, UsageError
+from domain.markup import literal
 from storage.models import RoomRecord
 from storage.repositories import IncomingEvent
 
@@ -79,10 +80,10 @@ async def handle_message(bot, session, event: IncomingEvent) -> None:
         invocation = bot.registry.parse(body, parse_ctx, direct=(kind == "direct"))
     except CommandNotFound as e:
         hint = f" Vouliez-vous dire {' ou '.join('`!' + s + '`' for s in e.suggestions)} ?" if e.suggestions else ""
-        ctx.reply(f"⚠️ Commande inconnue : « {e.word} ».{hint}\nTapez `!aide` pour la liste des commandes.")
+        ctx.reply(f"⚠️ Commande inconnue : « {literal(e.word)} ».{hint}\nTapez `!aide` pour la liste des commandes.")
         return
     except UsageError as e:
-        ctx.reply(bot.registry.usage_error_text(e.command, e.message))
+        ctx.reply(bot.registry.usage_error_text(e.command, e.markup))
         return
     if invocation is None:
         return
@@ -101,7 +102,7 @@ async def handle_message(bot, session, event: IncomingEvent) -> None:
     try:
         await cmd.handler(ctx, **invocation.arguments)
     except ArgumentError as e:  # a value checked inside the handler: same answer as a parse error
-        raise Refusal(bot.registry.usage_error_text(cmd, e.message))
+        raise Refusal(bot.registry.usage_error_text(cmd, e.markup))
 
 
 async def handle_undecryptable(bot, session, event: IncomingEvent) -> None:
@@ -144,7 +145,7 @@ async def handle_withheld(bot, session, event: IncomingEvent) -> None:
         "m.unavailable": "la clé n'est plus disponible sur votre appareil",
         "m.no_olm": "aucune session chiffrée n'a pu être établie avec l'appareil de Cercle",
     }
-    reason = reasons.get(code, f"motif « {code or 'non précisé'} »")
+    reason = reasons.get(code, f"motif « {literal(code or 'non précisé')} »")
     ctx = bot.context(session, event.room_id, "", event.sender, event.event_id)
     ctx.send(event.room_id,
              f"🔒 {event.sender} : votre application a refusé de me transmettre la clé de votre message : "
@@ -204,7 +205,7 @@ async def handle_file(bot, session, event: IncomingEvent) -> None:
     response = await bot.client.download(mxc=url)
     data = getattr(response, "body", None)
     if data is None:
-        ctx.reply(f"⚠️ Je n'ai pas pu télécharger « {name} » : {getattr(response, 'message', response)}. "
+        ctx.reply(f"⚠️ Je n'ai pas pu télécharger « {literal(name)} » : {getattr(response, 'message', response)}. "
                   "Rien n'a été modifié ; renvoyez le fichier.")
         return
     if file_info:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable
 
 from commands.arguments import ArgType, ArgumentError, ParseContext, Text, Token, normalize, split_options, tokenize
+from domain.markup import literal, unmark
 
 # Where a command may be used; the dispatcher knows each room's kind.
 PATIENT, COORDINATION, DIRECT = "patient", "coordination", "direct"
@@ -96,9 +97,10 @@ class UsageError(Exception):
     """Bad arguments: a French message plus the command whose usage line must be shown."""
 
     def __init__(self, command: Command, message: str):
-        super().__init__(message)
+        super().__init__(unmark(message))
         self.command = command
-        self.message = message
+        self.message = unmark(message)
+        self.markup = message  # user input wrapped in literal(), for render()
 
 
 class CommandRegistry:
@@ -169,7 +171,7 @@ class CommandRegistry:
             cmd = self.find(word)
             if cmd is None:
                 raise CommandNotFound(word, self.suggestions(word))
-            raise UsageError(cmd, e.message)
+            raise UsageError(cmd, e.markup)
         if not tokens:
             return None
         word = tokens[0].text
@@ -180,7 +182,7 @@ class CommandRegistry:
         try:
             return Invocation(cmd, self.bind(cmd, tokens[1:], ctx), sigil or "!")
         except ArgumentError as e:
-            raise UsageError(cmd, e.message)
+            raise UsageError(cmd, e.markup)
 
     @staticmethod
     def bind(cmd: Command, tokens: list[Token], ctx: ParseContext) -> dict:
@@ -209,7 +211,7 @@ class CommandRegistry:
             pos = pos_after
         if pos < len(positional):
             extra = " ".join(t.text for t in positional[pos:])
-            raise ArgumentError(f"je ne comprends pas « {extra} » à la fin de la commande")
+            raise ArgumentError(f"je ne comprends pas « {literal(extra)} » à la fin de la commande")
         return arguments
 
     # --- derived texts -------------------------------------------------------------------
