@@ -39,6 +39,7 @@ PILL_PREFIX = "https://matrix.to/#/"
 # digits, which no Markdown rule reads.
 _SLOT_OPEN, _SLOT_CLOSE = "\ue002", "\ue003"
 _SLOT_RE = re.compile(f"{_SLOT_OPEN}(\\d+){_SLOT_CLOSE}")
+_NO_SLOTS = str.maketrans("", "", _SLOT_OPEN + _SLOT_CLOSE)  # typed ones cannot forge a slot
 
 
 def _plain(md_text: str) -> str:
@@ -73,7 +74,7 @@ def render(md_text: str, *, mentions: dict[str, str] | None = None, reply_to: st
         spans.append(m.group(1))
         return f"{_SLOT_OPEN}{len(spans) - 1}{_SLOT_CLOSE}"
 
-    template = unmark(LITERAL_RE.sub(stash, md_text)).replace(_SLOT_OPEN + _SLOT_CLOSE, "")
+    template = unmark(LITERAL_RE.sub(stash, md_text.translate(_NO_SLOTS)))
     body = _plain(template)
     formatted = _md.reset().convert(template)
     pills = set()
