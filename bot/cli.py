@@ -54,8 +54,13 @@ async def _run_bot(config: Config, clock, on_ready=None) -> None:
 
 def cmd_run(args) -> int:
     from domain.clock import SystemClock
+    from storage.private import tighten
 
     config = load_config(Path(args.config))
+    tighten(config.storage.data_dir)  # files an older run left readable by others
+    if Path(args.config).stat().st_mode & 0o077:
+        log.warning("%s contient le mot de passe du bot et reste lisible par d'autres comptes : chmod 600 %s",
+                    args.config, args.config)
     asyncio.run(_run_bot(config, SystemClock()))
     return 0
 
@@ -65,9 +70,13 @@ def cmd_up(args) -> int:
     from bot.config import CptsConfig, MatrixConfig, StorageConfig
     from bot.local_synapse import SERVER_NAME, LocalSynapse
     from domain.clock import ScaledClock, SystemClock
+    from storage.private import private_dir, tighten
 
     data_dir = Path(args.data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
+    # What an older run left readable by others (Synapse's directory is tightened by prepare()).
+    tighten(data_dir, data_dir / "cercle.toml", data_dir / "demo.json", recursive=False)
+    tighten(data_dir / "bot")
     server = LocalSynapse.prepare(data_dir / "synapse", args.port)
     print(f"Démarrage de Synapse sur {server.url} …", flush=True)
     server.start()
@@ -182,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from storage.private import restrict_umask
+
+    restrict_umask()  # config, keys, databases, logs, Synapse's files: private to this account
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:

@@ -10,6 +10,7 @@ from bot.app import wall_ms
 from commands.arguments import ArgumentError, ParseContext
 from commands.context import Refusal
 from commands.registry import PATIENT, SCOPE_NAMES, CommandNotFound, UsageError
+from domain.markup import literal
 from rooms.access import require_cercle
 from rooms.patients import patient_by_room
 from storage.models import RoomRecord
@@ -107,11 +108,11 @@ async def handle_message(bot, session, event: IncomingEvent) -> None:
         invocation = bot.registry.parse(body, parse_ctx, direct=(kind == "direct"))
     except CommandNotFound as e:
         hint = f" Vouliez-vous dire {' ou '.join('`!' + s + '`' for s in e.suggestions)} ?" if e.suggestions else ""
-        ctx.reply(f"⚠️ Commande inconnue : « {e.word} ».{hint}\nTapez `!aide` pour la liste des commandes.")
+        ctx.reply(f"⚠️ Commande inconnue : « {literal(e.word)} ».{hint}\nTapez `!aide` pour la liste des commandes.")
         return
     except UsageError as e:
         ctx.reply_privately = await _identity_in_shared_room(bot, session, event)  # the error may quote it
-        ctx.reply(bot.registry.usage_error_text(e.command, e.message))
+        ctx.reply(bot.registry.usage_error_text(e.command, e.markup))
         return
     if invocation is None:
         return
@@ -136,7 +137,7 @@ async def handle_message(bot, session, event: IncomingEvent) -> None:
     try:
         await cmd.handler(ctx, **invocation.arguments)
     except ArgumentError as e:  # a value checked inside the handler: same answer as a parse error
-        raise Refusal(bot.registry.usage_error_text(cmd, e.message))
+        raise Refusal(bot.registry.usage_error_text(cmd, e.markup))
 
 
 async def handle_undecryptable(bot, session, event: IncomingEvent) -> None:
@@ -191,7 +192,7 @@ async def handle_withheld(bot, session, event: IncomingEvent) -> None:
         "m.unavailable": "la clé n'est plus disponible sur votre appareil",
         "m.no_olm": "aucune session chiffrée n'a pu être établie avec l'appareil de Cercle",
     }
-    reason = reasons.get(code, f"motif « {code or 'non précisé'} »")
+    reason = reasons.get(code, f"motif « {literal(code or 'non précisé')} »")
     ctx = bot.context(session, event.room_id, "", event.sender, event.event_id)
     ctx.send(event.room_id,
              f"🔒 {event.sender} : votre application a refusé de me transmettre la clé de votre message : "
@@ -272,7 +273,7 @@ async def handle_file(bot, session, event: IncomingEvent) -> None:
     response = await bot.client.download(mxc=url)
     data = getattr(response, "body", None)
     if data is None:
-        ctx.reply(f"⚠️ Je n'ai pas pu télécharger « {name} » : {getattr(response, 'message', response)}. "
+        ctx.reply(f"⚠️ Je n'ai pas pu télécharger « {literal(name)} » : {getattr(response, 'message', response)}. "
                   "Rien n'a été modifié ; renvoyez le fichier.")
         return
     if file_info:

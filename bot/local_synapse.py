@@ -22,6 +22,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from storage.private import private_dir, tighten, write_private
+
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "localhost"
@@ -81,22 +83,23 @@ class LocalSynapse:
     def prepare(cls, directory: Path, port: int | None = None) -> "LocalSynapse":
         """Write a config under `directory`, or reuse the one already there."""
         directory = Path(directory).resolve()
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory)
+        tighten(directory)  # an older run's files: the config holds registration_shared_secret
         config_path = directory / "homeserver.json"
         if config_path.exists():
             config = json.loads(config_path.read_text())
             if port is not None and port != config["listeners"][0]["port"]:
                 config["listeners"][0]["port"] = port
                 config["public_baseurl"] = f"http://127.0.0.1:{port}/"
-                config_path.write_text(json.dumps(config, indent=2))
+                write_private(config_path, json.dumps(config, indent=2))
             return cls(directory, config["listeners"][0]["port"], config["registration_shared_secret"])
 
         port = port or free_port()
         secret = secrets.token_hex(16)
         signing_key = directory / "signing.key"
-        signing_key.write_text(f"ed25519 a_local {_unpadded_b64(os.urandom(32))}\n")
+        write_private(signing_key, f"ed25519 a_local {_unpadded_b64(os.urandom(32))}\n")
         log_config = directory / "log.config.json"
-        log_config.write_text(json.dumps({
+        write_private(log_config, json.dumps({
             "version": 1,
             "formatters": {"p": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
             "handlers": {"f": {"class": "logging.FileHandler", "formatter": "p",
@@ -129,15 +132,17 @@ class LocalSynapse:
             "url_preview_enabled": False,
             **RATE_LIMITS,
         }
-        config_path.write_text(json.dumps(config, indent=2))
+        write_private(config_path, json.dumps(config, indent=2))
         return cls(directory, port, secret)
 
     def start(self, timeout: float = 60.0) -> None:
-        stderr = open(self.directory / "homeserver.stderr", "ab")
+        stderr = os.fdopen(os.open(self.directory / "homeserver.stderr", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                                   0o600), "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "synapse.app.homeserver", "-c", str(self.config_path)],
             cwd=self.directory, stdout=stderr, stderr=stderr,
             start_new_session=True,  # Ctrl-C in `cercle up` is handled by us, not delivered to Synapse twice
+            umask=0o077,  # its database, media store and log are private to this account
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

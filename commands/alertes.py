@@ -15,12 +15,8 @@ from commands.arguments import (
 )
 from commands.cercle import current_patient
 from commands.registry import PATIENT, CommandRegistry, Option, Param
-from domain.redflags import (
-    MeasurementError,
-    check_measurements,
-    explain_not_applicable,
-    parse_measurement,
-)
+from domain.markup import literal
+from domain.redflags import MeasurementError, check_measurements, explain_not_applicable, parse_measurement
 from domain.requests import Refus, creer_demande
 from rooms import demandes as store
 from rooms.patients import cercle_members
@@ -94,7 +90,7 @@ def register(registry: CommandRegistry) -> None:
             chosen = find_parcours(ctx.bot.catalogue, parcours)
             if chosen is None or chosen not in candidates:
                 names = ", ".join(p.nom for p in candidates) or "aucun"
-                ctx.refuse(f"« {parcours} » n'est pas un parcours en cours du patient avec des red flags "
+                ctx.refuse(f"« {literal(parcours)} » n'est pas un parcours en cours du patient avec des red flags "
                            f"(en cours : {names})")
             candidates = [chosen]
         hits, notes, known, free = [], [], [], []
@@ -129,7 +125,7 @@ def register(registry: CommandRegistry) -> None:
             cond = f" (à confirmer : {h.condition})" if h.condition else ""
             lines.append(f"- seuil franchi : **{h.seuil_text}** ({h.measurement.texte}){cond}")
         for s in known + free:
-            lines.append(f"- signe constaté : {s}")
+            lines.append(f"- signe constaté : {literal(s)}")
         for n in notes:
             lines.append(f"- {n}")
         mt = patient.medecin_traitant
@@ -181,7 +177,7 @@ def register(registry: CommandRegistry) -> None:
         lines = [f"🚨 **ALERTE CRITIQUE · périnatalité** : la patiente doit consulter **dans les "
                  f"{format_duration(rules.delai_consultation)}** (avant {format_french_datetime(due, ctx.bot.config.tz)}).", ""]
         lines += [f"- seuil franchi : **{h.seuil_text}** ({h.measurement.texte})" for h in hits]
-        lines += [f"- signe : {s}" for s in known + free]
+        lines += [f"- signe : {literal(s)}" for s in known + free]
         lines += ["", *[f"- {c}" for c in rules.consignes]]
         if mention:
             lines.append("\n" + " ".join(sorted(mention)))

@@ -6,12 +6,8 @@ from datetime import datetime, time, timedelta
 from commands.arguments import Choice, ParseContext, Word, normalize
 from commands.people import CalendarDate, PersonRef
 from commands.registry import COORDINATION, CommandRegistry, Option, Param
-from rooms.directory import (
-    find_profession,
-    profession_label,
-    professions,
-    upsert_professional,
-)
+from domain.markup import literal
+from rooms.directory import find_profession, profession_label, professions, upsert_professional
 from storage.models import Professional
 
 
@@ -31,17 +27,17 @@ def _roles(text: str | None) -> list[str] | None:
     roles = [r.strip() for r in text.split(",") if r.strip()]
     for r in roles:
         if r.split(":")[0] not in allowed:
-            raise ValueError(f"rôle inconnu « {r} » (rôles : coordinateur, referent:<parcours>, vigie_referent, "
+            raise ValueError(f"rôle inconnu « {literal(r)} » (rôles : coordinateur, referent:<parcours>, vigie_referent, "
                              "structure:<sport_sante|maison_des_femmes|etp>, operateur_snp, secretaire:<@professionnel>)")
     return roles
 
 
 def describe(p: Professional) -> str:
-    parts = [f"**{p.display_name}** ({profession_label(p.profession)}) `{p.user_id}`"]
+    parts = [f"**{literal(p.display_name)}** ({profession_label(p.profession)}) `{p.user_id}`"]
     if p.communes:
-        parts.append("communes : " + ", ".join(p.communes))
+        parts.append("communes : " + literal(", ".join(p.communes)))
     if p.roles:
-        parts.append("rôles : " + ", ".join(p.roles))
+        parts.append("rôles : " + literal(", ".join(p.roles)))
     parts.append("cotisation à jour jusqu'au " + p.cotisation_until.strftime("%d/%m/%Y") if p.cotisation_until
                  else "cotisation : non renseignée")
     return " · ".join(parts)
@@ -110,7 +106,7 @@ def register(registry: CommandRegistry) -> None:
         if profession is not None:
             p = find_profession(profession)
             if p is None:
-                ctx.refuse(f"profession inconnue : « {profession} » (professions : {', '.join(professions())})")
+                ctx.refuse(f"profession inconnue : « {literal(profession)} » (professions : {', '.join(professions())})")
             prof_code = p.code
         try:
             role_list = _roles(roles)
@@ -133,7 +129,7 @@ def register(registry: CommandRegistry) -> None:
             ctx.refuse(f"{personne} n'est pas dans l'annuaire", usage=False)
         if action == "retirer":
             existing.active = False
-            ctx.reply(f"✅ {existing.display_name} est retiré·e de l'annuaire (ses actes passés restent au registre).")
+            ctx.reply(f"✅ {literal(existing.display_name)} est retiré·e de l'annuaire (ses actes passés restent au registre).")
             return
         if nom:
             existing.display_name = nom

@@ -20,6 +20,8 @@ from datetime import date, datetime, time, timedelta, timezone
 from fractions import Fraction
 from zoneinfo import ZoneInfo
 
+from domain.markup import literal, unmark
+
 __all__ = [
     "ArgType", "ArgumentError", "Choice", "DateTime", "Duration", "Integer", "ParseContext", "Slot",
     "Text", "TimeSlot", "Token", "Word", "format_clock", "format_duration", "format_french_date",
@@ -34,11 +36,14 @@ MONTH_NAMES = ("janvier", "février", "mars", "avril", "mai", "juin", "juillet",
 
 
 class ArgumentError(Exception):
-    """Bad user input. `message` is French, names the offending input, and is shown as is."""
+    """Bad user input. `message` is French, names the offending input, and is shown as is.
+
+    `markup` is the same text with the user's input wrapped in literal() (for render())."""
 
     def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
+        super().__init__(unmark(message))
+        self.message = unmark(message)
+        self.markup = message
 
 
 # --- tokens ------------------------------------------------------------------------------
@@ -104,7 +109,7 @@ def _unterminated_quote_message(opener: str, rest: str) -> str:
         return f"un guillemet {opener} en fin de message n'est pas refermé"
     if len(excerpt) > 30:
         excerpt = excerpt[:30].rstrip() + "…"
-    return f"le guillemet {opener} ouvert devant « {excerpt} » n'est pas refermé (ajoutez {closer})"
+    return f"le guillemet {opener} ouvert devant « {literal(excerpt)} » n'est pas refermé (ajoutez {closer})"
 
 
 # Typographic variants that phone keyboards insert in place of the ASCII characters.
@@ -232,13 +237,13 @@ class Integer(ArgType):
         match = _INTEGER.fullmatch(word)
         typed = _typed(tokens, pos, end)
         if not match:
-            raise ArgumentError(f"« {typed} » n'est pas un nombre entier")
+            raise ArgumentError(f"« {literal(typed)} » n'est pas un nombre entier")
         digits = match.group(1)
         if len(digits.lstrip("+-")) > 12:
-            raise ArgumentError(f"« {typed} » : nombre trop grand")
+            raise ArgumentError(f"« {literal(typed)} » : nombre trop grand")
         value = int(digits)
         if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
-            raise ArgumentError(f"« {typed} » : le nombre doit être {self._bounds()}")
+            raise ArgumentError(f"« {literal(typed)} » : le nombre doit être {self._bounds()}")
         return value, end
 
 
@@ -276,7 +281,7 @@ class Choice(ArgType):
             key = _phrase_key(_typed(tokens, pos, pos + width))
             if key in self._index:
                 return self._index[key], pos + width
-        message = f"« {token.text} » n'est pas une valeur possible ; valeurs possibles : {', '.join(self.options)}"
+        message = f"« {literal(token.text)} » n'est pas une valeur possible ; valeurs possibles : {', '.join(self.options)}"
         close = difflib.get_close_matches(_phrase_key(token.text), list(self._index), n=1, cutoff=0.75)
         if close:
             message += f" (vouliez-vous dire « {self._index[close[0]]} » ?)"
@@ -302,7 +307,7 @@ class Text(ArgType):
         if len(text) < self.min_length:
             if not text:
                 raise ArgumentError("le commentaire est obligatoire")
-            raise ArgumentError(f"« {text} » : le commentaire est trop court (au moins {self.min_length} caractères)")
+            raise ArgumentError(f"« {literal(text)} » : le commentaire est trop court (au moins {self.min_length} caractères)")
         return text, max(pos, len(tokens))
 
 
@@ -345,10 +350,10 @@ class Duration(ArgType):
         head = normalize(first.text)
         if head[:1] in "-+" and head[1:2].isdigit():
             if head[0] == "-":
-                raise ArgumentError(f"« {first.text} » : la durée doit être positive")
+                raise ArgumentError(f"« {literal(first.text)} » : la durée doit être positive")
             head = head[1:]
         if not head[:1].isdigit():
-            raise ArgumentError(f"« {first.text} » n'est pas une durée (exemples : 30min, 2h, 4j, 1sem)")
+            raise ArgumentError(f"« {literal(first.text)} » n'est pas une durée (exemples : 30min, 2h, 4j, 1sem)")
 
         total, last_unit, i = Fraction(0), None, pos
         while i < len(tokens):
@@ -362,17 +367,17 @@ class Duration(ArgType):
         typed = _typed(tokens, pos, i)
 
         if total <= 0:
-            raise ArgumentError(f"« {typed} » : la durée doit être supérieure à zéro")
+            raise ArgumentError(f"« {literal(typed)} » : la durée doit être supérieure à zéro")
         if total.denominator != 1:
-            raise ArgumentError(f"« {typed} » : la durée doit tomber sur une minute entière")
+            raise ArgumentError(f"« {literal(typed)} » : la durée doit tomber sur une minute entière")
         try:
             value = timedelta(minutes=int(total))
         except OverflowError:
-            raise ArgumentError(f"« {typed} » : durée trop longue") from None
+            raise ArgumentError(f"« {literal(typed)} » : durée trop longue") from None
         if self.min is not None and value < self.min:
-            raise ArgumentError(f"« {typed} » : la durée minimale est {format_duration(self.min)}")
+            raise ArgumentError(f"« {literal(typed)} » : la durée minimale est {format_duration(self.min)}")
         if self.max is not None and value > self.max:
-            raise ArgumentError(f"« {typed} » : la durée maximale est {format_duration(self.max)}")
+            raise ArgumentError(f"« {literal(typed)} » : la durée maximale est {format_duration(self.max)}")
         return value, i
 
     @staticmethod
@@ -398,7 +403,7 @@ class Duration(ArgType):
         while at < len(word):
             match = _SEGMENT.match(word, at)
             if not match:
-                return fail(f"« {token.text} » n'est pas une durée (exemples : 30min, 2h, 4j, 1sem)")
+                return fail(f"« {literal(token.text)} » n'est pas une durée (exemples : 30min, 2h, 4j, 1sem)")
             raw.append(match.groups())
             at = match.end()
         if not raw:
@@ -416,9 +421,9 @@ class Duration(ArgType):
             elif previous_unit == "h" and re.fullmatch(r"[0-9]{2}", number):
                 raw[-1] = (number, "min")  # "1h30", "1 h 30"
             elif previous_unit == "h":
-                return fail(f"« {token.text} » : écrivez les minutes sur deux chiffres, par exemple 1h05")
+                return fail(f"« {literal(token.text)} » : écrivez les minutes sur deux chiffres, par exemple 1h05")
             else:
-                return fail(f"« {token.text} » : précisez l'unité, par exemple {number}h ou {number}j")
+                return fail(f"« {literal(token.text)} » : précisez l'unité, par exemple {number}h ou {number}j")
 
         segments: list[tuple[Fraction, str]] = []
         for number, unit_word in raw:
@@ -426,18 +431,18 @@ class Duration(ArgType):
             if unit is None:
                 if unit_word in _CALENDAR_UNITS:
                     return fail(_calendar_unit_message(token.text))
-                return fail(f"« {token.text} » : unité « {unit_word} » inconnue ; utilisez min, h, j ou sem")
+                return fail(f"« {literal(token.text)} » : unité « {literal(unit_word)} » inconnue ; utilisez min, h, j ou sem")
             if len(number.replace(",", "").replace(".", "")) > _MAX_DIGITS:
-                return fail(f"« {token.text} » : durée trop longue")
+                return fail(f"« {literal(token.text)} » : durée trop longue")
             if last_unit is not None and _UNIT_ORDER.index(unit) <= _UNIT_ORDER.index(last_unit):
-                return fail(f"« {token.text} » : écrivez les unités de la plus grande à la plus petite, par exemple 2h30")
+                return fail(f"« {literal(token.text)} » : écrivez les unités de la plus grande à la plus petite, par exemple 2h30")
             segments.append((Fraction(number.replace(",", ".")), unit))
             last_unit = unit
         return segments, i + consumed
 
 
 def _calendar_unit_message(typed: str) -> str:
-    return (f"« {typed} » : les mois et les années n'ont pas une durée fixe ; "
+    return (f"« {literal(typed)} » : les mois et les années n'ont pas une durée fixe ; "
             f"exprimez la durée en jours ou en semaines, par exemple 12sem")
 
 
@@ -505,7 +510,7 @@ class _DayRef:
 
 
 def _make_date(day: int, month: int, year: int | None, typed: str, today: date, allow_past: bool) -> date:
-    invalid = f"« {typed} » n'est pas une date valide"
+    invalid = f"« {literal(typed)} » n'est pas une date valide"
     if not 1 <= month <= 12:
         raise ArgumentError(f"{invalid} (il n'y a que 12 mois)")
     if not 1 <= day <= 31:
@@ -545,7 +550,7 @@ def _year_from_text(text: str, typed: str) -> int:
         return 2000 + int(text)
     if len(text) == 4:
         return int(text)
-    raise ArgumentError(f"« {typed} » n'est pas une date valide (l'année s'écrit 27 ou 2027)")
+    raise ArgumentError(f"« {literal(typed)} » n'est pas une date valide (l'année s'écrit 27 ou 2027)")
 
 
 def _read_explicit_date(tokens: list[Token], i: int, today: date, allow_past: bool) -> tuple[date | None, int]:
@@ -560,7 +565,7 @@ def _read_explicit_date(tokens: list[Token], i: int, today: date, allow_past: bo
         parsed_year = _year_from_text(year, typed) if year is not None else None
         return _make_date(int(day), int(month), parsed_year, typed, today, allow_past), i + 1
     if _DATE_LIKE.fullmatch(word):
-        raise ArgumentError(f"« {tokens[i].text} » n'est pas une date valide (écrivez jj/mm ou jj/mm/aaaa)")
+        raise ArgumentError(f"« {literal(tokens[i].text)} » n'est pas une date valide (écrivez jj/mm ou jj/mm/aaaa)")
     day_number = 1 if word == "1er" else int(word) if re.fullmatch(r"[0-9]{1,2}", word) else None
     if day_number is None or i + 1 >= len(tokens):
         return None, i
@@ -593,7 +598,7 @@ def _read_day(tokens: list[Token], i: int, ctx: ParseContext, allow_past: bool) 
             # "jeudi 12/03": both were typed, so a mismatch is a typo we must not guess around.
             if explicit.weekday() != weekday:
                 raise ArgumentError(
-                    f"« {_typed(tokens, i, end)} » : le {_day_month(explicit, True)} est un "
+                    f"« {literal(_typed(tokens, i, end))} » : le {_day_month(explicit, True)} est un "
                     f"{WEEKDAY_NAMES[explicit.weekday()]}, pas un {WEEKDAY_NAMES[weekday]}")
             return _DayRef(explicit, False), end
         ahead = (weekday - today.weekday()) % 7
@@ -618,16 +623,16 @@ def _clock_from_text(word: str, typed: str) -> time | None:
         if _CLOCK_LIKE.fullmatch(word):
             hour_text, minute_text = re.split(r"[h:]", word, maxsplit=1)
             if int(hour_text) > 23:
-                raise ArgumentError(f"« {typed} » n'est pas une heure valide (les heures vont de 0h à 23h)")
-            raise ArgumentError(f"« {typed} » n'est pas une heure valide (écrivez les minutes sur deux chiffres, "
+                raise ArgumentError(f"« {literal(typed)} » n'est pas une heure valide (les heures vont de 0h à 23h)")
+            raise ArgumentError(f"« {literal(typed)} » n'est pas une heure valide (écrivez les minutes sur deux chiffres, "
                                 f"par exemple {int(hour_text)}h05)")
         return None
     hour = int(match.group(1))
     minute = int(match.group(2) or match.group(3) or 0)
     if hour > 23:
-        raise ArgumentError(f"« {typed} » n'est pas une heure valide (les heures vont de 0h à 23h)")
+        raise ArgumentError(f"« {literal(typed)} » n'est pas une heure valide (les heures vont de 0h à 23h)")
     if minute > 59:
-        raise ArgumentError(f"« {typed} » n'est pas une heure valide (les minutes vont de 00 à 59)")
+        raise ArgumentError(f"« {literal(typed)} » n'est pas une heure valide (les minutes vont de 00 à 59)")
     return time(hour, minute)
 
 
@@ -652,7 +657,7 @@ def _localize(day: date, clock: time, tz: ZoneInfo, typed: str) -> datetime:
     naive = datetime.combine(day, clock)
     instant = naive.replace(tzinfo=tz).astimezone(timezone.utc)
     if instant.astimezone(tz).replace(tzinfo=None) != naive:
-        raise ArgumentError(f"« {typed} » : {format_clock(clock)} n'existe pas le {format_french_date(day)} "
+        raise ArgumentError(f"« {literal(typed)} » : {format_clock(clock)} n'existe pas le {format_french_date(day)} "
                             f"(changement d'heure) ; choisissez une autre heure")
     return instant
 
@@ -693,13 +698,13 @@ class DateTime(ArgType):
         day_ref, after_day = _read_day(tokens, pos, ctx, self.allow_past)
         clock, end = _read_clock(tokens, after_day)
         if day_ref is None and clock is None:
-            raise ArgumentError(f"« {first.text} » n'est pas une date (exemples : demain 9h, 12/03 14h30, lundi 10h)")
+            raise ArgumentError(f"« {literal(first.text)} » n'est pas une date (exemples : demain 9h, 12/03 14h30, lundi 10h)")
         if clock is None:
             typed = _typed(tokens, pos, after_day)
             if not self.date_only_ok:
-                raise ArgumentError(f"« {typed} » : précisez l'heure, par exemple « {typed} 9h »")
+                raise ArgumentError(f"« {literal(typed)} » : précisez l'heure, par exemple « {literal(typed)} 9h »")
             if not self.allow_past and day_ref.day < ctx.today:
-                raise ArgumentError(f"« {typed} » est dans le passé ({format_french_date(day_ref.day, with_year=True)})")
+                raise ArgumentError(f"« {literal(typed)} » est dans le passé ({format_french_date(day_ref.day, with_year=True)})")
             return _localize(day_ref.day, DATE_ONLY_HOUR, ctx.tz, typed), after_day
         return _resolve_moment(day_ref, clock, _typed(tokens, pos, end), ctx, self.allow_past), end
 
@@ -712,9 +717,9 @@ def _resolve_moment(day_ref: _DayRef | None, clock: time, typed: str, ctx: Parse
         instant = _localize(day, clock, ctx.tz, typed)
     if not allow_past and _is_past(instant, ctx.now):
         if day_ref is None:
-            raise ArgumentError(f"« {typed} » : {format_clock(clock)} est déjà passé aujourd'hui ; "
-                                f"précisez le jour, par exemple « demain {typed} »")
-        raise ArgumentError(f"« {typed} » est dans le passé ({format_french_datetime(instant, ctx.tz, with_year=True)})")
+            raise ArgumentError(f"« {literal(typed)} » : {format_clock(clock)} est déjà passé aujourd'hui ; "
+                                f"précisez le jour, par exemple « demain {literal(typed)} »")
+        raise ArgumentError(f"« {literal(typed)} » est dans le passé ({format_french_datetime(instant, ctx.tz, with_year=True)})")
     return instant
 
 
@@ -825,11 +830,11 @@ class TimeSlot(ArgType):
         clock, end = _read_clock(tokens, after_day)
         if clock is None:
             if day_ref is None:
-                raise ArgumentError(f"« {first.text} » n'est pas un horaire "
+                raise ArgumentError(f"« {literal(first.text)} » n'est pas un horaire "
                                     f"(exemples : demain 9h, demain matin, jeudi 14h-16h)")
             typed = _typed(tokens, pos, after_day)
-            raise ArgumentError(f"« {typed} » : précisez une heure ou une tranche horaire, "
-                                f"par exemple « {typed} 9h », « {typed} matin » ou « {typed} 14h-16h »")
+            raise ArgumentError(f"« {literal(typed)} » : précisez une heure ou une tranche horaire, "
+                                f"par exemple « {literal(typed)} 9h », « {literal(typed)} matin » ou « {literal(typed)} 14h-16h »")
         instant = _resolve_moment(day_ref, clock, _typed(tokens, pos, end), ctx, self.allow_past)
         local_day = instant.astimezone(ctx.tz).date()
         return Slot(instant, None, format_french_datetime(instant, ctx.tz, with_year=_shows_year(local_day, ctx))), end
@@ -837,14 +842,14 @@ class TimeSlot(ArgType):
     def _window(self, day_ref: _DayRef | None, begin: time, finish: time, window: str, typed: str,
                 ctx: ParseContext) -> Slot:
         if finish <= begin:
-            raise ArgumentError(f"« {typed} » : la fin doit être après le début")
+            raise ArgumentError(f"« {literal(typed)} » : la fin doit être après le début")
         day = day_ref.day if day_ref is not None else ctx.today
         start, end = _localize(day, begin, ctx.tz, typed), _localize(day, finish, ctx.tz, typed)
         if day_ref is not None and day_ref.roll_weekly and _is_past(end, ctx.now):
             day += timedelta(days=7)
             start, end = _localize(day, begin, ctx.tz, typed), _localize(day, finish, ctx.tz, typed)
         if not self.allow_past and _is_past(end, ctx.now):
-            raise ArgumentError(f"« {typed} » est déjà passé ({format_french_date(day, with_year=_shows_year(day, ctx))}, "
+            raise ArgumentError(f"« {literal(typed)} » est déjà passé ({format_french_date(day, with_year=_shows_year(day, ctx))}, "
                                 f"{window}) ; précisez le jour, par exemple « demain {window.split(' (')[0]} »")
         label = f"{format_french_date(day, with_year=_shows_year(day, ctx))}, {window}"
         return Slot(start, end, label)
@@ -890,7 +895,7 @@ def split_options(tokens: list[Token], known: dict[str, ArgType], *, passthrough
             i += 1
         if not raw.strip():
             example = known[key].examples[0] if known[key].examples else "…"
-            raise ArgumentError(f"« {token.text} » : il manque la valeur après le signe =, par exemple {key}={example}")
+            raise ArgumentError(f"« {literal(token.text)} » : il manque la valeur après le signe =, par exemple {key}={example}")
         values[key] = _parse_option_value(key, known[key], raw, ctx)
     return positional, values
 
@@ -914,15 +919,15 @@ def _parse_option_value(key: str, arg_type: ArgType, raw: str, ctx: ParseContext
             continue
         if end == len(candidate):
             return value
-        error = ArgumentError(f"je ne comprends pas « {_typed(candidate, end, len(candidate))} » dans {key}=")
+        error = ArgumentError(f"je ne comprends pas « {literal(_typed(candidate, end, len(candidate)))} » dans {key}=")
     assert error is not None
-    raise ArgumentError(f"{error.message} (option {key}=)")
+    raise ArgumentError(f"{error.markup} (option {key}=)")
 
 
 def _unknown_option_message(typed_key: str, known: list[str]) -> str:
     if not known:
-        return f"option inconnue « {typed_key}= » : cette commande n'accepte pas d'option clé=valeur"
-    message = f"option inconnue « {typed_key}= » ; options possibles : {', '.join(k + '=' for k in known)}"
+        return f"option inconnue « {literal(typed_key)}= » : cette commande n'accepte pas d'option clé=valeur"
+    message = f"option inconnue « {literal(typed_key)}= » ; options possibles : {', '.join(k + '=' for k in known)}"
     close = difflib.get_close_matches(normalize(typed_key), [normalize(k) for k in known], n=1, cutoff=0.7)
     if close:
         spelled = next(k for k in known if normalize(k) == close[0])

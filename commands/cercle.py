@@ -3,17 +3,10 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from bot.app import wall_ms
 from commands.arguments import Choice, Text, Token, Word
 from commands.people import BirthDate, PatientCode, PersonList, PersonRef, Phone
-from commands.registry import (
-    COORDINATION,
-    DIRECT,
-    PATIENT,
-    CommandRegistry,
-    Option,
-    Param,
-)
+from commands.registry import COORDINATION, DIRECT, PATIENT, CommandRegistry, Option, Param
+from domain.markup import literal
 from rooms.coordination import coordinator_room_id
 from rooms.directory import has_role, profession_label
 from rooms.patients import (
@@ -39,12 +32,12 @@ async def resolve_person(ctx, ref: str) -> Professional:
     try:
         found = await ctx.bot.directory.search(ctx.session, ref)
     except ValueError as e:
-        ctx.refuse(f"« {ref} » : {e}")
+        ctx.refuse(f"« {literal(ref)} » : {e}")
     if not found:
-        ctx.refuse(f"personne dans l'annuaire ne correspond à « {ref} »")
+        ctx.refuse(f"personne dans l'annuaire ne correspond à « {literal(ref)} »")
     if len(found) > 1:
-        names = "\n".join(f"- {p.display_name} ({profession_label(p.profession)}) : `{p.user_id}`" for p in found[:10])
-        ctx.refuse(f"plusieurs professionnels correspondent à « {ref} » ; précisez avec l'identifiant :\n{names}",
+        names = "\n".join(f"- {literal(p.display_name)} ({profession_label(p.profession)}) : `{p.user_id}`" for p in found[:10])
+        ctx.refuse(f"plusieurs professionnels correspondent à « {literal(ref)} » ; précisez avec l'identifiant :\n{names}",
                    usage=False)
     return found[0]
 
@@ -118,7 +111,7 @@ def register(registry: CommandRegistry) -> None:
         creator = await ctx.bot.directory.get(ctx.session, ctx.sender)
         mt_prof = await resolve_person(ctx, mt) if mt else None
         if mt_prof and mt_prof.profession != "medecin_generaliste":
-            ctx.refuse(f"{mt_prof.display_name} n'est pas médecin généraliste : il ne peut pas être médecin traitant")
+            ctx.refuse(f"{literal(mt_prof.display_name)} n'est pas médecin généraliste : il ne peut pas être médecin traitant")
         others = [await resolve_person(ctx, p) for p in pros or []]
         invitees = {p.user_id: p for p in ([mt_prof] if mt_prof else []) + others}
         if creator and creator.profession != "autre":  # a coordinator alone does not join every cercle
@@ -147,12 +140,12 @@ def register(registry: CommandRegistry) -> None:
         from bot.advertise import advertise_commands
 
         await advertise_commands(ctx.bot, ctx.session, room_id, PATIENT)
-        members = ", ".join(p.display_name for p in invitees.values()) or "personne"
+        members = ", ".join(literal(p.display_name) for p in invitees.values()) or "personne"
         ctx.reply(f"✅ Cercle **{code}** créé : le salon « {room_name(code, [])} » est en cours de création, "
                   f"les invitations partent dans un instant. Invité·e·s : {members}.\n"
                   f"Pour inclure le patient dans un parcours : `!inclure <parcours>` dans ce salon.")
         post_to_coordinators(ctx, f"🆕 Nouveau cercle **{code}** créé par {ctx.sender}"
-                                  f"{' ; médecin traitant : ' + mt_prof.display_name if mt_prof else ' ; sans médecin traitant'}.")
+                                  f"{' ; médecin traitant : ' + literal(mt_prof.display_name) if mt_prof else ' ; sans médecin traitant'}.")
 
     @registry.command(
         "cercle", summary="voir, compléter ou réduire le cercle de soins du patient",
@@ -170,7 +163,7 @@ def register(registry: CommandRegistry) -> None:
             lines = [f"**Cercle de soins {patient.code}**", ""]
             for m in members:
                 prof = await ctx.session.get(Professional, m.user_id)
-                label = f"{prof.display_name} ({profession_label(prof.profession)})" if prof else m.user_id
+                label = f"{literal(prof.display_name)} ({profession_label(prof.profession)})" if prof else m.user_id
                 role = {"medecin_traitant": " · médecin traitant", "intervenant": " · intervenant·e"}.get(m.role, "")
                 lines.append(f"- {label}{role}")
             ctx.reply("\n".join(lines))
@@ -182,18 +175,18 @@ def register(registry: CommandRegistry) -> None:
         prof = await resolve_person(ctx, personne)
         if action == "ajouter":
             if not await add_member(ctx.session, patient.code, prof.user_id, "habituel", ctx.sender, ctx.now):
-                ctx.refuse(f"{prof.display_name} fait déjà partie du cercle", usage=False)
+                ctx.refuse(f"{literal(prof.display_name)} fait déjà partie du cercle", usage=False)
             invite_with_identity(ctx, patient, prof.user_id, f"ajout par {ctx.sender}")
-            ctx.reply(f"✅ {prof.display_name} ({profession_label(prof.profession)}) est invité·e dans le cercle.")
+            ctx.reply(f"✅ {literal(prof.display_name)} ({profession_label(prof.profession)}) est invité·e dans le cercle.")
             return
         row = await ctx.session.get(CercleMember, (patient.code, prof.user_id))
         if row is None or row.removed_at is not None:
-            ctx.refuse(f"{prof.display_name} ne fait pas partie du cercle", usage=False)
+            ctx.refuse(f"{literal(prof.display_name)} ne fait pas partie du cercle", usage=False)
         if row.role == "medecin_traitant":
             ctx.refuse("le médecin traitant ne peut pas être retiré du cercle", usage=False)
         row.removed_at = ctx.now
         ctx.queue("kick", patient.room_id, {"user_id": prof.user_id, "reason": f"retiré du cercle par {ctx.sender}"})
-        ctx.reply(f"✅ {prof.display_name} est retiré·e du cercle.")
+        ctx.reply(f"✅ {literal(prof.display_name)} est retiré·e du cercle.")
 
     @registry.command(
         "acces", aliases=["accès"], summary="demander l'accès à un cercle, ou y répondre",
@@ -217,7 +210,7 @@ def register(registry: CommandRegistry) -> None:
             prof = await ctx.bot.directory.get(ctx.session, ctx.sender)
             approvers = await _approvers(ctx, patient)
             ctx.send(patient.room_id,
-                     f"🔑 {prof.display_name} ({profession_label(prof.profession)}, {ctx.sender}) demande l'accès "
+                     f"🔑 {literal(prof.display_name)} ({profession_label(prof.profession)}, {ctx.sender}) demande l'accès "
                      f"à ce cercle.\nLe médecin traitant ou un référent parcours peut répondre : "
                      f"`!acces accepter {ctx.sender}` ou `!acces refuser {ctx.sender}`.",
                      mentions={u: u for u in approvers})
@@ -231,16 +224,16 @@ def register(registry: CommandRegistry) -> None:
         prof = await resolve_person(ctx, cible)
         asked = await ctx.session.get(BotState, f"access:{patient.code}:{prof.user_id}")
         if asked is None:
-            ctx.refuse(f"{prof.display_name} n'a pas demandé l'accès à ce cercle", usage=False)
+            ctx.refuse(f"{literal(prof.display_name)} n'a pas demandé l'accès à ce cercle", usage=False)
         await ctx.session.delete(asked)
         if action == "refuser":
             ctx.send(await _direct_room(ctx, prof.user_id) or patient.room_id,
                      f"Votre demande d'accès au cercle {patient.code} n'a pas été acceptée.")
-            ctx.reply(f"Demande de {prof.display_name} refusée.")
+            ctx.reply(f"Demande de {literal(prof.display_name)} refusée.")
             return
         await add_member(ctx.session, patient.code, prof.user_id, "habituel", ctx.sender, ctx.now)
         invite_with_identity(ctx, patient, prof.user_id, f"accès accordé par {ctx.sender}")
-        ctx.reply(f"✅ Accès accordé à {prof.display_name}.")
+        ctx.reply(f"✅ Accès accordé à {literal(prof.display_name)}.")
 
     @registry.command(
         "inclure", aliases=["inclusion"], summary="inclure le patient dans un parcours",
@@ -258,7 +251,7 @@ def register(registry: CommandRegistry) -> None:
         p = find_parcours(catalogue, parcours)
         if p is None:
             names = ", ".join(sorted(catalogue))
-            ctx.refuse(f"parcours inconnu : « {parcours} ». Parcours disponibles : {names}")
+            ctx.refuse(f"parcours inconnu : « {literal(parcours)} ». Parcours disponibles : {names}")
         prof = await ctx.bot.directory.get(ctx.session, ctx.sender)
         if p.inclusion.medecin_traitant_requis and not patient.medecin_traitant:
             ctx.refuse(f"le parcours {p.nom} demande un médecin traitant identifié (« Seuls les patients qui ont "
@@ -305,7 +298,7 @@ def register(registry: CommandRegistry) -> None:
         patient = await current_patient(ctx)
         p = find_parcours(ctx.bot.catalogue, parcours)
         if p is None:
-            ctx.refuse(f"parcours inconnu : « {parcours} »")
+            ctx.refuse(f"parcours inconnu : « {literal(parcours)} »")
         inclusion = await ctx.session.scalar(select(Inclusion).where(
             Inclusion.patient_code == patient.code, Inclusion.parcours == p.code, Inclusion.ended_at.is_(None)))
         if inclusion is None:

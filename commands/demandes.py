@@ -18,6 +18,7 @@ from commands.arguments import (
 from commands.cercle import current_patient, resolve_person
 from commands.registry import DIRECT, PATIENT, CommandRegistry, Option, Param
 from domain.flows import Mode, find_flow
+from domain.markup import literal
 from domain.permissions import Action
 from domain.requests import (
     Declinee,
@@ -50,7 +51,7 @@ class DemandeRef(ArgType):
         text = tokens[pos].text.strip()
         m = re.fullmatch(r"(?:(P-[2-9A-HJ-NP-Z]{4})/)?(?:n°|no|#)?(\d{1,5})", text, re.I)
         if not m:
-            raise ArgumentError(f"« {text} » n'est pas un numéro de demande (3, n°3 ou P-XXXX/3)")
+            raise ArgumentError(f"« {literal(text)} » n'est pas un numéro de demande (3, n°3 ou P-XXXX/3)")
         return ((m[1] or "").upper() or None, int(m[2])), pos + 1
 
 
@@ -66,7 +67,7 @@ class FlowName(ArgType):
 
         text = tokens[pos].text
         if tokens[pos].quoted or find_flow(_flows(load_flows), text) is None:
-            raise ArgumentError(f"« {text} » n'est pas un type de demande")
+            raise ArgumentError(f"« {literal(text)} » n'est pas un type de demande")
         return text, pos + 1
 
 
@@ -193,7 +194,7 @@ def register(registry: CommandRegistry) -> None:
         ctx.session.add(Act(user_id=pour or ctx.sender, kind="declenchement", patient_code=patient.code,
                             parcours=flow.parcours, ref=f"demande:{row.id}", at=ctx.now,
                             details={"flow": flow.code, "par": ctx.sender}))
-        cible_txt = person.display_name if person else (profession_label(profession) if profession else cible)
+        cible_txt = literal(person.display_name if person else (profession_label(profession) if profession else cible))
         ctx.reply(f"🆗 Demande **n°{d.numero}** créée ({flow.libelle} → {cible_txt}). "
                   f"Réponse attendue avant {store.format_french_datetime(d.echeance_reponse, ctx.bot.config.tz)}."
                   if d.echeance_reponse else f"🆗 Demande **n°{d.numero}** créée ({flow.libelle}).")
@@ -252,7 +253,7 @@ def register(registry: CommandRegistry) -> None:
             d.rdv = dataclasses.replace(d.rdv, texte=precisions)
         await _answer(ctx, outcome, patient, row, d)
         noms = await store.names(ctx.session, [ctx.sender, permission.acting_for, *d.demandeurs])
-        ctx.reply(outcome.texte(noms) + (f"\n{precisions}" if precisions else ""),
+        ctx.reply(outcome.texte(noms) + (f"\n{literal(precisions)}" if precisions else ""),
                   mentions={u: noms[u] for u in d.demandeurs})
 
     @registry.command(
@@ -312,7 +313,7 @@ def register(registry: CommandRegistry) -> None:
                 continue
             noms = await store.names(ctx.session, [d.acceptee_par])
             ref = f"n°{d.numero}" if ctx.room_kind == PATIENT else f"{row.patient_code}/{d.numero}"
-            who = f", prise par {noms[d.acceptee_par]}" if d.acceptee_par else ""
+            who = f", prise par {literal(noms[d.acceptee_par])}" if d.acceptee_par else ""
             lines.append(f"- {ref} · {d.titre} · {d.etat.value.replace('_', ' ')}{who}")
         ctx.reply("\n".join(["**Demandes en cours**", "", *lines]) if lines else "Aucune demande en cours.")
 

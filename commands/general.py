@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from commands.arguments import Word
 from commands.registry import CommandRegistry, Param
+from domain.markup import literal
 
 
 def register(registry: CommandRegistry) -> None:
@@ -19,6 +20,6 @@ def register(registry: CommandRegistry) -> None:
         if cmd is None:
             suggestions = registry.suggestions(commande)
             hint = f" Vouliez-vous dire {' ou '.join('`!' + s + '`' for s in suggestions)} ?" if suggestions else ""
-            ctx.reply(f"⚠️ Je ne connais pas la commande « {commande} ».{hint}\nUsage : `{registry.find('aide').usage()}`")
+            ctx.reply(f"⚠️ Je ne connais pas la commande « {literal(commande)} ».{hint}\nUsage : `{registry.find('aide').usage()}`")
             return
         ctx.reply(registry.help_for(cmd))

@@ -5,6 +5,7 @@ import re
 from datetime import date
 
 from commands.arguments import ArgType, ArgumentError, ParseContext, Token
+from domain.markup import literal
 
 
 class PersonRef(ArgType):
@@ -18,11 +19,11 @@ class PersonRef(ArgType):
         text = tokens[pos].text.strip()
         if text.startswith("@"):
             if not re.fullmatch(r"@[^:\s]+:\S+", text):
-                raise ArgumentError(f"« {text} » n'est pas un identifiant Matrix complet (forme @nom:serveur)")
+                raise ArgumentError(f"« {literal(text)} » n'est pas un identifiant Matrix complet (forme @nom:serveur)")
             return text, pos + 1
         letters = re.sub(r"[^\w]", "", text)
         if len(letters) < 3:
-            raise ArgumentError(f"« {text} » : donnez au moins 3 lettres du nom, ou l'identifiant @nom:serveur")
+            raise ArgumentError(f"« {literal(text)} » : donnez au moins 3 lettres du nom, ou l'identifiant @nom:serveur")
         return text, pos + 1
 
 
@@ -34,7 +35,7 @@ class PatientCode(ArgType):
     def parse(self, tokens, pos, ctx):
         text = tokens[pos].text.strip().upper()
         if not re.fullmatch(r"P-[2-9A-HJ-NP-Z]{4}", text):
-            raise ArgumentError(f"« {tokens[pos].text} » n'est pas un code patient (forme P-XXXX, par exemple P-7K3Q)")
+            raise ArgumentError(f"« {literal(tokens[pos].text)} » n'est pas un code patient (forme P-XXXX, par exemple P-7K3Q)")
         return text, pos + 1
 
 
@@ -49,11 +50,11 @@ class CalendarDate(ArgType):
         text = tokens[pos].text.strip()
         m = re.fullmatch(r"(\d{1,2})[/.-](\d{1,2})[/.-](\d{4})", text)
         if not m:
-            raise ArgumentError(f"« {text} » : date attendue au format JJ/MM/AAAA, par exemple {self.examples[0]}")
+            raise ArgumentError(f"« {literal(text)} » : date attendue au format JJ/MM/AAAA, par exemple {self.examples[0]}")
         try:
             value = date(int(m[3]), int(m[2]), int(m[1]))
         except ValueError:
-            raise ArgumentError(f"« {text} » n'est pas une date qui existe")
+            raise ArgumentError(f"« {literal(text)} » n'est pas une date qui existe")
         self.check(value, text, ctx.now.astimezone(ctx.tz).date())
         return value, pos + 1
 
@@ -67,7 +68,7 @@ class BirthDate(CalendarDate):
 
     def check(self, value, text, today):
         if value > today or value.year < today.year - 125:
-            raise ArgumentError(f"« {text} » : date de naissance impossible")
+            raise ArgumentError(f"« {literal(text)} » : date de naissance impossible")
 
 
 class Phone(ArgType):
@@ -82,7 +83,7 @@ class Phone(ArgType):
             return " ".join(digits[i:i + 2] for i in range(0, 10, 2)), pos + 1
         if re.fullmatch(r"\+\d{8,15}", digits):
             return digits, pos + 1
-        raise ArgumentError(f"« {raw} » n'est pas un numéro de téléphone (10 chiffres, ou +33…)")
+        raise ArgumentError(f"« {literal(raw)} » n'est pas un numéro de téléphone (10 chiffres, ou +33…)")
 
 
 class PersonList(ArgType):

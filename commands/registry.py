@@ -12,16 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable
 
-from commands.arguments import (
-    ArgType,
-    ArgumentError,
-    ParseContext,
-    Text,
-    Token,
-    normalize,
-    split_options,
-    tokenize,
-)
+from commands.arguments import ArgType, ArgumentError, ParseContext, Text, Token, normalize, split_options, tokenize
+from domain.markup import literal, unmark
 
 # Where a command may be used; the dispatcher knows each room's kind.
 PATIENT, COORDINATION, DIRECT = "patient", "coordination", "direct"
@@ -108,9 +100,10 @@ class UsageError(Exception):
     """Bad arguments: a French message plus the command whose usage line must be shown."""
 
     def __init__(self, command: Command, message: str):
-        super().__init__(message)
+        super().__init__(unmark(message))
         self.command = command
-        self.message = message
+        self.message = unmark(message)
+        self.markup = message  # user input wrapped in literal(), for render()
 
 
 class CommandRegistry:
@@ -187,7 +180,7 @@ class CommandRegistry:
             cmd = self.find(word)
             if cmd is None:
                 raise CommandNotFound(word, self.suggestions(word))
-            raise UsageError(cmd, e.message)
+            raise UsageError(cmd, e.markup)
         if not tokens:
             return None
         word = tokens[0].text
@@ -198,7 +191,7 @@ class CommandRegistry:
         try:
             return Invocation(cmd, self.bind(cmd, tokens[1:], ctx), sigil or "!")
         except ArgumentError as e:
-            raise UsageError(cmd, e.message)
+            raise UsageError(cmd, e.markup)
 
     @staticmethod
     def bind(cmd: Command, tokens: list[Token], ctx: ParseContext) -> dict:
@@ -227,7 +220,7 @@ class CommandRegistry:
             pos = pos_after
         if pos < len(positional):
             extra = " ".join(t.text for t in positional[pos:])
-            raise ArgumentError(f"je ne comprends pas « {extra} » à la fin de la commande")
+            raise ArgumentError(f"je ne comprends pas « {literal(extra)} » à la fin de la commande")
         return arguments
 
     # --- derived texts -------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from domain.markup import literal
 from domain.requests import Demande
 from domain.text import fold
 
@@ -93,7 +94,7 @@ def _addressed_to(d: Demande, actor: Actor, profession_label) -> Permission:
         if actor.profession != d.cible_profession:
             return _no(f"la demande n°{d.numero} s'adresse à un·e {label}")
         if d.commune and not actor.practises_in(d.commune):
-            return _no(f"la demande n°{d.numero} s'adresse à un·e {label} exerçant à {d.commune}")
+            return _no(f"la demande n°{d.numero} s'adresse à un·e {label} exerçant à {literal(d.commune)}")
         return ALLOWED
     return _no(f"la demande n°{d.numero} ne vous est pas adressée")
 

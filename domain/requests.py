@@ -48,6 +48,7 @@ from typing import ClassVar
 from domain.clock import PARIS
 from domain.flows import MODE_LABELS, Flow, Mode, format_duree
 from domain.ladder import Rung, plan_intervention_deadline
+from domain.markup import literal
 
 __all__ = [
     "Acceptee", "Annulee", "CrPoste", "Cloturee", "Declinee", "DejaPrise", "Demande", "Escaladee",
@@ -285,7 +286,7 @@ class Declinee(Outcome):
     par_medecin_traitant: bool = False
 
     def texte(self, noms=None) -> str:
-        msg = f"Demande n°{self.numero} déclinée par {_nom(noms, self.par)} (motif : {self.motif})."
+        msg = f"Demande n°{self.numero} déclinée par {_nom(noms, self.par)} (motif : {literal(self.motif)})."
         if self.avancer_vers is Rung.POOL:
             qui = "Le médecin traitant a décliné" if self.par_medecin_traitant else "Tout le cercle a décliné"
             msg += f" {qui} : la demande est proposée dès maintenant à toute la profession dans la CPTS."
@@ -302,7 +303,7 @@ class RdvFixe(Outcome):
 
     def texte(self, noms=None) -> str:
         verbe = "déplacé" if self.modifie else "fixé"
-        return f"📅 Demande n°{self.numero} : rendez-vous {verbe} par {_nom(noms, self.par)} : {self.rdv.decrire()}."
+        return f"📅 Demande n°{self.numero} : rendez-vous {verbe} par {_nom(noms, self.par)} : {literal(self.rdv.decrire())}."
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -337,7 +338,7 @@ class Annulee(Outcome):
     a_informer: frozenset[str] = frozenset()
 
     def texte(self, noms=None) -> str:
-        return f"Demande n°{self.numero} annulée par {_nom(noms, self.par)} (motif : {self.motif})."
+        return f"Demande n°{self.numero} annulée par {_nom(noms, self.par)} (motif : {literal(self.motif)})."
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -618,7 +619,7 @@ def fixer_rdv(d: Demande, user: str, slot: Slot, mode: Mode | str, now: datetime
         mode = Mode(mode)
     except ValueError:
         choix = ", ".join(m.value for m in Mode)
-        return _refus(d, Raison.MODE, f"Mode de rendez-vous inconnu « {_esc(mode)} » (choix : {choix}).")
+        return _refus(d, Raison.MODE, f"Mode de rendez-vous inconnu « {literal(_esc(mode))} » (choix : {choix}).")
     debut = fin = texte = None
     if isinstance(slot, tuple):
         debut, fin = _utc(slot[0]), _utc(slot[1])

@@ -6,6 +6,7 @@ turns a refusal into the French answer. Nothing else decides.
 """
 from __future__ import annotations
 
+from domain.markup import literal
 from domain.permissions import Action, Actor, Permission, may_act_in_cercle
 from domain.permissions import authorize as permission_for
 from domain.requests import Demande
@@ -28,7 +29,7 @@ async def _refuse(ctx, permission: Permission) -> None:
     reason = permission.reason
     for user_id in permission.mentions.values():
         prof = await ctx.session.get(Professional, user_id)
-        reason = reason.replace(user_id, prof.display_name if prof else user_id)
+        reason = reason.replace(user_id, literal(prof.display_name) if prof else user_id)
     ctx.refuse(f"⛔ {reason[0].upper()}{reason[1:]}. Rien n'a été fait.", usage=False)
 
 

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from commands.arguments import format_french_datetime
 from domain.flows import Mode
 from domain.ladder import Rung, plan_for_flow
+from domain.markup import literal
 from domain.requests import (
     Acceptee,
     Demande,
@@ -124,7 +125,7 @@ async def names(session: AsyncSession, users) -> dict[str, str]:
     for u in users:
         if u:
             prof = await session.get(Professional, u)
-            out[u] = prof.display_name if prof else u
+            out[u] = literal(prof.display_name) if prof else u  # directory text: shown as typed
     return out
 
 

@@ -14,6 +14,7 @@ from nio import RoomVisibility
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from domain.markup import literal
 from storage.models import CercleMember, Patient
 
 CODE_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/O, 1/I: read aloud on the phone
@@ -32,11 +33,12 @@ class Identity:
     def card(self, code: str, mt_name: str | None) -> str:
         born = date.fromisoformat(self.naissance).strftime("%d/%m/%Y")
         lines = [f"🪪 **Fiche d'identité · {code}**", "",
-                 f"- Nom : {self.nom.upper()}", f"- Prénom : {self.prenom}", f"- Né·e le : {born}",
-                 f"- Sexe : {self.sexe}", f"- Téléphone : {self.telephone}", f"- Adresse : {self.adresse}"]
+                 f"- Nom : {literal(self.nom.upper())}", f"- Prénom : {literal(self.prenom)}", f"- Né·e le : {born}",
+                 f"- Sexe : {literal(self.sexe)}", f"- Téléphone : {literal(self.telephone)}",
+                 f"- Adresse : {literal(self.adresse)}"]
         if self.nir:
-            lines.append(f"- NIR : {self.nir}")
-        lines.append(f"- Médecin traitant : {mt_name or 'aucun déclaré'}")
+            lines.append(f"- NIR : {literal(self.nir)}")
+        lines.append(f"- Médecin traitant : {literal(mt_name) if mt_name else 'aucun déclaré'}")
         return "\n".join(lines)
 
 

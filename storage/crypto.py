@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from storage.private import private_dir
+
 _VERSION = b"\x01"
 
 
@@ -34,7 +36,7 @@ class FieldCipher:
         if not path.exists():
             if not create:
                 raise StorageKeyError(f"fichier de clé introuvable : {path}")
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(base64.b64encode(os.urandom(32)).decode() + "\n")

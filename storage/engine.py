@@ -1,6 +1,7 @@
 """Engine creation and Alembic migrations, applied at every start."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from alembic import command
@@ -8,6 +9,8 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from storage.private import private_dir, tighten
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -21,8 +24,12 @@ def make_engine(url: str) -> AsyncEngine:
         if search_path:
             parsed = parsed.difference_update_query(["search_path"])
             connect_args["server_settings"] = {"search_path": search_path}
-    if parsed.get_backend_name() == "sqlite" and parsed.database:
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        database = Path(parsed.database)
+        private_dir(database.parent)
+        # SQLite gives its -wal and -shm files the database file's mode: create that one 0600.
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
+        tighten(*(database.with_name(database.name + suffix) for suffix in ("", "-wal", "-shm")), recursive=False)
     engine = create_async_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
     if parsed.get_backend_name() == "sqlite":
         @event.listens_for(engine.sync_engine, "connect")

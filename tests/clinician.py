@@ -19,8 +19,8 @@ from uuid import uuid4
 from nio import (
     AsyncClient,
     AsyncClientConfig,
-    EncryptionError,
     EnableEncryptionBuilder,
+    EncryptionError,
     Event,
     JoinError,
     LoginResponse,

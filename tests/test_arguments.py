@@ -9,8 +9,24 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from commands.arguments import (
-    ArgType, ArgumentError, Choice, DateTime, Duration, Integer, ParseContext, Slot, Text, TimeSlot, Token,
-    Word, format_clock, format_duration, format_french_date, format_french_datetime, normalize, split_options,
+    ArgType,
+    ArgumentError,
+    Choice,
+    DateTime,
+    Duration,
+    Integer,
+    ParseContext,
+    Slot,
+    Text,
+    TimeSlot,
+    Token,
+    Word,
+    format_clock,
+    format_duration,
+    format_french_date,
+    format_french_datetime,
+    normalize,
+    split_options,
     tokenize,
 )
 

@@ -7,7 +7,15 @@ from datetime import timedelta
 import pytest
 
 from domain.flows import (
-    DEFAULT_PATH, Flow, FlowsError, Mode, find_flow, format_duree, load_flows, normalize_name, parse_duree,
+    DEFAULT_PATH,
+    Flow,
+    FlowsError,
+    Mode,
+    find_flow,
+    format_duree,
+    load_flows,
+    normalize_name,
+    parse_duree,
 )
 
 H = timedelta(hours=1)

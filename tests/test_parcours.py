@@ -15,7 +15,13 @@ import pytest
 import yaml
 
 from domain.parcours import (
-    CatalogueError, Parcours, default_directory, find_parcours, load_catalogue, load_parcours_file, parse_duration,
+    CatalogueError,
+    Parcours,
+    default_directory,
+    find_parcours,
+    load_catalogue,
+    load_parcours_file,
+    parse_duration,
     parse_periode,
 )
 

@@ -11,7 +11,12 @@ import yaml
 
 from domain.parcours import Parcours, default_directory, load_catalogue, load_parcours_file
 from domain.redflags import (
-    Measurement, MeasurementError, ThresholdHit, check_measurements, explain_not_applicable, parse_measurement,
+    Measurement,
+    MeasurementError,
+    ThresholdHit,
+    check_measurements,
+    explain_not_applicable,
+    parse_measurement,
     parse_measurements,
 )
 
