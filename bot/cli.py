@@ -34,11 +34,38 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-async def _run_bot(config: Config, clock, on_ready=None) -> None:
+DEMO_CLOCK_STATE = "demo_clock"
+
+
+async def resume_demo_clock(store, speed: float | None, *, real_now=None):
+    """The clock of `cercle up`: the demo clock saved in the bot's state, continued (never moved
+    back), or a new one for --demo-speed, or the system clock. The clock in use is saved."""
+    from domain.clock import ScaledClock, SystemClock
+
+    clock = ScaledClock.resume(speed, await store.get_state(DEMO_CLOCK_STATE), real_now=real_now)
+    if clock is None:
+        return SystemClock()
+    await store.set_state(DEMO_CLOCK_STATE, clock.state())
+    return clock
+
+
+async def _run_bot(config: Config, clock, on_ready=None, *, demo_speed: float | None = None) -> None:
+    """Run the bot; `clock` None means the demo clock of `cercle up` (resumed from the bot's state)."""
     from bot.app import Bot
     from bot.wiring import wire
 
-    bot = await Bot.open(config, clock)
+    store = None
+    if clock is None:
+        from storage.repositories import open_store
+
+        config.storage.data_dir.mkdir(parents=True, exist_ok=True)
+        store = await open_store(config.storage.url(), config.storage.key_path())
+        try:
+            clock = await resume_demo_clock(store, demo_speed)
+        except BaseException:
+            await store.close()
+            raise
+    bot = await Bot.open(config, clock, store=store)
     wire(bot)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -62,9 +89,8 @@ def cmd_run(args) -> int:
 
 def cmd_up(args) -> int:
     """Local Synapse + bot + demo accounts, all under one directory; a second run reuses it."""
-    from bot.local_synapse import SERVER_NAME, LocalSynapse
     from bot.config import CptsConfig, MatrixConfig, StorageConfig
-    from domain.clock import ScaledClock, SystemClock
+    from bot.local_synapse import SERVER_NAME, LocalSynapse
 
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +118,6 @@ def cmd_up(args) -> int:
                 cpts=CptsConfig(name="CPTS de démonstration")))
         config = load_config(config_path, environ={})
         config = config.model_copy(update={"matrix": config.matrix.model_copy(update={"homeserver": server.url})})
-        clock = ScaledClock(args.demo_speed) if args.demo_speed else SystemClock()
 
         async def on_ready(bot):
             from rooms.coordination import ensure_coordinator_room
@@ -107,22 +132,26 @@ def cmd_up(args) -> int:
                     "accounts": [{k: a[k] for k in ("user_id", "password", "profession", "role")} for a in accounts]}
             demo_path.write_text(json.dumps(demo, indent=2, ensure_ascii=False))
             demo_path.chmod(0o600)
-            _print_welcome(server.url, bot_user, accounts, demo_path, args.demo_speed)
+            _print_welcome(server.url, bot_user, accounts, demo_path, bot.clock)
 
-        asyncio.run(_run_bot(config, clock, on_ready=on_ready))
+        asyncio.run(_run_bot(config, None, on_ready=on_ready, demo_speed=args.demo_speed))
     finally:
         server.stop()
         print("Cercle et Synapse arrêtés.")
     return 0
 
 
-def _print_welcome(url, bot_user, accounts, demo_path, speed) -> None:
+def _print_welcome(url, bot_user, accounts, demo_path, clock) -> None:
+    from commands.arguments import format_french_datetime
+
     print("\n" + "=" * 72)
     print("Cercle est prêt.")
     print(f"  Serveur Matrix : {url}")
     print(f"  Bot            : {bot_user}")
+    speed = getattr(clock, "speed", None)
     if speed:
-        print(f"  Horloge        : accélérée ×{speed} (démonstration)")
+        print(f"  Horloge        : accélérée ×{speed:g} (démonstration), "
+              f"heure de démonstration {format_french_datetime(clock.now(), with_year=True)}")
     print("\nSe connecter avec Element Web ou Element Desktop, sur cette machine :")
     print(f"  1. « Se connecter » → « Modifier » le serveur d'accueil → {url}")
     print("  2. identifiant et mot de passe d'un compte de démonstration :")
