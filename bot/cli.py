@@ -101,16 +101,18 @@ def cmd_up(args) -> int:
         demo_path = data_dir / "demo.json"
         previous = json.loads(demo_path.read_text()) if demo_path.exists() else {}
         passwords = {a["user_id"]: a["password"] for a in previous.get("accounts", [])}
-        bot_password = previous.get("bot_password") or secrets.token_urlsafe(18)
-        bot_user = server.register("cercle", bot_password, displayname="Cercle")
+        config_path = data_dir / "cercle.toml"
+        # The passwords are kept with the accounts (server.accounts_path), not only in demo.json:
+        # a missing demo.json must not make `cercle up` print passwords the accounts do not have.
+        bot_password = (load_config(config_path, environ={}).matrix.resolved_password() if config_path.exists()
+                        else previous.get("bot_password") or secrets.token_urlsafe(18))
+        bot_user, bot_password = server.ensure_account("cercle", bot_password, displayname="Cercle")
         accounts = []
         for localpart, name, profession, role in DEMO_ACCOUNTS:
-            user_id = f"@{localpart}:{SERVER_NAME}"
-            password = passwords.get(user_id) or f"demo-{secrets.token_hex(4)}"
-            server.register(localpart, password, displayname=name)
+            user_id, password = server.ensure_account(
+                localpart, passwords.get(f"@{localpart}:{SERVER_NAME}"), displayname=name)
             accounts.append({"user_id": user_id, "password": password, "name": name,
                              "profession": profession, "role": role})
-        config_path = data_dir / "cercle.toml"
         if not config_path.exists():
             write_config(config_path, Config(
                 matrix=MatrixConfig(homeserver=server.url, user_id=bot_user, password=bot_password),
