@@ -97,8 +97,13 @@ class HomeserverWatch:
         else:
             log.debug("serveur d'accueil toujours injoignable (%s)", type(error).__name__)
 
-    def reachable(self) -> None:
-        if self.down_since is not None:
+    def attempt(self) -> float:
+        """Mark the start of a request; pass it to reachable() when that request succeeded."""
+        return self._monotonic()
+
+    def reachable(self, attempt: float | None = None) -> None:
+        # An answer to a request sent before the failure (a long poll) says nothing of now.
+        if self.down_since is not None and (attempt is None or attempt >= self.down_since):
             outage = self._monotonic() - self.down_since
             self.down_since = None
             log.warning("serveur d'accueil de nouveau joignable après %s d'interruption", _duree(outage))
@@ -259,8 +264,9 @@ class Bot:
         backoff = 1.0
         while not self._stop.is_set():
             try:
+                attempt = self.homeserver.attempt()
                 await self.sync_once()
-                self.homeserver.reachable()
+                self.homeserver.reachable(attempt)
                 backoff = 1.0
             except asyncio.CancelledError:
                 raise

@@ -170,3 +170,29 @@ def test_profession_plural():
 
     assert profession_label("medecin_generaliste", pluriel=True) == "médecins généralistes"
     assert profession_label("infirmier") == "infirmier·e"
+
+
+# --- homeserver outages: one line per change -------------------------------------------------------
+
+def test_homeserver_watch_logs_each_change_once(caplog):
+    import logging
+
+    from bot.app import HomeserverWatch
+
+    now = [100.0]
+    watch = HomeserverWatch(monotonic=lambda: now[0])
+    caplog.set_level(logging.DEBUG, logger="cercle")
+    long_poll = watch.attempt()  # sent before the outage, answered as the server shut down
+    now[0] += 1
+    for _ in range(50):
+        watch.failed(ConnectionRefusedError("Connect call failed"))
+        now[0] += 1
+    watch.reachable(long_poll)
+    assert watch.down  # that answer says nothing of now
+    retry = watch.attempt()
+    now[0] += 130
+    watch.reachable(retry)
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert lines == ["serveur d'accueil injoignable (ConnectionRefusedError: Connect call failed) : "
+                     "nouveaux essais en arrière-plan",
+                     "serveur d'accueil de nouveau joignable après 3 min 00 s d'interruption"]
