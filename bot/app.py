@@ -61,6 +61,58 @@ class BotError(Exception):
     pass
 
 
+def homeserver_unreachable(error: BaseException) -> bool:
+    """A failure of the connection to the homeserver (refused, reset, timed out), not a bug."""
+    import aiohttp
+
+    return isinstance(error, (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError, ConnectionError, OSError))
+
+
+def _duree(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+class HomeserverWatch:
+    """Logs the homeserver's reachability once per change, not once (with a traceback) per retry:
+    an outage of an hour would otherwise write thousands of identical lines."""
+
+    def __init__(self, monotonic=None):
+        import time
+
+        self._monotonic = monotonic or time.monotonic
+        self.down_since: float | None = None
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def failed(self, error: BaseException) -> None:
+        if self.down_since is None:
+            self.down_since = self._monotonic()
+            log.warning("serveur d'accueil injoignable (%s: %s) : nouveaux essais en arrière-plan",
+                        type(error).__name__, error)
+        else:
+            log.debug("serveur d'accueil toujours injoignable (%s)", type(error).__name__)
+
+    def attempt(self) -> float:
+        """Mark the start of a request; pass it to reachable() when that request succeeded."""
+        return self._monotonic()
+
+    def reachable(self, attempt: float | None = None) -> None:
+        # An answer to a request sent before the failure (a long poll) says nothing of now.
+        if self.down_since is not None and (attempt is None or attempt >= self.down_since):
+            outage = self._monotonic() - self.down_since
+            self.down_since = None
+            log.warning("serveur d'accueil de nouveau joignable après %s d'interruption", _duree(outage))
+
+
 class Bot:
     def __init__(self, config: Config, store: Store, clock: Clock, registry: CommandRegistry,
                  client: AsyncClient, password: str):
@@ -85,6 +137,7 @@ class Bot:
         self._tasks: list[asyncio.Task] = []
         self.scheduler: AsyncIOScheduler | None = None
         self.synced_once = asyncio.Event()
+        self.homeserver = HomeserverWatch()
         self.identity_status: str | None = None
         self.identity_warning: str | None = None
         self.sync_filter = {
@@ -217,12 +270,18 @@ class Bot:
         backoff = 1.0
         while not self._stop.is_set():
             try:
+                attempt = self.homeserver.attempt()
                 await self.sync_once()
+                self.homeserver.reachable(attempt)
                 backoff = 1.0
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # homeserver unreachable, 5xx, timeouts: retry with backoff
-                log.warning("synchronisation impossible (%s) : nouvel essai dans %.0f s", e, backoff)
+                if homeserver_unreachable(e) or isinstance(e, BotError):
+                    self.homeserver.failed(e)
+                    log.debug("synchronisation impossible : nouvel essai dans %.0f s", backoff)
+                else:
+                    log.warning("synchronisation impossible (%s) : nouvel essai dans %.0f s", e, backoff)
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, self.config.sync.max_backoff_s)
 
@@ -416,8 +475,11 @@ class Bot:
                 await self.flush_outbox()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("erreur du traitement des événements")
+            except Exception as e:
+                if homeserver_unreachable(e):
+                    self.homeserver.failed(e)  # once per outage; the sync loop says when it is back
+                else:
+                    log.exception("erreur du traitement des événements")
                 await asyncio.sleep(1)
                 self._wake_worker.set()
 
@@ -550,14 +612,15 @@ class Bot:
                 await self.store.outbox_done(item.id, now, error=f"action inconnue {item.action}")
                 return False
         except LocalProtocolError as e:  # e.g. the room is not synced yet
-            log.info("envoi reporté (%s)", e)
+            (log.debug if self.homeserver.down else log.info)("envoi reporté (%s)", e)
             return None
         except KeyError as e:  # nio: the room's group session was replaced by a sync mid-share
             log.info("envoi reporté, session de groupe renouvelée (%s)", e)
             return None
         errcode = getattr(response, "status_code", None)
         if errcode in TRANSIENT_ERRORS:
-            log.warning("envoi reporté dans %s : %s", item.room_id, getattr(response, "message", response))
+            (log.debug if self.homeserver.down else log.warning)(
+                "envoi reporté dans %s : %s", item.room_id, getattr(response, "message", response))
             return None
         log.error("envoi refusé dans %s : %s %s", item.room_id, errcode, getattr(response, "message", ""))
         await self.store.outbox_done(item.id, now, error=f"{errcode}: {getattr(response, 'message', '')}")
@@ -693,9 +756,12 @@ class Bot:
         try:
             await trust.apply(self, room_id)
         except Exception as e:
+            if homeserver_unreachable(e):
+                self.homeserver.failed(e)
             if self.config.trust.unverified_devices == "cross_signed_only":
                 raise LocalProtocolError(f"vérification des appareils impossible ({e})")  # fail closed, retry
-            log.warning("vérification des appareils impossible (%s) : envoi à tous les appareils", e)
+            if not self.homeserver.down:
+                log.warning("vérification des appareils impossible (%s) : envoi à tous les appareils", e)
 
     # --- deadlines ---------------------------------------------------------------------------------
     async def schedule_wakeup(self) -> None:

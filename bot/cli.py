@@ -34,11 +34,38 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-async def _run_bot(config: Config, clock, on_ready=None) -> None:
+DEMO_CLOCK_STATE = "demo_clock"
+
+
+async def resume_demo_clock(store, speed: float | None, *, real_now=None):
+    """The clock of `cercle up`: the demo clock saved in the bot's state, continued (never moved
+    back), or a new one for --demo-speed, or the system clock. The clock in use is saved."""
+    from domain.clock import ScaledClock, SystemClock
+
+    clock = ScaledClock.resume(speed, await store.get_state(DEMO_CLOCK_STATE), real_now=real_now)
+    if clock is None:
+        return SystemClock()
+    await store.set_state(DEMO_CLOCK_STATE, clock.state())
+    return clock
+
+
+async def _run_bot(config: Config, clock, on_ready=None, *, demo_speed: float | None = None) -> None:
+    """Run the bot; `clock` None means the demo clock of `cercle up` (resumed from the bot's state)."""
     from bot.app import Bot
     from bot.wiring import wire
 
-    bot = await Bot.open(config, clock)
+    store = None
+    if clock is None:
+        from storage.repositories import open_store
+
+        config.storage.data_dir.mkdir(parents=True, exist_ok=True)
+        store = await open_store(config.storage.url(), config.storage.key_path())
+        try:
+            clock = await resume_demo_clock(store, demo_speed)
+        except BaseException:
+            await store.close()
+            raise
+    bot = await Bot.open(config, clock, store=store)
     wire(bot)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -69,7 +96,6 @@ def cmd_up(args) -> int:
     """Local Synapse + bot + demo accounts, all under one directory; a second run reuses it."""
     from bot.config import CptsConfig, MatrixConfig, StorageConfig
     from bot.local_synapse import SERVER_NAME, LocalSynapse
-    from domain.clock import ScaledClock, SystemClock
     from storage.private import private_dir, tighten
 
     data_dir = Path(args.data_dir).resolve()
@@ -84,16 +110,18 @@ def cmd_up(args) -> int:
         demo_path = data_dir / "demo.json"
         previous = json.loads(demo_path.read_text()) if demo_path.exists() else {}
         passwords = {a["user_id"]: a["password"] for a in previous.get("accounts", [])}
-        bot_password = previous.get("bot_password") or secrets.token_urlsafe(18)
-        bot_user = server.register("cercle", bot_password, displayname="Cercle")
+        config_path = data_dir / "cercle.toml"
+        # The passwords are kept with the accounts (server.accounts_path), not only in demo.json:
+        # a missing demo.json must not make `cercle up` print passwords the accounts do not have.
+        bot_password = (load_config(config_path, environ={}).matrix.resolved_password() if config_path.exists()
+                        else previous.get("bot_password") or secrets.token_urlsafe(18))
+        bot_user, bot_password = server.ensure_account("cercle", bot_password, displayname="Cercle")
         accounts = []
         for localpart, name, profession, role in DEMO_ACCOUNTS:
-            user_id = f"@{localpart}:{SERVER_NAME}"
-            password = passwords.get(user_id) or f"demo-{secrets.token_hex(4)}"
-            server.register(localpart, password, displayname=name)
+            user_id, password = server.ensure_account(
+                localpart, passwords.get(f"@{localpart}:{SERVER_NAME}"), displayname=name)
             accounts.append({"user_id": user_id, "password": password, "name": name,
                              "profession": profession, "role": role})
-        config_path = data_dir / "cercle.toml"
         if not config_path.exists():
             write_config(config_path, Config(
                 matrix=MatrixConfig(homeserver=server.url, user_id=bot_user, password=bot_password),
@@ -101,7 +129,6 @@ def cmd_up(args) -> int:
                 cpts=CptsConfig(name="CPTS de démonstration")))
         config = load_config(config_path, environ={})
         config = config.model_copy(update={"matrix": config.matrix.model_copy(update={"homeserver": server.url})})
-        clock = ScaledClock(args.demo_speed) if args.demo_speed else SystemClock()
 
         async def on_ready(bot):
             from rooms.coordination import ensure_coordinator_room
@@ -116,22 +143,26 @@ def cmd_up(args) -> int:
                     "accounts": [{k: a[k] for k in ("user_id", "password", "profession", "role")} for a in accounts]}
             demo_path.write_text(json.dumps(demo, indent=2, ensure_ascii=False))
             demo_path.chmod(0o600)
-            _print_welcome(server.url, bot_user, accounts, demo_path, args.demo_speed)
+            _print_welcome(server.url, bot_user, accounts, demo_path, bot.clock)
 
-        asyncio.run(_run_bot(config, clock, on_ready=on_ready))
+        asyncio.run(_run_bot(config, None, on_ready=on_ready, demo_speed=args.demo_speed))
     finally:
         server.stop()
         print("Cercle et Synapse arrêtés.")
     return 0
 
 
-def _print_welcome(url, bot_user, accounts, demo_path, speed) -> None:
+def _print_welcome(url, bot_user, accounts, demo_path, clock) -> None:
+    from commands.arguments import format_french_datetime
+
     print("\n" + "=" * 72)
     print("Cercle est prêt.")
     print(f"  Serveur Matrix : {url}")
     print(f"  Bot            : {bot_user}")
+    speed = getattr(clock, "speed", None)
     if speed:
-        print(f"  Horloge        : accélérée ×{speed} (démonstration)")
+        print(f"  Horloge        : accélérée ×{speed:g} (démonstration), "
+              f"heure de démonstration {format_french_datetime(clock.now(), with_year=True)}")
     print("\nSe connecter avec Element Web ou Element Desktop, sur cette machine :")
     print(f"  1. « Se connecter » → « Modifier » le serveur d'accueil → {url}")
     print("  2. identifiant et mot de passe d'un compte de démonstration :")

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +174,11 @@ class LocalSynapse:
     def register(self, localpart: str, password: str, admin: bool = False,
                  displayname: str | None = None) -> str:
         """Register through the shared-secret admin API; an existing user is kept as it is."""
+        self._create(localpart, password, admin=admin, displayname=displayname)
+        return f"@{localpart}:{SERVER_NAME}"
+
+    def _create(self, localpart: str, password: str, admin: bool = False, displayname: str | None = None) -> bool:
+        """True if the account was created, False if it already existed (its password unchanged)."""
         endpoint = f"{self.url}/_synapse/admin/v1/register"
         with urllib.request.urlopen(endpoint, timeout=10) as r:
             nonce = json.load(r)["nonce"]
@@ -183,13 +189,83 @@ class LocalSynapse:
                 "mac": mac.hexdigest()}
         if displayname:
             body["displayname"] = displayname
-        request = urllib.request.Request(endpoint, data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=10):
-                pass
+            self._post(endpoint, body)
         except urllib.error.HTTPError as e:
             payload = json.loads(e.read() or b"{}")
             if payload.get("errcode") != "M_USER_IN_USE":
                 raise RuntimeError(f"inscription de {localpart} refusée : {payload}") from e
-        return f"@{localpart}:{SERVER_NAME}"
+            return False
+        return True
+
+    @staticmethod
+    def _post(url: str, body: dict, token: str | None = None, method: str = "POST") -> dict:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method=method)
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return json.loads(r.read() or b"{}")
+
+    # --- accounts whose password must stay known (cercle up) ---------------------------------
+    @property
+    def accounts_path(self) -> Path:
+        """Passwords of the accounts `ensure_account` made, kept with the homeserver's own data:
+        they live as long as the accounts, whatever happens to the files printed for people."""
+        return self.directory / "accounts.json"
+
+    def _accounts(self) -> dict[str, str]:
+        try:
+            return json.loads(self.accounts_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _remember(self, user_id: str, password: str) -> None:
+        accounts = self._accounts() | {user_id: password}
+        self.accounts_path.touch(mode=0o600)
+        self.accounts_path.write_text(json.dumps(accounts, indent=2))
+
+    def ensure_account(self, localpart: str, password: str | None = None,
+                       displayname: str | None = None) -> tuple[str, str]:
+        """(user_id, password) of an account that accepts this password.
+
+        The password kept with the accounts wins; else `password` (or a new one) is registered,
+        or, for an account that exists with a password nobody kept, set through the admin API.
+        """
+        user_id = f"@{localpart}:{SERVER_NAME}"
+        kept = self._accounts().get(user_id)
+        if kept:
+            self._create(localpart, kept, displayname=displayname)  # the database may have been reset
+            return user_id, kept
+        chosen = password or f"demo-{secrets.token_hex(4)}"
+        if not self._create(localpart, chosen, displayname=displayname):
+            self.set_password(user_id, chosen)
+        self._remember(user_id, chosen)
+        return user_id, chosen
+
+    def set_password(self, user_id: str, password: str) -> None:
+        """Admin API: set a password, keeping the account's sessions (the bot's device stays)."""
+        admin_id, admin_password = self._admin()
+        login = self._post(f"{self.url}/_matrix/client/v3/login", {
+            "type": "m.login.password", "identifier": {"type": "m.id.user", "user": admin_id},
+            "password": admin_password, "initial_device_display_name": "cercle up (administration)"})
+        token = login["access_token"]
+        try:
+            self._post(f"{self.url}/_synapse/admin/v2/users/{urllib.parse.quote(user_id)}",
+                       {"password": password, "logout_devices": False}, token=token, method="PUT")
+        finally:
+            self._post(f"{self.url}/_matrix/client/v3/logout", {}, token=token)
+
+    def _admin(self) -> tuple[str, str]:
+        """A local admin account for set_password, created on first need and kept with the others."""
+        for user_id, password in self._accounts().items():
+            if user_id.startswith("@cercle-admin"):
+                self._create(user_id[1:].split(":")[0], password, admin=True)  # if the database was reset
+                return user_id, password
+        localpart = "cercle-admin"
+        password = secrets.token_urlsafe(18)
+        while not self._create(localpart, password, admin=True):  # taken, password unknown: another name
+            localpart = f"cercle-admin-{secrets.token_hex(3)}"
+        user_id = f"@{localpart}:{SERVER_NAME}"
+        self._remember(user_id, password)
+        return user_id, password

@@ -480,11 +480,18 @@ def format_french_date(day: date, *, with_year: bool = False) -> str:
     return f"{WEEKDAY_NAMES[day.weekday()]} {_day_month(day, with_year)}"
 
 
-def format_french_datetime(dt: datetime, tz: ZoneInfo = PARIS, *, with_year: bool = False) -> str:
-    """"jeudi 12 mars à 14h30", in `tz`. DateTime() reads this text back."""
+def format_french_datetime(dt: datetime, tz: ZoneInfo = PARIS, *, with_year: bool = False,
+                           now: datetime | None = None) -> str:
+    """"jeudi 12 mars à 14h30", in `tz`. DateTime() reads this text back.
+
+    With `now`, the year is shown when it is not the current one ("samedi 2 janvier 2027 à 9h"
+    written on 31 December): a date without its year would be read in the wrong year.
+    """
     if dt.tzinfo is None:
         raise ValueError("format_french_datetime expects an aware datetime")
     local = dt.astimezone(tz)
+    if now is not None:
+        with_year = with_year or local.year != now.astimezone(tz).year
     return f"{format_french_date(local.date(), with_year=with_year)} à {format_clock(local.time())}"
 
 

@@ -1,6 +1,8 @@
 """Patients and their care circle: patient nouveau, cercle, acces, inclure, sortir."""
 from __future__ import annotations
 
+import functools
+
 from sqlalchemy import select
 
 from commands.arguments import Choice, Text, Token, Word
@@ -77,6 +79,15 @@ def invite_with_identity(ctx, patient: Patient, user_id: str, why: str) -> None:
     ident = identity_of(ctx.bot, patient)
     card = ident.card(patient.code, patient.medecin_traitant)
     ctx.send(patient.room_id, f"{card}\n\n_(fiche renvoyée pour {user_id} : {why})_", mentions={user_id: user_id})
+
+
+@functools.lru_cache(maxsize=1)
+def _carte_requise() -> str:
+    """For `!aide inclure`: the parcours whose inclusion needs `carte=oui` (data/parcours)."""
+    from domain.parcours import load_catalogue
+
+    noms = [p.nom for p in load_catalogue().values() if p.inclusion.document_integration]
+    return f"pour : {', '.join(noms)}" if noms else ""
 
 
 def register(registry: CommandRegistry) -> None:
@@ -239,8 +250,8 @@ def register(registry: CommandRegistry) -> None:
         "inclure", aliases=["inclusion"], summary="inclure le patient dans un parcours",
         params=[Param("parcours", Word(placeholder="<parcours>"), help="le parcours : ic, bpco, dt2, plaie, perinat, gyneco, sport, …")],
         options=[Option("carte", Choice({"oui": ["remise", "o", "yes"], "non": ["n", "no"]}),
-                        "carte (ou document) d'intégration remise au patient")],
-        examples=["!inclure ic carte=oui", "!inclure plaie"],
+                        "carte (ou document) d'intégration remise au patient", required_when=_carte_requise())],
+        examples=["!inclure ic carte=oui", "!inclure plaie carte=oui"],
         scopes=[PATIENT], category="Parcours",
     )
     async def inclure(ctx, parcours, carte=None):

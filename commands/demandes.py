@@ -196,7 +196,7 @@ def register(registry: CommandRegistry) -> None:
                             details={"flow": flow.code, "par": ctx.sender}))
         cible_txt = literal(person.display_name if person else (profession_label(profession) if profession else cible))
         ctx.reply(f"🆗 Demande **n°{d.numero}** créée ({flow.libelle} → {cible_txt}). "
-                  f"Réponse attendue avant {store.format_french_datetime(d.echeance_reponse, ctx.bot.config.tz)}."
+                  f"Réponse attendue avant {store.format_french_datetime(d.echeance_reponse, ctx.bot.config.tz, now=ctx.now)}."
                   if d.echeance_reponse else f"🆗 Demande **n°{d.numero}** créée ({flow.libelle}).")
 
     @registry.command(
@@ -311,11 +311,47 @@ def register(registry: CommandRegistry) -> None:
             d = store.read(ctx.bot, row)
             if ctx.room_kind != PATIENT and ctx.sender not in (*d.sollicites, d.demandeur):
                 continue
-            noms = await store.names(ctx.session, [d.acceptee_par])
             ref = f"n°{d.numero}" if ctx.room_kind == PATIENT else f"{row.patient_code}/{d.numero}"
-            who = f", prise par {literal(noms[d.acceptee_par])}" if d.acceptee_par else ""
-            lines.append(f"- {ref} · {d.titre} · {d.etat.value.replace('_', ' ')}{who}")
+            lines.append(await _demande_line(ctx, ref, d))
         ctx.reply("\n".join(["**Demandes en cours**", "", *lines]) if lines else "Aucune demande en cours.")
+
+
+# Each state as `!demandes` says it to clinicians (not its code).
+ETATS = {
+    Etat.EN_ATTENTE: "en attente de réponse",
+    Etat.EXPIREE: "sans preneur, coordinateurs prévenus",
+    Etat.ACCEPTEE: "acceptée",
+    Etat.RDV_FIXE: "rendez-vous fixé",
+    Etat.CR_POSTE: "compte-rendu posté",
+    Etat.CLOTUREE: "clôturée",
+    Etat.ANNULEE: "annulée",
+}
+
+
+async def _demande_line(ctx, ref: str, d) -> str:
+    """`n°1 · Visite à domicile → infirmier·e · en attente de réponse · réponse avant …`."""
+    flow = ctx.bot.flows.get(d.flow)
+    libelle = d.libelle or (flow.libelle if flow else d.flow)
+    noms = await store.names(ctx.session, [d.cible_personne, d.acceptee_par])
+    if d.cible_personne:
+        cible = noms[d.cible_personne]
+    elif d.cible_profession:
+        cible = profession_label(d.cible_profession)
+    else:
+        cible = (flow.intervenant if flow and flow.intervenant else None) or (d.cible_role or "?").replace("_", " ")
+    etat = ETATS.get(d.etat, d.etat.value)
+    if d.acceptee_par:
+        etat += f" par {noms[d.acceptee_par]}"
+    tz = ctx.bot.config.tz
+    if d.etat is Etat.EN_ATTENTE and d.echeance_reponse:
+        etat += f" · réponse attendue avant {store.format_french_datetime(d.echeance_reponse, tz, now=ctx.now)}"
+    elif d.etat is Etat.EXPIREE and d.echeance_reponse:
+        etat += f" depuis {store.format_french_datetime(d.echeance_reponse, tz, now=ctx.now)}"
+    elif d.etat is Etat.RDV_FIXE and d.rdv:
+        etat += f" : {d.rdv.decrire()}"
+    elif d.etat is Etat.ACCEPTEE and d.echeance_intervention:
+        etat += f" · intervention attendue avant {store.format_french_datetime(d.echeance_intervention, tz, now=ctx.now)}"
+    return f"- {ref} · {libelle} → {cible} · {etat}"
 
 
 async def accept(ctx, patient: Patient, row: DemandeRow) -> None:

@@ -27,6 +27,7 @@ SCOPE_NAMES = {
 }
 
 PREFIXES = ("//", "/", "!")
+LOOSE = "! "  # « ! aide »: a space after the sigil (phone keyboards), only before a known command
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class Option:
     type: ArgType
     help: str = ""
     required: bool = False
+    required_when: str = ""  # e.g. "pour : BPCO, Plaie": optional in the syntax, required by the data
+
 
     def usage(self) -> str:
         return f"{self.key}={self.type.placeholder}" if self.required else f"[{self.key}={self.type.placeholder}]"
@@ -150,14 +153,20 @@ class CommandRegistry:
 
         `/cmd` (Element Web and Element X send unknown slash commands as text), `//cmd`
         (Element's escape for a literal slash) and `!cmd` everywhere; no prefix in a direct chat.
+        Phones also type `！cmd` (full-width) and `! cmd`: the latter comes back as LOOSE, a
+        command only if its first word is one (« ! attention … » is conversation).
         """
         text = body.strip()
         # Replies quote the original message in the body as "> …" lines followed by a blank line.
         if text.startswith("> "):
             text = re.split(r"\n\s*\n", text, maxsplit=1)[-1].strip()
+        if text.startswith("！"):  # U+FF01, the full-width exclamation mark of CJK and some phone keyboards
+            text = "!" + text[1:]
         for prefix in PREFIXES:
             if text.startswith(prefix) and len(text) > len(prefix) and not text[len(prefix)].isspace():
                 return prefix, text[len(prefix):]
+        if text.startswith("!") and text[1:].strip():
+            return LOOSE, text[1:].lstrip()
         if direct and text:
             return "", text
         return None
@@ -178,6 +187,8 @@ class CommandRegistry:
         except ArgumentError as e:
             word = text.split()[0] if text.split() else text
             cmd = self.find(word)
+            if cmd is None and sigil == LOOSE and not direct:
+                return None
             if cmd is None:
                 raise CommandNotFound(word, self.suggestions(word))
             raise UsageError(cmd, e.markup)
@@ -185,6 +196,10 @@ class CommandRegistry:
             return None
         word = tokens[0].text
         cmd = self.find(word)
+        if cmd is None and sigil == LOOSE and not direct:
+            return None
+        if sigil == LOOSE:
+            sigil = "!"
         if cmd is None:
             # In a direct chat, ordinary conversation is not an error unless it looks like a command.
             raise CommandNotFound(word, self.suggestions(word))
@@ -252,6 +267,8 @@ class CommandRegistry:
                 label = f"`{item.key}=`" if isinstance(item, Option) else f"`{item.type.placeholder}`"
                 text = item.help or item.type.description
                 opt = " (facultatif)" if not getattr(item, "required", not getattr(item, "optional", False)) else ""
+                if getattr(item, "required_when", ""):
+                    opt = f" (obligatoire {item.required_when})"
                 lines.append(f"- {label}{opt} : {text}")
         if cmd.scopes != ANYWHERE:
             lines.append("")

@@ -4,9 +4,9 @@ All instants are timezone-aware UTC; display converts to the CPTS time zone.
 """
 from __future__ import annotations
 
-import time
+import json
 from datetime import datetime, timedelta, timezone
-from typing import Protocol
+from typing import Callable, Protocol
 from zoneinfo import ZoneInfo
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -29,20 +29,61 @@ class SystemClock:
 
 
 class ScaledClock:
-    """Runs `speed` times faster than real time from its creation (cercle up --demo-speed)."""
+    """Runs `speed` times faster than real time (cercle up --demo-speed).
 
-    def __init__(self, speed: float, origin: datetime | None = None):
+    Demo time is a pure function of real (wall-clock) time: `origin` is the demo instant at the
+    real instant `real_origin`. Both persist in the bot's state (`state()` / `resume()`), so a
+    restart continues the demo time, as if the accelerated clock had kept running while the bot
+    was stopped, instead of starting it again from the real time (which would move the demo
+    clock back and push every deadline hours away).
+    """
+
+    def __init__(self, speed: float, origin: datetime | None = None, *, real_origin: datetime | None = None,
+                 real_now: Callable[[], datetime] | None = None):
         if speed <= 0:
             raise ValueError("speed must be positive")
         self.speed = speed
-        self._origin = origin or datetime.now(timezone.utc)
-        self._mono0 = time.monotonic()
+        self._real_now = real_now or _wall_clock
+        self.real_origin = real_origin or self._real_now()
+        self.origin = origin or self.real_origin
+        self._last = self.origin
 
     def now(self) -> datetime:
-        return self._origin + timedelta(seconds=(time.monotonic() - self._mono0) * self.speed)
+        elapsed = (self._real_now() - self.real_origin).total_seconds() * self.speed
+        # A wall clock stepped back (NTP) must not move demo time back.
+        self._last = max(self._last, self.origin + timedelta(seconds=max(0.0, elapsed)))
+        return self._last
 
     def real_seconds_until(self, instant: datetime) -> float:
         return max(0.0, (instant - self.now()).total_seconds() / self.speed)
+
+    def state(self) -> str:
+        """What to persist so that `resume()` continues this clock after a restart."""
+        return json.dumps({"speed": self.speed, "origin": self.origin.isoformat(),
+                           "real_origin": self.real_origin.isoformat()})
+
+    @classmethod
+    def resume(cls, speed: float | None, saved: str | None, *,
+               real_now: Callable[[], datetime] | None = None) -> "ScaledClock | None":
+        """The demo clock of a (re)start: the saved one continued, or a new one, or None.
+
+        `speed` None keeps the saved speed (a demo data directory stays a demo); a new speed
+        takes over from the saved clock's current instant, so demo time never goes back.
+        """
+        previous = None
+        if saved:
+            data = json.loads(saved)
+            previous = cls(float(data["speed"]), datetime.fromisoformat(data["origin"]),
+                           real_origin=datetime.fromisoformat(data["real_origin"]), real_now=real_now)
+        if previous is None:
+            return cls(speed, real_now=real_now) if speed else None
+        if not speed or speed == previous.speed:
+            return previous
+        return cls(speed, previous.now(), real_now=real_now)
+
+
+def _wall_clock() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 class FakeClock:

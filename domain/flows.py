@@ -30,7 +30,7 @@ from domain.rules_yaml import load_rules
 from domain.text import normalize_key, parse_duration
 
 __all__ = [
-    "DEFAULT_PATH", "Echelle", "Flow", "FlowsError", "Mode", "MEDECIN_TRAITANT", "find_flow",
+    "DEFAULT_PATH", "Defauts", "Echelle", "Flow", "FlowsError", "Mode", "MEDECIN_TRAITANT", "find_flow",
     "format_duree", "load_flows", "normalize_name", "parse_duree",
 ]
 
@@ -155,9 +155,14 @@ class Flow(_Strict):
     questionnaires: tuple[str, ...] = ()
     echelle: Echelle | None = None        # None: no acceptance ladder
     consigne_escalade: str | None = None  # advice shown to the coordinators at the deadline
+    delai_reponse_max: Duree | None = None       # longest délai a requester may type (default: `defauts`)
+    delai_intervention_max: Duree | None = None
 
     @model_validator(mode="after")
     def _coherence(self) -> "Flow":
+        for key, value, maximum in self._delais_et_plafonds():
+            if value is not None and maximum is not None and value > maximum:
+                raise ValueError(f"{key} ({format_duree(value)}) dépasse son plafond ({format_duree(maximum)})")
         if self.echelle is not None and self.delai_reponse is None:
             raise ValueError("une échelle de relance demande un delai_reponse")
         if self.delai_reponse is not None and self.echelle is None:
@@ -175,6 +180,12 @@ class Flow(_Strict):
         if self.medecin_traitant_d_abord and self.pool_immediat:
             raise ValueError("medecin_traitant_d_abord et pool_immediat sont contradictoires")
         return self
+
+    def _delais_et_plafonds(self):
+        yield "delai_reponse", self.delai_reponse, self.delai_reponse_max
+        yield "delai_intervention", self.delai_intervention, self.delai_intervention_max
+        for motif, value in self.delai_intervention_par_motif.items():
+            yield f"delai_intervention_par_motif.{motif}", value, self.delai_intervention_max
 
     def noms(self) -> set[str]:
         """Every normalized name this flow answers to (code, libellé, aliases)."""
@@ -202,6 +213,16 @@ class Flow(_Strict):
 
 
 # --- loader ------------------------------------------------------------------------------------
+
+class Defauts(_Strict):
+    """The `defauts` entry of the flows file: values every flow gets unless it sets its own."""
+
+    delai_reponse_max: Duree | None = None
+    delai_intervention_max: Duree | None = None
+
+
+DEFAUTS_KEY = "defauts"
+
 
 class FlowsError(ValueError):
     """A malformed flows file. The message is one French line: `file: key: reason`."""
@@ -257,6 +278,17 @@ def load_flows(path: str | Path | None = None, *, professions: Iterable[str] | N
         raise fail("", "le fichier doit contenir un dictionnaire code → type de demande")
 
     known = set(professions) if professions is not None else _known_professions()
+    raw = dict(raw)
+    defauts_raw = raw.pop(DEFAUTS_KEY, None) or {}
+    if not isinstance(defauts_raw, dict):
+        raise fail(DEFAUTS_KEY, "un dictionnaire de valeurs par défaut est attendu")
+    try:
+        defauts = Defauts.model_validate(defauts_raw).model_dump(exclude_none=True)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise fail(f"{DEFAUTS_KEY}.{_loc(err['loc'])}", _reason(err)) from None
+    if not raw:
+        raise fail("", "le fichier doit contenir un dictionnaire code → type de demande")
     flows: dict[str, Flow] = {}
     owner: dict[str, str] = {}  # normalized name -> flow code
     for code, body in raw.items():
@@ -267,7 +299,7 @@ def load_flows(path: str | Path | None = None, *, professions: Iterable[str] | N
         if "code" in body and body["code"] != code:
             raise fail(f"{code}.code", f"« {body['code']} » diffère de la clé « {code} »")
         try:
-            flow = Flow.model_validate({**body, "code": code})
+            flow = Flow.model_validate({**defauts, **body, "code": code})
         except ValidationError as e:
             err = e.errors()[0]
             loc = _loc(err["loc"])

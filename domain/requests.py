@@ -87,9 +87,9 @@ class Rdv:
     def decrire(self) -> str:
         parts = [MODE_LABELS[self.mode]]
         if self.debut and self.fin:
-            parts.append(f"{_quand(self.debut)} – {_heure(self.fin)}")
+            parts.append(f"{_quand(self.debut, self.fixe_at)} – {_heure(self.fin)}")
         elif self.debut:
-            parts.append(_quand(self.debut))
+            parts.append(_quand(self.debut, self.fixe_at))
         if self.texte:
             parts.append(self.texte)
         return ", ".join(parts)
@@ -179,11 +179,20 @@ def _heure(dt: datetime) -> str:
     return f"{local.hour} h {local.minute:02d}"
 
 
-def _quand(dt: datetime) -> str:
-    """`jeudi 12 mars à 14 h 30`, in the CPTS time zone."""
+def _quand(dt: datetime, now: datetime | None = None) -> str:
+    """`jeudi 12 mars à 14 h 30`, in the CPTS time zone; with the year (`samedi 2 janvier 2027
+    à 9 h 00`) when it is not the year of `now`, the moment the text is written."""
     local = dt.astimezone(PARIS)
     jour = "1er" if local.day == 1 else str(local.day)
-    return f"{_JOURS[local.weekday()]} {jour} {_MOIS[local.month - 1]} à {_heure(dt)}"
+    annee = f" {local.year}" if now is not None and local.year != now.astimezone(PARIS).year else ""
+    return f"{_JOURS[local.weekday()]} {jour} {_MOIS[local.month - 1]}{annee} à {_heure(dt)}"
+
+
+def _reste(td: timedelta) -> str:
+    """Time left, to the nearest minute: 30 s left is « moins d'une minute », never « 0 min »."""
+    if td < timedelta(minutes=1):
+        return "moins d'une minute"
+    return format_duree(timedelta(minutes=round(td / timedelta(minutes=1))))
 
 
 def _nom(noms: Mapping[str, str] | None, user: str | None) -> str:
@@ -273,7 +282,7 @@ class Acceptee(Outcome):
         msg = f"✅ Demande n°{self.numero} prise en charge par {_nom(noms, self.par)}"
         msg += " (acceptation après l'échéance du délai de réponse)." if self.tardive else "."
         if self.echeance_intervention:
-            msg += f" Intervention attendue avant {_quand(self.echeance_intervention)}."
+            msg += f" Intervention attendue avant {_quand(self.echeance_intervention, self.at)}."
         return msg
 
 
@@ -350,7 +359,7 @@ class PalierAtteint(Outcome):
     restant: timedelta | None = None
 
     def texte(self, noms=None) -> str:
-        reste = f" ; il reste {format_duree(self.restant)}" if self.restant else ""
+        reste = f" ; il reste {_reste(self.restant)}" if self.restant else ""
         if self.rung is Rung.POOL:
             return (f"⏳ Demande n°{self.numero} toujours sans réponse : elle est proposée à toute "
                     f"la profession dans la CPTS{reste}.")
@@ -391,10 +400,11 @@ class Escaladee(Outcome):
 class InterventionEnRetard(Outcome):
     acceptant: str
     echeance: datetime
+    at: datetime | None = None  # when it is signalled (the year is shown if it differs)
 
     def texte(self, noms=None) -> str:
         return (f"⏰ Demande n°{self.numero} : le délai d'intervention est dépassé depuis "
-                f"{_quand(self.echeance)} et aucun compte-rendu n'est posté "
+                f"{_quand(self.echeance, self.at)} et aucun compte-rendu n'est posté "
                 f"({_nom(noms, self.acceptant)} a accepté).")
 
 
@@ -467,9 +477,14 @@ def creer_demande(numero: int, flow: Flow, demandeur: str, now: datetime, *, com
         return _refus(probe, Raison.DELAI,
                       f"Les délais de « {_esc(flow.libelle)} » sont fixés par la CPTS "
                       f"(réponse {format_duree(flow.delai_reponse)}) et ne se modifient pas à la création.")
-    for name, value in (("réponse", delai_reponse), ("intervention", delai_intervention)):
+    for name, value, maximum in (("réponse", delai_reponse, flow.delai_reponse_max),
+                                 ("intervention", delai_intervention, flow.delai_intervention_max)):
         if value is not None and value <= timedelta(0):
             return _refus(probe, Raison.DELAI, f"Le délai de {name} doit être positif.")
+        if value is not None and maximum is not None and value > maximum:
+            return _refus(probe, Raison.DELAI,
+                          f"Le délai de {name} ne peut pas dépasser {format_duree(maximum)} pour "
+                          f"« {_esc(flow.libelle)} » (demandé : {format_duree(value)}).")
     profession = None if cible_personne else (cible_profession or flow.cible_profession)
     role = None if (cible_personne or profession) else flow.cible_role
     if not (cible_personne or profession or role):
@@ -597,7 +612,7 @@ def echeance_intervention(d: Demande, now: datetime) -> InterventionEnRetard | S
         return SansObjet(numero=d.numero, raison="Retard d'intervention déjà signalé.")
     d.intervention_en_retard = True
     d._log(now, None, "palier:intervention")
-    return InterventionEnRetard(numero=d.numero, acceptant=d.acceptee_par or "?", echeance=echeance)
+    return InterventionEnRetard(numero=d.numero, acceptant=d.acceptee_par or "?", echeance=echeance, at=now)
 
 
 # --- after acceptance --------------------------------------------------------------------------
@@ -626,11 +641,11 @@ def fixer_rdv(d: Demande, user: str, slot: Slot, mode: Mode | str, now: datetime
         if fin <= debut:
             return _refus(d, Raison.CRENEAU, "La fin de la tranche horaire doit suivre son début.")
         if fin <= now:
-            return _refus(d, Raison.CRENEAU, f"La tranche horaire ({_quand(debut)}) est déjà passée.")
+            return _refus(d, Raison.CRENEAU, f"La tranche horaire ({_quand(debut, now)}) est déjà passée.")
     elif isinstance(slot, datetime):
         debut = _utc(slot)
         if debut < now:
-            return _refus(d, Raison.CRENEAU, f"Le créneau du {_quand(debut)} est déjà passé.")
+            return _refus(d, Raison.CRENEAU, f"Le créneau du {_quand(debut, now)} est déjà passé.")
     else:
         texte = _motif(slot)
         if not texte:

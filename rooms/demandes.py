@@ -284,7 +284,7 @@ async def fire(ctx, deadline) -> None:
         new = solliciter(d, await pool_targets(ctx, d, deadline.payload.get("commune")), ctx.now)
         text = outcome.texte(noms)
         if new:
-            text += f"\nDemande élargie à {len(new)} {profession_label(d.cible_profession)} de la CPTS (sans identité)."
+            text += f"\nDemande élargie à {len(new)} {profession_label(d.cible_profession, pluriel=len(new) > 1)} de la CPTS (sans identité)."
             await notify(ctx, patient, row, d, flow, sorted(new), pool=True)
         else:
             text += "\nPersonne d'autre dans l'annuaire pour cette profession."

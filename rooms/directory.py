@@ -39,9 +39,9 @@ def find_profession(text: str) -> Profession | None:
     return None
 
 
-def profession_label(code: str) -> str:
+def profession_label(code: str, *, pluriel: bool = False) -> str:
     p = professions().get(code)
-    return p.libelle if p else code
+    return (p.pluriel if pluriel else p.libelle) if p else code
 
 
 def is_absent(prof: Professional, now: datetime) -> bool:

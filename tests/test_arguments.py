@@ -737,7 +737,7 @@ def test_property_format_french_datetime_reads_back(now, ahead):
     instant = (now + timedelta(minutes=ahead)).replace(second=0, microsecond=0)
     local = instant.astimezone(PARIS)
     # The second pass of a repeated autumn hour reads back as the first one, by design.
-    assume(local.replace(tzinfo=None).replace(tzinfo=PARIS).astimezone(UTC) == instant)
+    assume(local.replace(tzinfo=None, fold=0).replace(tzinfo=PARIS).astimezone(UTC) == instant)
     for with_year in (True, False):
         text = format_french_datetime(instant, PARIS, with_year=with_year)
         assert parse_all(DateTime(), text, now=now) == instant, text

@@ -223,3 +223,59 @@ async def test_reconnects_after_the_homeserver_comes_back(tmp_path):
         await h.stop()
     finally:
         server.stop()
+
+
+async def test_an_outage_is_logged_once_per_change_not_once_per_retry(tmp_path, caplog):
+    """Issue 9: a homeserver outage wrote a full traceback every second. Now: one line when it
+    becomes unreachable (with the reason), one when it is back (with the outage's duration)."""
+    import logging
+
+    from bot.local_synapse import LocalSynapse
+    from bot.messages import render
+    from tests.clinician import Clinician
+
+    server = LocalSynapse.prepare(tmp_path / "hs")
+    server.start()
+    try:
+        bot_user = server.register("cercle", "pw-bot")
+        dr_user = server.register("dr", "pw-dr")
+        h = BotHarness(server.url, bot_user, "pw-bot", tmp_path / "bot")
+        h_config = h.config
+
+        def fast_backoff():
+            c = h_config()
+            return c.model_copy(update={"sync": c.sync.model_copy(update={"max_backoff_s": 1.0})})
+
+        h.config = fast_backoff
+        await h.start()
+        await h.enrol(dr_user)
+        dr = await Clinician.login(server.url, dr_user, "pw-dr", tmp_path / "dr")
+        room = await room_with_bot(dr, h)
+        sent = await dr.send_text(room, "!aide")  # the bot has the room and its members' keys
+        await dr.wait_for_message(room, sender=bot_user, predicate=lambda m: m.in_reply_to() == sent, timeout=30)
+        await dr.close()
+
+        caplog.set_level(logging.INFO, logger="cercle")
+        caplog.clear()
+        server.stop()
+        # Something to send during the outage: the worker retries it every second or two.
+        async with h.bot.store.session.begin() as session:
+            h.bot.store.queue(session, "message", room, render("message écrit pendant la panne"), h.bot.clock.now())
+        h.bot._wake_worker.set()
+        await asyncio.sleep(8)  # several sync and send retries
+        during = [r for r in caplog.records if r.name == "cercle" and r.levelno >= logging.INFO]
+        assert 1 <= len(during) <= 2, [r.getMessage() for r in during]
+        assert "injoignable" in during[0].getMessage() and not any(r.exc_info for r in during)
+
+        server.start()
+        await h.idle(timeout=30)  # the message went out once the homeserver was back
+        assert not await h.bot.store.pending_outbox()
+        for _ in range(100):  # the sync loop says it, at its next try
+            back = [r.getMessage() for r in caplog.records if "de nouveau joignable" in r.getMessage()]
+            if back:
+                break
+            await asyncio.sleep(0.1)
+        assert len(back) == 1 and "d'interruption" in back[0], back
+        await h.stop()
+    finally:
+        server.stop()

@@ -96,6 +96,61 @@ async def test_cercle_up_answers_aide_stops_cleanly_and_restarts_on_the_same_dat
     assert "première connexion" not in out  # the second run reused the device
 
 
+def password_login(homeserver: str, localpart: str, password: str) -> str:
+    """Log in as a person would (errcode, or "ok"), then log that session out again."""
+    import urllib.error
+    import urllib.request
+
+    def post(path, body, token=None):
+        headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+        request = urllib.request.Request(homeserver + path, data=json.dumps(body).encode(), headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return json.load(r)
+
+    try:
+        token = post("/_matrix/client/v3/login", {"type": "m.login.password", "password": password,
+                                                  "identifier": {"type": "m.id.user", "user": localpart}})["access_token"]
+    except urllib.error.HTTPError as e:
+        return json.loads(e.read() or b"{}").get("errcode", str(e.code))
+    post("/_matrix/client/v3/logout", {}, token)
+    return "ok"
+
+
+async def test_cercle_up_without_demo_json_prints_passwords_that_work(tmp_path):
+    """Issue 9: demo.json deleted, `cercle up` printed new passwords the accounts did not have."""
+    data_dir, port = tmp_path / "demo", free_port()
+    proc = start_up(data_dir, port)
+    try:
+        await wait_ready(proc)
+        first = json.loads((data_dir / "demo.json").read_text())
+    finally:
+        assert stop(proc) == 0
+    (data_dir / "demo.json").unlink()
+
+    proc = start_up(data_dir, port)
+    try:
+        banner = await wait_ready(proc)
+        printed = re.search(r"@dr\.martin:localhost\s+(\S+)", banner).group(1)
+        assert password_login(f"http://127.0.0.1:{port}", "dr.martin", printed) == "ok"
+        again = json.loads((data_dir / "demo.json").read_text())
+        assert again["accounts"] == first["accounts"] and again["bot_password"] == first["bot_password"]
+    finally:
+        assert stop(proc) == 0
+
+
+def test_an_account_whose_password_nobody_kept_is_given_a_working_one(synapse):
+    """A data directory from before the passwords were kept with the accounts, demo.json lost."""
+    import uuid
+
+    localpart = f"ancien{uuid.uuid4().hex[:6]}"
+    synapse.register(localpart, "mot-de-passe-perdu")
+    user_id, password = synapse.ensure_account(localpart)
+    assert password != "mot-de-passe-perdu"
+    assert password_login(synapse.url, localpart, password) == "ok"
+    assert password_login(synapse.url, localpart, "mot-de-passe-perdu") == "M_FORBIDDEN"
+    assert synapse.ensure_account(localpart, "un-autre") == (user_id, password)  # the kept password wins
+
+
 async def test_status_and_identity_restore_on_a_new_machine(synapse, register, tmp_path, capsys):
     bot_user, bot_password = register("cercle")
     first = BotHarness(synapse.url, bot_user, bot_password, tmp_path / "machine-1")

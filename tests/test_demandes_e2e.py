@@ -131,7 +131,8 @@ async def test_declenchement_climbs_every_rung_to_the_coordinators(team):
         for secret in ("Dupontel", "DUPONTEL", "Marielle", "1950", "Lilas", "talon"):
             assert secret not in pool.body  # no identity, no clinical comment in a pool notice
         assert "Brétigny-sur-Orge" in pool.body and "70-79 ans" in pool.body
-    await t.people["mt"].wait_for_message(t.patient_room, sender=bot, predicate=lambda m: "élargie" in m.body)
+    await t.people["mt"].wait_for_message(t.patient_room, sender=bot,
+                                          predicate=lambda m: "élargie à 2 infirmier·e·s de la CPTS" in m.body)
 
     t.clock.advance(timedelta(hours=1))  # 3 h: the relance
     await t.fire()
@@ -222,11 +223,15 @@ async def test_bad_input_gets_french_usage_and_creates_nothing(team):
         ("!accepter 99", "inconnue"),
         ("!rdv 1 31/02 14h cabinet", "31/02"),
         ("!redflag poids=2.4 prise de poids", "poids"),
+        ("!dec infirmier reponse=99999j pansement", "ne peut pas dépasser 30 jours"),
+        ("!dec infirmier intervention=91j pansement", "ne peut pas dépasser 90 jours"),
     ]
     for text, fragment in cases:
         reply = await t.ask("mt", t.patient_room, text)
         assert fragment in reply.body, (text, reply.body)
         assert reply.body.startswith(("⚠️", "🙏")), (text, reply.body)
+        if "dépasser" in fragment:
+            assert "Usage : !declenchement" in reply.body, reply.body
     async with t.harness.bot.store.session() as s:
         assert await s.scalar(select(func.count()).select_from(DemandeRow)) == 0
 
@@ -315,3 +320,24 @@ async def test_odd_input_never_causes_an_internal_error(team):
         reply = await t.ask("mt", t.patient_room, text)
         assert "erreur interne" not in reply.body, (text, reply.body)
         assert reply.body.startswith(("⚠️", "🙏", "Aucune")), (text, reply.body)
+
+
+@pytest.mark.parametrize("team", ["sqlite"], indirect=True)
+async def test_phone_prefixes_and_the_list_of_requests_in_a_patient_room(team):
+    t = team
+    for typed in ("！aide", "! aide"):  # full-width « ！ » and a space after « ! », as phones type them
+        reply = await t.ask("mt", t.patient_room, typed)
+        assert "Commandes de Cercle" in reply.body, (typed, reply.body)
+    await t.ask("mt", t.patient_room, "!dec infirmier vad reponse=4h pansement quotidien talon gauche")
+    await t.ask("mt", t.patient_room, f"!dec {t.people['ide1'].user_id} conseil reponse=2h avis sur la plaie")
+    listed = await t.ask("mt", t.patient_room, "!demandes")
+    lines = [x for x in listed.body.splitlines() if x.lstrip("-* ").startswith("n°")]
+    assert len(lines) == 2, listed.body
+    assert "Visite à domicile → infirmier·e · en attente de réponse · réponse attendue avant" in lines[0]
+    assert "Conseil téléphonique → Julie Petit · en attente de réponse" in lines[1]
+    await t.people["ide1"].send_text(t.patient_room, "!accepter 2")
+    await t.people["mt"].wait_for_message(t.patient_room, sender=t.harness.user_id,
+                                          predicate=lambda m: "n°2 prise en charge" in m.body)
+    listed = await t.ask("mt", t.patient_room, "!demandes")
+    assert "Conseil téléphonique → Julie Petit · acceptée par Julie Petit · intervention attendue avant" \
+        in listed.body, listed.body
