@@ -129,7 +129,7 @@ def register(registry: CommandRegistry) -> None:
         for n in notes:
             lines.append(f"- {n}")
         mt = patient.medecin_traitant
-        deadline = format_french_datetime(d.echeance_reponse, ctx.bot.config.tz)
+        deadline = format_french_datetime(d.echeance_reponse, ctx.bot.config.tz, now=ctx.now)
         if mt:
             lines.append(f"\n{mt} : vous avez {format_duration(flow.delai_reponse)} pour accepter (avant {deadline}) : "
                          f"`!accepter {d.numero}`.")
@@ -175,7 +175,7 @@ def register(registry: CommandRegistry) -> None:
                 mention.add(m.user_id)
         noms = await store.names(ctx.session, mention)
         lines = [f"🚨 **ALERTE CRITIQUE · périnatalité** : la patiente doit consulter **dans les "
-                 f"{format_duration(rules.delai_consultation)}** (avant {format_french_datetime(due, ctx.bot.config.tz)}).", ""]
+                 f"{format_duration(rules.delai_consultation)}** (avant {format_french_datetime(due, ctx.bot.config.tz, now=ctx.now)}).", ""]
         lines += [f"- seuil franchi : **{h.seuil_text}** ({h.measurement.texte})" for h in hits]
         lines += [f"- signe : {literal(s)}" for s in known + free]
         lines += ["", *[f"- {c}" for c in rules.consignes]]

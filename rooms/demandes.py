@@ -177,7 +177,7 @@ def demande_ref(patient: Patient, d: Demande) -> str:
 
 def notice_text(ctx, patient: Patient, d: Demande, flow, *, pool: bool) -> str:
     echeance = d.echeance_reponse
-    deadline = f"réponse attendue avant {format_french_datetime(echeance, ctx.bot.config.tz)}" if echeance else ""
+    deadline = f"réponse attendue avant {format_french_datetime(echeance, ctx.bot.config.tz, now=ctx.now)}" if echeance else ""
     cible = profession_label(d.cible_profession) if d.cible_profession else "vous"
     if pool:
         # No patient identity: commune, age band, motif (the flow), délai only (decisions.md 3.2).
