@@ -143,7 +143,7 @@ def cmd_up(args) -> int:
                     "accounts": [{k: a[k] for k in ("user_id", "password", "profession", "role")} for a in accounts]}
             demo_path.write_text(json.dumps(demo, indent=2, ensure_ascii=False))
             demo_path.chmod(0o600)
-            _print_welcome(server.url, bot_user, accounts, demo_path, bot.clock)
+            _print_welcome(server.url, bot_user, accounts, demo_path, bot.clock, bot.config.tz)
 
         asyncio.run(_run_bot(config, None, on_ready=on_ready, demo_speed=args.demo_speed))
     finally:
@@ -152,8 +152,8 @@ def cmd_up(args) -> int:
     return 0
 
 
-def _print_welcome(url, bot_user, accounts, demo_path, clock) -> None:
-    from commands.arguments import format_french_datetime
+def _print_welcome(url, bot_user, accounts, demo_path, clock, tz) -> None:
+    from domain.text import format_french_datetime
 
     print("\n" + "=" * 72)
     print("Cercle est prêt.")
@@ -162,7 +162,7 @@ def _print_welcome(url, bot_user, accounts, demo_path, clock) -> None:
     speed = getattr(clock, "speed", None)
     if speed:
         print(f"  Horloge        : accélérée ×{speed:g} (démonstration), "
-              f"heure de démonstration {format_french_datetime(clock.now(), with_year=True)}")
+              f"heure de démonstration {format_french_datetime(clock.now(), tz, with_year=True)}")
     print("\nSe connecter avec Element Web ou Element Desktop, sur cette machine :")
     print(f"  1. « Se connecter » → « Modifier » le serveur d'accueil → {url}")
     print("  2. identifiant et mot de passe d'un compte de démonstration :")

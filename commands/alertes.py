@@ -9,15 +9,13 @@ from commands.arguments import (
     Choice,
     Text,
     Word,
-    format_duration,
-    format_french_datetime,
-    normalize,
 )
 from commands.cercle import current_patient
 from commands.registry import PATIENT, CommandRegistry, Option, Param
 from domain.markup import literal
 from domain.redflags import MeasurementError, check_measurements, explain_not_applicable, parse_measurement
 from domain.requests import Refus, creer_demande
+from domain.text import format_duree, format_french_datetime, normalize
 from rooms import demandes as store
 from rooms.patients import cercle_members
 from storage.models import Act, Inclusion, Professional
@@ -112,7 +110,7 @@ def register(registry: CommandRegistry) -> None:
         flow = ctx.bot.flows["red_flag"]
         numero = await store.next_numero(ctx.session, ctx.room_id)
         d = creer_demande(numero, flow, ctx.sender, ctx.now, commentaire=comment,
-                          medecin_traitant=patient.medecin_traitant)
+                          medecin_traitant=patient.medecin_traitant, fuseau=ctx.bot.config.cpts.timezone)
         if isinstance(d, Refus):
             ctx.refuse(d.texte())
         row = await store.start(ctx, patient, d, flow, None)
@@ -131,7 +129,7 @@ def register(registry: CommandRegistry) -> None:
         mt = patient.medecin_traitant
         deadline = format_french_datetime(d.echeance_reponse, ctx.bot.config.tz, now=ctx.now)
         if mt:
-            lines.append(f"\n{mt} : vous avez {format_duration(flow.delai_reponse)} pour accepter (avant {deadline}) : "
+            lines.append(f"\n{mt} : vous avez {format_duree(flow.delai_reponse)} pour accepter (avant {deadline}) : "
                          f"`!accepter {d.numero}`.")
         else:
             lines.append(f"\nPas de médecin traitant : les médecins généralistes de la CPTS sont sollicités "
@@ -175,7 +173,7 @@ def register(registry: CommandRegistry) -> None:
                 mention.add(m.user_id)
         noms = await store.names(ctx.session, mention)
         lines = [f"🚨 **ALERTE CRITIQUE · périnatalité** : la patiente doit consulter **dans les "
-                 f"{format_duration(rules.delai_consultation)}** (avant {format_french_datetime(due, ctx.bot.config.tz, now=ctx.now)}).", ""]
+                 f"{format_duree(rules.delai_consultation)}** (avant {format_french_datetime(due, ctx.bot.config.tz, now=ctx.now)}).", ""]
         lines += [f"- seuil franchi : **{h.seuil_text}** ({h.measurement.texte})" for h in hits]
         lines += [f"- signe : {literal(s)}" for s in known + free]
         lines += ["", *[f"- {c}" for c in rules.consignes]]

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from datetime import datetime, time, timedelta
 
-from commands.arguments import Choice, ParseContext, Word, normalize
+from commands.arguments import Choice, ParseContext, Word
 from commands.people import CalendarDate, PersonRef
 from commands.registry import COORDINATION, CommandRegistry, Option, Param
 from domain.markup import literal
+from domain.text import normalize
 from rooms.directory import find_profession, profession_label, professions, upsert_professional
 from storage.models import Professional
 

@@ -14,25 +14,30 @@ from __future__ import annotations
 
 import difflib
 import re
-import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from fractions import Fraction
 from zoneinfo import ZoneInfo
 
+from domain.clock import PARIS
 from domain.markup import literal, unmark
+from domain.text import (
+    MONTH_NAMES,
+    WEEKDAY_NAMES,
+    day_month,
+    format_clock,
+    format_duree,
+    format_french_date,
+    format_french_datetime,
+    normalize,
+)
 
 __all__ = [
     "ArgType", "ArgumentError", "Choice", "DateTime", "Duration", "Integer", "ParseContext", "Slot",
-    "Text", "TimeSlot", "Token", "Word", "format_clock", "format_duration", "format_french_date",
-    "format_french_datetime", "normalize", "split_options", "tokenize",
+    "Text", "TimeSlot", "Token", "Word", "split_options", "tokenize",
 ]
 
-PARIS = ZoneInfo("Europe/Paris")
 
-WEEKDAY_NAMES = ("lundi", "mardi", "mercredi", "jeudi", "vendredi", "samedi", "dimanche")
-MONTH_NAMES = ("janvier", "février", "mars", "avril", "mai", "juin", "juillet", "août",
-               "septembre", "octobre", "novembre", "décembre")
 
 
 class ArgumentError(Exception):
@@ -110,25 +115,6 @@ def _unterminated_quote_message(opener: str, rest: str) -> str:
     if len(excerpt) > 30:
         excerpt = excerpt[:30].rstrip() + "…"
     return f"le guillemet {opener} ouvert devant « {literal(excerpt)} » n'est pas refermé (ajoutez {closer})"
-
-
-# Typographic variants that phone keyboards insert in place of the ASCII characters.
-_TYPOGRAPHIC = str.maketrans({
-    "’": "'", "‘": "'", "ʼ": "'", "‐": "-", "‑": "-", "‒": "-", "–": "-", "—": "-", "−": "-",
-    "œ": "oe", "æ": "ae",
-})
-
-
-def normalize(word: str) -> str:
-    """Casefold and strip accents (NFKD), for accent- and case-insensitive matching.
-
-    Also folds typographic apostrophes and dashes to ASCII and the œ/æ ligatures (NFKD keeps
-    them), so "Aujourd’hui", "après‑demain" and "sœur" match what the code spells in ASCII.
-    """
-    # Decompose, fold case, decompose again: compatibility forms such as "ℌ" only become
-    # letters after NFKD, and casefold can itself produce combining marks ("İ").
-    folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", word).casefold())
-    return "".join(c for c in folded if not unicodedata.combining(c)).translate(_TYPOGRAPHIC)
 
 
 def _phrase_key(text: str) -> str:
@@ -331,7 +317,7 @@ class Duration(ArgType):
     """A positive length of time, as a timedelta.
 
     Forms: 30min, 30 min, 15m, 2h, 2 h, 1h30, 1,5h, 4j, 4 jours, 1sem, 2 semaines, and the
-    output of format_duration() ("1 j 2 h 30"). Units must come from largest to smallest; a
+    output of format_duree() ("3 jours 12 h", "2 h 30"). Units must come from largest to smallest; a
     bare two-digit number right after hours means minutes ("1h30", "1 h 05"). A number alone
     is refused: "4" could be hours or days and the difference matters for care.
     The value must be a whole number of minutes.
@@ -375,9 +361,9 @@ class Duration(ArgType):
         except OverflowError:
             raise ArgumentError(f"« {literal(typed)} » : durée trop longue") from None
         if self.min is not None and value < self.min:
-            raise ArgumentError(f"« {literal(typed)} » : la durée minimale est {format_duration(self.min)}")
+            raise ArgumentError(f"« {literal(typed)} » : la durée minimale est {format_duree(self.min)}")
         if self.max is not None and value > self.max:
-            raise ArgumentError(f"« {literal(typed)} » : la durée maximale est {format_duration(self.max)}")
+            raise ArgumentError(f"« {literal(typed)} » : la durée maximale est {format_duree(self.max)}")
         return value, i
 
     @staticmethod
@@ -444,55 +430,6 @@ class Duration(ArgType):
 def _calendar_unit_message(typed: str) -> str:
     return (f"« {literal(typed)} » : les mois et les années n'ont pas une durée fixe ; "
             f"exprimez la durée en jours ou en semaines, par exemple 12sem")
-
-
-def format_duration(td: timedelta) -> str:
-    """"4 h", "4 j", "30 min", "1 h 30", "1 j 2 h 05"; seconds are dropped. Duration() reads it back."""
-    if td < timedelta(0):
-        raise ValueError("format_duration expects a non-negative timedelta")
-    days, rest = divmod(td // timedelta(minutes=1), 24 * 60)
-    hours, minutes = divmod(rest, 60)
-    parts = []
-    if days:
-        parts.append(f"{days} j")
-    if hours:
-        parts.append(f"{hours} h")
-    if minutes:
-        parts.append(f"{minutes:02d}" if hours else f"{minutes} min")
-    return " ".join(parts) or "0 min"
-
-
-# --- French date formatting ------------------------------------------------------------------
-
-def format_clock(t: time) -> str:
-    """"9h", "14h30", "9h05"."""
-    return f"{t.hour}h" if t.minute == 0 else f"{t.hour}h{t.minute:02d}"
-
-
-def _day_month(day: date, with_year: bool = False) -> str:
-    number = "1er" if day.day == 1 else str(day.day)  # French writes the first of the month "1er"
-    text = f"{number} {MONTH_NAMES[day.month - 1]}"
-    return f"{text} {day.year}" if with_year else text
-
-
-def format_french_date(day: date, *, with_year: bool = False) -> str:
-    """"jeudi 12 mars" (or "jeudi 12 mars 2027"); no locale, so it is French on every server."""
-    return f"{WEEKDAY_NAMES[day.weekday()]} {_day_month(day, with_year)}"
-
-
-def format_french_datetime(dt: datetime, tz: ZoneInfo = PARIS, *, with_year: bool = False,
-                           now: datetime | None = None) -> str:
-    """"jeudi 12 mars à 14h30", in `tz`. DateTime() reads this text back.
-
-    With `now`, the year is shown when it is not the current one ("samedi 2 janvier 2027 à 9h"
-    written on 31 December): a date without its year would be read in the wrong year.
-    """
-    if dt.tzinfo is None:
-        raise ValueError("format_french_datetime expects an aware datetime")
-    local = dt.astimezone(tz)
-    if now is not None:
-        with_year = with_year or local.year != now.astimezone(tz).year
-    return f"{format_french_date(local.date(), with_year=with_year)} à {format_clock(local.time())}"
 
 
 # --- dates and times -----------------------------------------------------------------------
@@ -605,7 +542,7 @@ def _read_day(tokens: list[Token], i: int, ctx: ParseContext, allow_past: bool) 
             # "jeudi 12/03": both were typed, so a mismatch is a typo we must not guess around.
             if explicit.weekday() != weekday:
                 raise ArgumentError(
-                    f"« {literal(_typed(tokens, i, end))} » : le {_day_month(explicit, True)} est un "
+                    f"« {literal(_typed(tokens, i, end))} » : le {day_month(explicit, True)} est un "
                     f"{WEEKDAY_NAMES[explicit.weekday()]}, pas un {WEEKDAY_NAMES[weekday]}")
             return _DayRef(explicit, False), end
         ahead = (weekday - today.weekday()) % 7

@@ -33,6 +33,7 @@ from domain.requests import (
     poster_cr,
     refuser,
 )
+from domain.text import format_french_datetime
 from rooms import demandes as store
 from rooms.access import authorize
 from rooms.directory import find_profession, profession_label
@@ -187,7 +188,8 @@ def register(registry: CommandRegistry) -> None:
         numero = await store.next_numero(ctx.session, ctx.room_id)
         d = creer_demande(numero, flow, demandeur, ctx.now, commentaire=commentaire, pour_compte_de=pour,
                           medecin_traitant=patient.medecin_traitant, motif=motif, delai_reponse=reponse,
-                          delai_intervention=intervention, commune=commune, **kwargs)
+                          delai_intervention=intervention, commune=commune,
+                          fuseau=ctx.bot.config.cpts.timezone, **kwargs)
         if isinstance(d, Refus):
             ctx.refuse(d.texte())
         row = await store.start(ctx, patient, d, flow, commune)
@@ -196,7 +198,7 @@ def register(registry: CommandRegistry) -> None:
                             details={"flow": flow.code, "par": ctx.sender}))
         cible_txt = literal(person.display_name if person else (profession_label(profession) if profession else cible))
         ctx.reply(f"🆗 Demande **n°{d.numero}** créée ({flow.libelle} → {cible_txt}). "
-                  f"Réponse attendue avant {store.format_french_datetime(d.echeance_reponse, ctx.bot.config.tz, now=ctx.now)}."
+                  f"Réponse attendue avant {format_french_datetime(d.echeance_reponse, ctx.bot.config.tz, now=ctx.now)}."
                   if d.echeance_reponse else f"🆗 Demande **n°{d.numero}** créée ({flow.libelle}).")
 
     @registry.command(
@@ -344,13 +346,13 @@ async def _demande_line(ctx, ref: str, d) -> str:
         etat += f" par {noms[d.acceptee_par]}"
     tz = ctx.bot.config.tz
     if d.etat is Etat.EN_ATTENTE and d.echeance_reponse:
-        etat += f" · réponse attendue avant {store.format_french_datetime(d.echeance_reponse, tz, now=ctx.now)}"
+        etat += f" · réponse attendue avant {format_french_datetime(d.echeance_reponse, tz, now=ctx.now)}"
     elif d.etat is Etat.EXPIREE and d.echeance_reponse:
-        etat += f" depuis {store.format_french_datetime(d.echeance_reponse, tz, now=ctx.now)}"
+        etat += f" depuis {format_french_datetime(d.echeance_reponse, tz, now=ctx.now)}"
     elif d.etat is Etat.RDV_FIXE and d.rdv:
         etat += f" : {d.rdv.decrire()}"
     elif d.etat is Etat.ACCEPTEE and d.echeance_intervention:
-        etat += f" · intervention attendue avant {store.format_french_datetime(d.echeance_intervention, tz, now=ctx.now)}"
+        etat += f" · intervention attendue avant {format_french_datetime(d.echeance_intervention, tz, now=ctx.now)}"
     return f"- {ref} · {libelle} → {cible} · {etat}"
 
 

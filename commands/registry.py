@@ -12,8 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable
 
-from commands.arguments import ArgType, ArgumentError, ParseContext, Text, Token, normalize, split_options, tokenize
+from commands.arguments import ArgType, ArgumentError, ParseContext, Text, Token, split_options, tokenize
 from domain.markup import literal, unmark
+from domain.text import normalize
 
 # Where a command may be used; the dispatcher knows each room's kind.
 PATIENT, COORDINATION, DIRECT = "patient", "coordination", "direct"

@@ -9,7 +9,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Protocol
 from zoneinfo import ZoneInfo
 
-PARIS = ZoneInfo("Europe/Paris")
+DEFAULT_TIMEZONE = "Europe/Paris"  # cpts.timezone when the configuration says nothing
+PARIS = ZoneInfo(DEFAULT_TIMEZONE)
 
 
 class Clock(Protocol):

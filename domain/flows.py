@@ -27,11 +27,11 @@ from pydantic import (
 )
 
 from domain.rules_yaml import load_rules
-from domain.text import normalize_key, parse_duration
+from domain.text import format_duree, normalize_key, parse_duration
 
 __all__ = [
     "DEFAULT_PATH", "Defauts", "Echelle", "Flow", "FlowsError", "Mode", "MEDECIN_TRAITANT", "find_flow",
-    "format_duree", "load_flows", "normalize_name", "parse_duree",
+    "load_flows", "parse_duree",
 ]
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -66,42 +66,17 @@ parse_duree = parse_duration
 
 
 
-def format_duree(td: timedelta) -> str:
-    """French display: `8 h`, `48 h`, `4 jours`, `15 min`, `2 h 30`, `3 jours 12 h`."""
-    seconds = int(td.total_seconds())
-    if seconds < 0:
-        return "-" + format_duree(-td)
-    # Under three days, clinicians count in hours (« 24h », « 48h »); beyond, in days.
-    days, rest = divmod(seconds, 86400) if seconds >= 3 * 86400 else (0, seconds)
-    hours, rest = divmod(rest, 3600)
-    minutes = rest // 60
-    parts = []
-    if days:
-        parts.append(f"{days} jour" + ("s" if days > 1 else ""))
-    if hours:
-        parts.append(f"{hours} h")
-    if minutes:
-        parts.append(f"{minutes:02d}" if hours and not days else f"{minutes} min")
-    return " ".join(parts) or "0 min"
-
-
 Duree = Annotated[timedelta, BeforeValidator(parse_duree)]
 
 
 # --- names -------------------------------------------------------------------------------------
-
-def normalize_name(text: str) -> str:
-    """Case- and accent-insensitive key: `Visite à domicile` → `visite a domicile`; hyphens,
-    underscores and apostrophes count as spaces (`red-flag` = `red_flag` = `red flag`)."""
-    return normalize_key(text)
-
 
 _STOPWORDS = {"d", "de", "du", "des", "l", "la", "le", "les", "un", "une"}
 
 
 def _motif_key(text: str) -> str:
     """`Renouvellement d'ordonnance` = `renouvellement_ordonnance`."""
-    return "_".join(w for w in normalize_name(text).split() if w not in _STOPWORDS)
+    return "_".join(w for w in normalize_key(text).split() if w not in _STOPWORDS)
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -189,7 +164,7 @@ class Flow(_Strict):
 
     def noms(self) -> set[str]:
         """Every normalized name this flow answers to (code, libellé, aliases)."""
-        return {normalize_name(n) for n in (self.code, self.libelle, *self.aliases)}
+        return {normalize_key(n) for n in (self.code, self.libelle, *self.aliases)}
 
     def delai_intervention_pour(self, motif: str | None = None) -> timedelta | None:
         """Délai d'intervention, with per-motif override (SNP renouvellement d'ordonnance: 48 h)."""
@@ -321,7 +296,7 @@ def load_flows(path: str | Path | None = None, *, professions: Iterable[str] | N
 
 def find_flow(flows: Mapping[str, Flow], text: str) -> Flow | None:
     """The flow named by `text` (code, libellé or alias), accent-, case- and hyphen-insensitive."""
-    key = normalize_name(text or "")
+    key = normalize_key(text or "")
     if not key:
         return None
     for flow in flows.values():

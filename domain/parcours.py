@@ -30,41 +30,19 @@ from pydantic import (
 )
 
 from domain.rules_yaml import load_rules
-from domain.text import fold, normalize_key, parse_duration
+from domain.text import compact_duration, format_duree, normalize, normalize_key, parse_duration
 
 __all__ = [
     "ActionConditionnelle", "AlerteCritique", "CatalogueError", "ChecklistItem", "ConditionQuestion", "Constate", "Delai",
     "DonneeBase", "ElementSuivi", "Fin", "GRANDEURS", "Grandeur", "Inclusion", "Mesure", "Parcours", "Periode",
     "Phase", "Question", "Questionnaire", "Rappel", "RedFlags", "Tcim", "default_directory", "find_parcours",
-    "format_duration", "load_catalogue", "load_parcours_file", "normalize", "parse_duration", "parse_periode",
+    "load_catalogue", "load_parcours_file", "parse_duration", "parse_periode",
 ]
-
-# --- text normalisation ---------------------------------------------------------------------------
-
-_fold = fold
-
-
-def normalize(text: str) -> str:
-    """Case- and accent-insensitive key: "Périnatalité" == "perinatalite", "sport-santé" == "sport sante"."""
-    return normalize_key(text)
-
 
 # --- durations (fixed lengths: délais) ------------------------------------------------------------
 
 _DURATION_UNITS = {"min": timedelta(minutes=1), "h": timedelta(hours=1), "j": timedelta(days=1),
                    "sem": timedelta(weeks=1)}
-
-
-def format_duration(td: timedelta) -> str:
-    """The compact form read back by parse_duration: "8h", "4j", "15min", "2sem", "90min"."""
-    minutes = int(td.total_seconds() // 60)
-    if minutes and minutes % (7 * 24 * 60) == 0:
-        return f"{minutes // (7 * 24 * 60)}sem"
-    if minutes and minutes % (24 * 60) == 0:
-        return f"{minutes // (24 * 60)}j"
-    if minutes and minutes % 60 == 0:
-        return f"{minutes // 60}h"
-    return f"{minutes}min"
 
 
 def _duree(value: Any) -> timedelta:
@@ -73,7 +51,7 @@ def _duree(value: Any) -> timedelta:
     return parse_duration(value)
 
 
-Duree = Annotated[timedelta, BeforeValidator(_duree), PlainSerializer(format_duration, return_type=str)]
+Duree = Annotated[timedelta, BeforeValidator(_duree), PlainSerializer(compact_duration, return_type=str)]
 
 
 # --- calendar periods (rappels) -------------------------------------------------------------------
@@ -121,7 +99,7 @@ def parse_periode(text: Any) -> Periode:
         return text
     if not isinstance(text, str):
         raise ValueError(f"période « {text} » sans unité (formes acceptées : {_PERIOD_FORMS})")
-    m = _PERIOD_RE.match(_fold(text).replace(" ", ""))
+    m = _PERIOD_RE.match(normalize(text).replace(" ", ""))
     if not m or m.group(2) not in _PERIOD_UNITS or int(m.group(1)) == 0:
         raise ValueError(f"période invalide « {text} » (formes acceptées : {_PERIOD_FORMS})")
     return Periode(nombre=int(m.group(1)), unite=_PERIOD_UNITS[m.group(2)])
@@ -381,7 +359,7 @@ class Mesure(_Strict):
             value = format_number(self.seuil)
         text = f"{g.symbole} {OPERATEURS[self.operateur]} {value}" + (f" {self.unite}" if self.unite else "")
         if self.fenetre is not None:
-            text += f" en {format_duration(self.fenetre)} au plus"
+            text += f" en {format_duree(self.fenetre)} au plus"
         return text
 
 
@@ -571,7 +549,7 @@ class Parcours(_Strict):
 
     def noms(self) -> set[str]:
         """Every normalized name this parcours answers to (code, nom, aliases)."""
-        return {normalize(n) for n in (self.code, self.nom, *self.aliases)}
+        return {normalize_key(n) for n in (self.code, self.nom, *self.aliases)}
 
     def seuils(self) -> list[tuple[str, Mesure]]:
         """Every measured threshold with its level: ("red_flag" | "alerte_critique", Mesure)."""
@@ -586,8 +564,8 @@ class Parcours(_Strict):
         return next((e for e in self.elements_de_suivi if e.code == code), None)
 
     def questionnaire(self, code: str) -> Questionnaire | None:
-        key = normalize(code)
-        return next((q for q in self.questionnaires if normalize(q.code) == key), None)
+        key = normalize_key(code)
+        return next((q for q in self.questionnaires if normalize_key(q.code) == key), None)
 
 
 # --- loader -------------------------------------------------------------------------------------
@@ -761,7 +739,7 @@ def find_parcours(catalogue: Mapping[str, Parcours], text: str) -> Parcours | No
     Failing an exact match, a prefix of at least 4 letters that designates a single parcours
     ("diab", "perinatal") is accepted.
     """
-    key = normalize(text or "")
+    key = normalize_key(text or "")
     if not key:
         return None
     for p in catalogue.values():

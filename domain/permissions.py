@@ -16,7 +16,7 @@ from enum import StrEnum
 
 from domain.markup import literal
 from domain.requests import Demande
-from domain.text import fold
+from domain.text import normalize
 
 
 class Action(StrEnum):
@@ -52,7 +52,7 @@ class Actor:
         return any(r == role or r.startswith(role + ":") for r in self.roles)
 
     def practises_in(self, commune: str) -> bool:
-        return fold(commune) in {fold(c) for c in self.communes}
+        return normalize(commune) in {normalize(c) for c in self.communes}
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,10 @@ from domain.parcours import (
     GRANDEURS,
     Mesure,
     Parcours,
-    format_duration,
     format_number,
-    normalize,
     parse_duration,
 )
+from domain.text import format_duree, normalize_key
 
 __all__ = [
     "CheckResult", "Measurement", "MeasurementError", "ThresholdHit", "check_measurements", "explain_not_applicable",
@@ -56,7 +55,7 @@ class Measurement:
             value = format_number(self.value)
         text = f"{g.symbole} {value}" + (f" {self.unit}" if self.unit else "")
         if self.window is not None:
-            text += f" en {format_duration(self.window)}"
+            text += f" en {format_duree(self.window)}"
         return text
 
 
@@ -105,7 +104,7 @@ _ALIASES: dict[str, list[str]] = {
     "vems_cvf": ["vems cvf", "vemscvf", "tiffeneau"],
     "grade_podologique": ["grade podologique", "grade podo", "podo"],
 }
-_KEYS = {normalize(alias): code for code, aliases in _ALIASES.items() for alias in aliases}
+_KEYS = {normalize_key(alias): code for code, aliases in _ALIASES.items() for alias in aliases}
 
 _EXAMPLES = {
     "spo2": "spo2=91", "ta": "ta=155/95", "tas": "tas=85", "tad": "tad=95", "fc": "fc=45", "hb": "hb=9.2",
@@ -221,7 +220,7 @@ def parse_measurement(token: str) -> Measurement:
     if not m:
         raise MeasurementError(f"« {raw} » : écrivez paramètre=valeur, par exemple spo2=91 ou ta=155/95 "
                                f"(paramètres : {', '.join(known_codes())}).")
-    key, value = normalize(m.group(1)), m.group(2)
+    key, value = normalize_key(m.group(1)), m.group(2)
     code = _KEYS.get(key) or _KEYS.get(key.replace(" ", ""))
     if code is None:
         raise MeasurementError(f"« {raw} » : paramètre inconnu « {m.group(1).strip()} ». Paramètres connus : "
@@ -247,7 +246,7 @@ def parse_measurement(token: str) -> Measurement:
     elif code == "poids":
         parsed, unit, window = _weight(raw, value)
     elif code == "cetonurie":
-        plain = normalize(value) or value
+        plain = normalize_key(value) or value
         if plain in _TRUE or value in _TRUE:
             parsed = True
         elif plain in _FALSE or value in _FALSE:

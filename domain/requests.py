@@ -44,11 +44,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import ClassVar
+from zoneinfo import ZoneInfo
 
-from domain.clock import PARIS
-from domain.flows import MODE_LABELS, Flow, Mode, format_duree
+from domain.clock import DEFAULT_TIMEZONE, PARIS
+from domain.flows import MODE_LABELS, Flow, Mode
 from domain.ladder import Rung, plan_intervention_deadline
 from domain.markup import literal
+from domain.text import format_clock, format_duree, format_french_datetime
 
 __all__ = [
     "Acceptee", "Annulee", "CrPoste", "Cloturee", "Declinee", "DejaPrise", "Demande", "Escaladee",
@@ -83,13 +85,15 @@ class Rdv:
     texte: str | None = None             # saisie libre / éléments complémentaires
     fixe_par: str | None = None          # who typed it (a secretary, decisions.md 11)
     fixe_at: datetime | None = None
+    fuseau: str = DEFAULT_TIMEZONE         # the CPTS time zone, for display
 
     def decrire(self) -> str:
         parts = [MODE_LABELS[self.mode]]
         if self.debut and self.fin:
-            parts.append(f"{_quand(self.debut, self.fixe_at)} – {_heure(self.fin)}")
+            parts.append(f"{_quand(self.debut, self.fixe_at, self.fuseau)} – "
+                         f"{format_clock(self.fin.astimezone(ZoneInfo(self.fuseau)).time())}")
         elif self.debut:
-            parts.append(_quand(self.debut, self.fixe_at))
+            parts.append(_quand(self.debut, self.fixe_at, self.fuseau))
         if self.texte:
             parts.append(self.texte)
         return ", ".join(parts)
@@ -120,6 +124,7 @@ class Demande:
     medecin_traitant: str | None = None      # MT of the cercle, solicited first
     motif: str | None = None                 # e.g. "renouvellement_ordonnance" (SNP 48 h)
     commune: str | None = None               # `commune=`: only that commune's professionals may answer
+    fuseau: str = DEFAULT_TIMEZONE             # the CPTS time zone (cpts.timezone), for every date shown
     etat: Etat = Etat.EN_ATTENTE
     rung: Rung = Rung.CERCLE
     sollicites: set[str] = field(default_factory=set)
@@ -169,23 +174,10 @@ class Demande:
 
 # --- formatting --------------------------------------------------------------------------------
 
-_JOURS = ("lundi", "mardi", "mercredi", "jeudi", "vendredi", "samedi", "dimanche")
-_MOIS = ("janvier", "février", "mars", "avril", "mai", "juin", "juillet", "août", "septembre",
-         "octobre", "novembre", "décembre")
-
-
-def _heure(dt: datetime) -> str:
-    local = dt.astimezone(PARIS)
-    return f"{local.hour} h {local.minute:02d}"
-
-
-def _quand(dt: datetime, now: datetime | None = None) -> str:
-    """`jeudi 12 mars à 14 h 30`, in the CPTS time zone; with the year (`samedi 2 janvier 2027
-    à 9 h 00`) when it is not the year of `now`, the moment the text is written."""
-    local = dt.astimezone(PARIS)
-    jour = "1er" if local.day == 1 else str(local.day)
-    annee = f" {local.year}" if now is not None and local.year != now.astimezone(PARIS).year else ""
-    return f"{_JOURS[local.weekday()]} {jour} {_MOIS[local.month - 1]}{annee} à {_heure(dt)}"
+def _quand(dt: datetime, now: datetime | None, fuseau: str) -> str:
+    """`jeudi 12 mars à 14h30` in the CPTS time zone, with the year when it is not the year of
+    `now`, the moment the text is written (domain.text: the one French date formatter)."""
+    return format_french_datetime(dt, ZoneInfo(fuseau), now=now)
 
 
 def _reste(td: timedelta) -> str:
@@ -272,6 +264,7 @@ class Acceptee(Outcome):
     avait_decline: bool = False
     a_informer: frozenset[str] = frozenset()   # told « pris en charge », notice closed (decisions.md 4)
     echeance_intervention: datetime | None = None
+    fuseau: str = DEFAULT_TIMEZONE
 
     @property
     def notifier_coordination(self) -> bool:
@@ -282,7 +275,7 @@ class Acceptee(Outcome):
         msg = f"✅ Demande n°{self.numero} prise en charge par {_nom(noms, self.par)}"
         msg += " (acceptation après l'échéance du délai de réponse)." if self.tardive else "."
         if self.echeance_intervention:
-            msg += f" Intervention attendue avant {_quand(self.echeance_intervention, self.at)}."
+            msg += f" Intervention attendue avant {_quand(self.echeance_intervention, self.at, self.fuseau)}."
         return msg
 
 
@@ -401,10 +394,11 @@ class InterventionEnRetard(Outcome):
     acceptant: str
     echeance: datetime
     at: datetime | None = None  # when it is signalled (the year is shown if it differs)
+    fuseau: str = DEFAULT_TIMEZONE
 
     def texte(self, noms=None) -> str:
         return (f"⏰ Demande n°{self.numero} : le délai d'intervention est dépassé depuis "
-                f"{_quand(self.echeance, self.at)} et aucun compte-rendu n'est posté "
+                f"{_quand(self.echeance, self.at, self.fuseau)} et aucun compte-rendu n'est posté "
                 f"({_nom(noms, self.acceptant)} a accepté).")
 
 
@@ -456,7 +450,8 @@ def creer_demande(numero: int, flow: Flow, demandeur: str, now: datetime, *, com
                   cible_profession: str | None = None, cible_personne: str | None = None,
                   pour_compte_de: str | None = None, medecin_traitant: str | None = None,
                   motif: str | None = None, delai_reponse: timedelta | None = None,
-                  delai_intervention: timedelta | None = None, commune: str | None = None) -> Demande | Refus:
+                  delai_intervention: timedelta | None = None, commune: str | None = None,
+                  fuseau: str = DEFAULT_TIMEZONE) -> Demande | Refus:
     """A new request in state en_attente, or a Refus (missing comment, no target, fixed délais…).
 
     `demandeur` is who typed the command; when a secretary acts under delegation, pass the
@@ -499,7 +494,7 @@ def creer_demande(numero: int, flow: Flow, demandeur: str, now: datetime, *, com
         commentaire=commentaire, cible_profession=profession, cible_role=role,
         cible_personne=cible_personne, pour_compte_de=pour_compte_de,
         medecin_traitant=medecin_traitant if flow.medecin_traitant_d_abord else None, motif=motif,
-        commune=commune,
+        commune=commune, fuseau=fuseau,
     )
     d._log(now, demandeur, "creation", flow.code)
     return d
@@ -533,7 +528,7 @@ def accepter(d: Demande, user: str, now: datetime) -> Acceptee | DejaPrise | Ref
     d.etat, d.acceptee_par, d.accepted_at, d.acceptation_tardive = Etat.ACCEPTEE, user, now, tardive
     d._log(now, user, "acceptation", "tardive" if tardive else "")
     echeance = plan_intervention_deadline(now, d.delai_intervention).due_at if d.delai_intervention else None
-    return Acceptee(numero=d.numero, par=user, at=now, tardive=tardive, avait_decline=avait_decline,
+    return Acceptee(numero=d.numero, par=user, at=now, tardive=tardive, avait_decline=avait_decline, fuseau=d.fuseau,
                     a_informer=frozenset(d.sollicites - {user}), echeance_intervention=echeance)
 
 
@@ -612,7 +607,8 @@ def echeance_intervention(d: Demande, now: datetime) -> InterventionEnRetard | S
         return SansObjet(numero=d.numero, raison="Retard d'intervention déjà signalé.")
     d.intervention_en_retard = True
     d._log(now, None, "palier:intervention")
-    return InterventionEnRetard(numero=d.numero, acceptant=d.acceptee_par or "?", echeance=echeance, at=now)
+    return InterventionEnRetard(numero=d.numero, acceptant=d.acceptee_par or "?", echeance=echeance, at=now,
+                                fuseau=d.fuseau)
 
 
 # --- after acceptance --------------------------------------------------------------------------
@@ -641,17 +637,17 @@ def fixer_rdv(d: Demande, user: str, slot: Slot, mode: Mode | str, now: datetime
         if fin <= debut:
             return _refus(d, Raison.CRENEAU, "La fin de la tranche horaire doit suivre son début.")
         if fin <= now:
-            return _refus(d, Raison.CRENEAU, f"La tranche horaire ({_quand(debut, now)}) est déjà passée.")
+            return _refus(d, Raison.CRENEAU, f"La tranche horaire ({_quand(debut, now, d.fuseau)}) est déjà passée.")
     elif isinstance(slot, datetime):
         debut = _utc(slot)
         if debut < now:
-            return _refus(d, Raison.CRENEAU, f"Le créneau du {_quand(debut, now)} est déjà passé.")
+            return _refus(d, Raison.CRENEAU, f"Le créneau du {_quand(debut, now, d.fuseau)} est déjà passé.")
     else:
         texte = _motif(slot)
         if not texte:
             return _refus(d, Raison.CRENEAU, "Indiquez la date du rendez-vous (date et heure, tranche ou texte libre).")
     modifie = d.rdv is not None
-    d.rdv = Rdv(mode=mode, debut=debut, fin=fin, texte=texte, fixe_par=user, fixe_at=now)
+    d.rdv = Rdv(mode=mode, debut=debut, fin=fin, texte=texte, fixe_par=user, fixe_at=now, fuseau=d.fuseau)
     d.etat = Etat.RDV_FIXE
     d._log(now, user, "rdv_modifie" if modifie else "rdv", d.rdv.decrire())
     return RdvFixe(numero=d.numero, par=acting, rdv=d.rdv, modifie=modifie)

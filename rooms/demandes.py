@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from commands.arguments import format_french_datetime
 from domain.flows import Mode
 from domain.ladder import Rung, plan_for_flow
 from domain.markup import literal
@@ -30,6 +29,7 @@ from domain.requests import (
     passer_au_palier,
     solliciter,
 )
+from domain.text import format_french_datetime
 from rooms.directory import is_absent, profession_label
 from rooms.patients import add_member, cercle_members
 from storage.models import Demande as DemandeRow

@@ -9,8 +9,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from commands.arguments import normalize
 from domain.rules_yaml import load_rules
+from domain.text import normalize
 from storage.models import Professional
 
 DATA = Path(__file__).resolve().parent.parent / "data"

@@ -10,7 +10,7 @@ import io
 import re
 from datetime import date, datetime, time
 
-from commands.arguments import normalize
+from domain.text import normalize
 from rooms.directory import find_profession, upsert_professional
 
 COLUMNS = ("matrix_id", "nom", "profession", "communes", "roles", "cotisation")

@@ -12,11 +12,10 @@ from domain.flows import (
     FlowsError,
     Mode,
     find_flow,
-    format_duree,
     load_flows,
-    normalize_name,
     parse_duree,
 )
+from domain.text import format_duree, normalize_key
 
 H = timedelta(hours=1)
 J = timedelta(days=1)
@@ -132,7 +131,7 @@ def test_snp(flows):
     assert f.delai_intervention_pour("Renouvellement d'ordonnance") == 48 * H
     assert f.delai_intervention_pour("autre") == 24 * H
     assert f.cible_profession == "medecin_generaliste" and f.medecin_traitant_d_abord
-    consigne = normalize_name(f.consigne_escalade)
+    consigne = normalize_key(f.consigne_escalade)
     assert "rappeler le patient" in consigne and "garde" in consigne and "urgences" in consigne
     _standard_ladder(f)
 

@@ -237,7 +237,7 @@ def test_secretary_sets_rdv_for_the_acceptor(flows, clock):
     accepter(d, MT, clock.now())
     out = fixer_rdv(d, SEC, T0 + 3 * H, Mode.CABINET, clock.now(), au_nom_de=MT)
     assert isinstance(out, RdvFixe) and d.etat is Etat.RDV_FIXE and d.rdv.fixe_par == SEC
-    assert "jeudi 12 mars à 13 h 00" in out.message  # 12:00 UTC = 13:00 Paris
+    assert "jeudi 12 mars à 13h" in out.message  # 12:00 UTC = 13:00 Paris
 
 
 def test_declined_user_may_accept_later(flows, clock):

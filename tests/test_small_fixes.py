@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from commands import build_registry
-from commands.arguments import ParseContext, format_french_datetime
+from commands.arguments import ParseContext
 from domain.clock import PARIS
 from domain.flows import FlowsError, load_flows
 from domain.ladder import Rung
@@ -24,6 +24,7 @@ from domain.requests import (
     passer_au_palier,
     solliciter,
 )
+from domain.text import format_french_datetime
 
 J = timedelta(days=1)
 T0 = datetime(2026, 3, 12, 9, 0, tzinfo=timezone.utc)
@@ -107,11 +108,11 @@ def test_request_messages_show_the_year_across_a_new_year(flows):
     solliciter(d, [IDE], NEW_YEAR_EVE)
     out = accepter(d, IDE, NEW_YEAR_EVE)  # 48 h of délai d'intervention: 2 January
     assert isinstance(out, Acceptee)
-    assert "Intervention attendue avant samedi 2 janvier 2027 à 10 h 00." in out.message
+    assert "Intervention attendue avant samedi 2 janvier 2027 à 10h." in out.message
     late = echeance_intervention(d, NEW_YEAR_EVE + 3 * J)
-    assert isinstance(late, InterventionEnRetard) and "samedi 2 janvier à 10 h 00" in late.message  # same year
+    assert isinstance(late, InterventionEnRetard) and "samedi 2 janvier à 10h" in late.message  # same year
     rdv = fixer_rdv(d, IDE, NEW_YEAR_EVE + J, "domicile", NEW_YEAR_EVE)
-    assert "vendredi 1er janvier 2027 à 10 h 00" in rdv.message
+    assert "vendredi 1er janvier 2027 à 10h" in rdv.message
     same_year = creer_demande(2, flows["visite_domicile"], REQ, T0, commentaire="x", cible_profession="infirmier")
     solliciter(same_year, [IDE], T0)
     assert "jeudi 12 mars 2026" not in accepter(same_year, IDE, T0).message
