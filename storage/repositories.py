@@ -1,6 +1,7 @@
 """Repositories: the only place that reads and writes rows. Encryption at rest happens here."""
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -10,8 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from storage.crypto import FieldCipher
 from storage.engine import migrate, sessionmaker
-import uuid
-
 from storage.models import BotState, Deadline, InboxEvent, OutboxItem, RoomRecord
 
 
@@ -49,6 +48,15 @@ class Store:
             return
         async with self.session.begin() as s:
             await s.merge(BotState(key=key, value=value))
+
+    async def delete_state(self, key: str, session: AsyncSession | None = None) -> None:
+        if session is not None:
+            row = await session.get(BotState, key)
+            if row is not None:
+                await session.delete(row)
+            return
+        async with self.session.begin() as s:
+            await self.delete_state(key, session=s)
 
     async def get_secret(self, key: str):
         async with self.session() as s:
@@ -210,6 +218,24 @@ class Store:
         async with self.session.begin() as s:
             await s.execute(update(OutboxItem).where(OutboxItem.id == item_id).values(
                 status="failed" if error else "sent", sent_at=now, event_id=event_id, error=error))
+
+    async def outbox_retry(self, item_id: int, *, attempts: int, next_attempt_at: datetime,
+                           first_try_at: datetime, last_error: str | None) -> None:
+        """An attempt that did not deliver: when to try again, persisted across restarts."""
+        async with self.session.begin() as s:
+            await s.execute(update(OutboxItem).where(OutboxItem.id == item_id, OutboxItem.status == "pending")
+                            .values(attempts=attempts, next_attempt_at=next_attempt_at,
+                                    first_try_at=first_try_at, last_error=(last_error or "")[:200] or None))
+
+    async def outbox_stuck_reported(self, item_id: int, at: datetime) -> None:
+        async with self.session.begin() as s:
+            await s.execute(update(OutboxItem).where(OutboxItem.id == item_id).values(stuck_reported_at=at))
+
+    async def outbox_backlog(self) -> list[OutboxItem]:
+        """Pending items without their content (for `cercle status`)."""
+        async with self.session() as s:
+            return list((await s.scalars(select(OutboxItem).where(OutboxItem.status == "pending")
+                                         .order_by(OutboxItem.id))).all())
 
     async def outbox_event_ids(self, ref: str) -> list[str]:
         async with self.session() as s:
