@@ -749,7 +749,8 @@ class Bot:
             return
         run_at = datetime.now(timezone.utc) + timedelta(seconds=min(delays))
         self.scheduler.add_job(self._scheduler_wake, "date", run_date=run_at, id="wake",
-                               replace_existing=True, misfire_grace_time=None, coalesce=True)
+                               replace_existing=True, misfire_grace_time=None, coalesce=True,
+                               max_instances=10)  # it only sets an event: overlapping runs are harmless
 
     async def _scheduler_wake(self) -> None:
         self._deadline_due.set()
