@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import random
 import uuid
@@ -51,7 +52,7 @@ log = logging.getLogger("cercle")
 WITHHELD = "m.room_key.withheld"
 COMMANDS_STATE = "org.matrix.msc4332.commands"
 TRANSIENT_ERRORS = {"M_LIMIT_EXCEEDED", "M_UNKNOWN", None}
-CREATION_KEY_STATE = "org.cercle.creation_key"  # state event tying a room to its creation attempt
+CREATION_KEY = "org.cercle.creation_key"  # in m.room.create: ties a room to its creation attempt
 INVITED = "invité, pas encore dans la conversation"
 DEADLINE_POLL_S = 60.0  # the deadline loop looks at the rows at least this often, whatever happens
 DEADLINE_RETRY_S = 5.0  # a deadline whose handler failed is tried again after this
@@ -297,7 +298,7 @@ class Bot:
             record = await self.store.get_room(room_id)
             if record is None:
                 # A room we did not join through the invite handler (e.g. created by `cercle up`).
-                record = await self.store.save_room(room_id, "other", now_ms)
+                record = await self.store.add_room_if_absent(room_id, "other", now_ms)
             if first:
                 continue  # the backlog from before the bot's first sync is not addressed to it
             timeline = list(info.timeline.events)
@@ -675,14 +676,18 @@ class Bot:
         else:
             key = uuid.uuid4().hex
             await self.store.set_state(marker, key)
-        from nio import RoomCreateError, RoomPreset
+        from nio import Api, RoomCreateResponse, RoomPreset
 
-        response = await self.client.room_create(
-            is_direct=True, invite=[user_id], preset=RoomPreset.trusted_private_chat,
+        method, path, data = Api.room_create(
+            self.client.access_token, is_direct=True, invite=[user_id], preset=RoomPreset.trusted_private_chat,
             initial_state=[{"type": "m.room.encryption", "state_key": "",
-                            "content": {"algorithm": "m.megolm.v1.aes-sha2"}},
-                           {"type": CREATION_KEY_STATE, "state_key": "", "content": {"key": key}}])
-        if isinstance(response, RoomCreateError):
+                            "content": {"algorithm": "m.megolm.v1.aes-sha2"}}])
+        # The key goes in the creation event itself (nio's room_create cannot put it there): the
+        # first event of the room, so it is readable as soon as the bot is in the room at all.
+        body = json.loads(data)
+        body["creation_content"][CREATION_KEY] = key
+        response = await self.client._send(RoomCreateResponse, method, path, json.dumps(body))
+        if not isinstance(response, RoomCreateResponse):
             log.warning("conversation directe avec %s impossible : %s", user_id, response.message)
             return None
         await self._record_direct(response.room_id, user_id, marker)
@@ -690,7 +695,7 @@ class Bot:
 
     async def _find_created_room(self, key: str) -> str | None:
         """The joined room created with this creation key, if any (the bot never writes m.direct;
-        the key in the room's own state is what ties a room to the interrupted creation)."""
+        the key in the room's creation event is what ties a room to the interrupted creation)."""
         from nio import JoinedRoomsResponse, RoomGetStateEventResponse
 
         joined = await self.client.joined_rooms()
@@ -701,18 +706,25 @@ class Bot:
         for room_id in joined.rooms:
             if kinds.get(room_id) in ("patient", "coordination", "direct"):
                 continue
-            event = await self.client.room_get_state_event(room_id, CREATION_KEY_STATE)
-            if isinstance(event, RoomGetStateEventResponse) and event.content.get("key") == key:
+            event = await self.client.room_get_state_event(room_id, "m.room.create")
+            if isinstance(event, RoomGetStateEventResponse) and event.content.get(CREATION_KEY) == key:
                 return room_id
         return None
 
     async def _record_direct(self, room_id: str, user_id: str, marker: str) -> None:
-        async with self.store.session.begin() as session:
-            await self.store.save_room(room_id, "direct", wall_ms(), direct_with=user_id, created=True,
-                                       session=session)
-            await self.store.delete_state(marker, session=session)
+        from sqlalchemy.exc import IntegrityError
+
+        for attempt in range(2):
+            try:
+                async with self.store.session.begin() as session:
+                    await self.store.save_room(room_id, "direct", wall_ms(), direct_with=user_id, created=True,
+                                               session=session)
+                    await self.store.delete_state(marker, session=session)
+                break
+            except IntegrityError:  # the sync recorded the room at the same moment: update its row
+                if attempt:
+                    raise
         self._direct_rooms[user_id] = room_id
-        self._rooms_changed.add(room_id)
 
     async def may_send_state(self, room, event_type: str) -> bool:
         # nio predates room version 12, where creators have every power without being listed.

@@ -143,6 +143,19 @@ class Store:
             row.bot_is_creator = row.bot_is_creator or created
         return row
 
+    async def add_room_if_absent(self, room_id: str, kind: str, joined_ts: int) -> RoomRecord:
+        """Record a room seen in a sync, never changing a record written meanwhile by someone who
+        knows better (e.g. the bot's direct chat, recorded just after its creation)."""
+        try:
+            async with self.session.begin() as s:
+                row = await s.get(RoomRecord, room_id)
+                if row is None:
+                    row = RoomRecord(room_id=room_id, kind=kind, joined_ts=joined_ts, bot_is_creator=False)
+                    s.add(row)
+                return row
+        except IntegrityError:  # inserted concurrently: theirs stands
+            return await self.get_room(room_id)
+
     async def bot_created(self, room_id: str) -> bool:
         row = await self.get_room(room_id)
         return bool(row and row.bot_is_creator)

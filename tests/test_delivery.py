@@ -337,6 +337,7 @@ async def test_every_step_fires_on_time_on_a_busy_bot(synapse, register, tmp_pat
     t = await Team.create(synapse, register, tmp_path, clock=clock, outside=("ide2",))
     try:
         n_requests = 20
+        t0 = asyncio.get_running_loop().time()
         first = await asyncio.gather(*[t.people["mt"].send_text(
             t.patient_room, f"!dec infirmier reponse=4h soin {i}") for i in range(n_requests)])
         assert len(first) == n_requests
@@ -350,6 +351,7 @@ async def test_every_step_fires_on_time_on_a_busy_bot(synapse, register, tmp_pat
                 break
             await asyncio.sleep(0.2)
         assert len(pools) == n_requests
+        print(f"\n{n_requests} demandes en {asyncio.get_running_loop().time() - t0:.1f} s")
         earliest = min(d.due_at for d in pools)
         # Time jumps to 3 s before the first pool step; the bot is told, as a real clock never jumps.
         clock.advance(earliest - clock.now() - timedelta(seconds=3))
@@ -365,6 +367,7 @@ async def test_every_step_fires_on_time_on_a_busy_bot(synapse, register, tmp_pat
             if all(d.status == "fired" for d in pools):
                 break
             await asyncio.sleep(0.2)
+        print(f"paliers tirés à {asyncio.get_running_loop().time() - t0:.1f} s")
         lateness = sorted((d.fired_at - d.due_at).total_seconds() for d in pools if d.fired_at)
         if lateness:
             p99 = lateness[min(len(lateness) - 1, int(round(0.99 * (len(lateness) - 1))))]
