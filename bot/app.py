@@ -9,10 +9,15 @@ homeserver if the previous send had in fact gone through).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import random
-from datetime import datetime
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
+import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from nio import (
     AsyncClient,
@@ -23,11 +28,13 @@ from nio import (
     MegolmEvent,
     ReactionEvent,
     RoomEncryptedFile,
+    RoomInviteResponse,
     RoomLeaveResponse,
     RoomMemberEvent,
     RoomMessageFile,
     RoomMessagesError,
     RoomMessageText,
+    RoomPutStateResponse,
     RoomRedactResponse,
     RoomSendResponse,
     SyncError,
@@ -48,6 +55,10 @@ log = logging.getLogger("cercle")
 WITHHELD = "m.room_key.withheld"
 COMMANDS_STATE = "org.matrix.msc4332.commands"
 TRANSIENT_ERRORS = {"M_LIMIT_EXCEEDED", "M_UNKNOWN", None}
+CREATION_KEY = "org.cercle.creation_key"  # in m.room.create: ties a room to its creation attempt
+INVITED = "invité, pas encore dans la conversation"
+DEADLINE_POLL_S = 60.0  # the deadline loop looks at the rows at least this often, whatever happens
+DEADLINE_RETRY_S = 5.0  # a deadline whose handler failed is tried again after this
 
 
 def wall_ms() -> int:
@@ -55,6 +66,11 @@ def wall_ms() -> int:
     import time
 
     return int(time.time() * 1000)
+
+
+def wall_now() -> datetime:
+    """Real time, for delivery retries (the homeserver lives in real time, not domain time)."""
+    return datetime.now(timezone.utc)
 
 
 class BotError(Exception):
@@ -130,6 +146,16 @@ class Bot:
         self._wake_worker = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._members_dirty: set[str] = set()  # rooms where the bot invited someone its sync has not seen
+        self._rooms_changed: set[str] = set()  # rooms whose membership a sync changed since the last flush
+        self._direct_rooms: dict[str, str] = {}  # professional -> the bot's direct chat with them
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self._deadline_due = asyncio.Event()
+        self._deadline_lock = asyncio.Lock()
+        self.member_reads = 0  # member lists read from the server (tests check it stays small)
+        self.senders = {"message": self._send_message, "direct": self._send_direct, "state": self._send_state,
+                        "pin": self._send_pin, "invite": self._send_invite, "kick": self._send_kick,
+                        "leave": self._send_leave, "redact": self._send_redact,
+                        "create_room": self._send_create_room}
         self.outbox_waiting = 0
         self._key_wait_deadline_ms: int | None = None  # earliest give-up among events waiting for a key
         self._key_requested: set[str] = set()  # waiting events whose key was asked for since this start
@@ -216,17 +242,21 @@ class Bot:
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self.scheduler.start()
         self._tasks = [asyncio.create_task(self._sync_loop(), name="sync"),
-                       asyncio.create_task(self._worker_loop(), name="worker")]
+                       asyncio.create_task(self._worker_loop(), name="worker"),
+                       asyncio.create_task(self._deadline_loop(), name="deadlines")]
         self._wake_worker.set()
-        await self._ensure_identity_after_first_sync()
-        await self.fire_due_deadlines()  # overdue timers fire at once after a downtime
-        try:
+        try:  # cancelled at any point (kill, shutdown), the loops above die with this task
+            await self._ensure_identity_after_first_sync()
+            await self.fire_due_deadlines()  # overdue timers fire at once after a downtime
             await self._stop.wait()
         finally:
             for t in self._tasks:
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self.scheduler.shutdown(wait=False)
+            if self._retry_timer is not None:
+                self._retry_timer.cancel()
+                self._retry_timer = None
 
     async def _ensure_identity_after_first_sync(self) -> None:
         from bot.identity import ensure_identity
@@ -303,7 +333,11 @@ class Bot:
         now = self.clock.now()
         events = await self._collect(response, first=first)
         new = await self.store.record_sync(events, response.next_batch, now)
-        if new:
+        changed = {room_id for room_id, info in response.rooms.join.items()
+                   if any(isinstance(ev, RoomMemberEvent) for ev in (*info.state, *info.timeline.events))}
+        if changed:  # e.g. the recipient of a waiting direct message joined: try it now
+            self._rooms_changed |= changed
+        if new or changed:
             self._wake_worker.set()
         try:
             await self.retry_waiting_keys()
@@ -337,7 +371,7 @@ class Bot:
             record = await self.store.get_room(room_id)
             if record is None:
                 # A room we did not join through the invite handler (e.g. created by `cercle up`).
-                record = await self.store.save_room(room_id, "other", now_ms)
+                record = await self.store.add_room_if_absent(room_id, "other", now_ms)
             if first:
                 continue  # the backlog from before the bot's first sync is not addressed to it
             timeline = list(info.timeline.events)
@@ -503,130 +537,207 @@ class Bot:
         """Send what can be sent, in order per room; returns how many items are left waiting.
 
         An item that cannot go yet (room not synced, recipient not joined, homeserver busy) holds
-        back the later items of the same room only, never the other rooms.
+        back the later items of the same room only, never the other rooms. It is tried again
+        after its own backoff (doubling, capped, stored in its row so that a restart resumes it
+        instead of retrying everything in a loop), or at once when a sync shows its room changed.
         """
-        blocked: set[str] = set()
         async with self._flush_lock:
-            done_ids: set[int] = set()
-            while True:
-                items = [(i, c) for i, c in await self.store.pending_outbox(limit=500) if i.id not in done_ids]
-                sendable = [(i, c) for i, c in items if self._outbox_key(i, c) not in blocked]
-                if not sendable:
+            changed, self._rooms_changed = self._rooms_changed, set()
+            tried: set[int] = set()
+            blocked: set[str] = set()
+            outage = False
+            while not outage:
+                batch = [(i, c) for i, c in await self.store.pending_outbox(limit=500) if i.id not in tried]
+                if not batch:
                     break
-                for item, content in sendable:
+                now = wall_now()
+                for item, content in batch:
+                    tried.add(item.id)
                     key = self._outbox_key(item, content)
                     if key in blocked:
                         continue
-                    ok = await self._send(item, content)
-                    if ok is None:
+                    if (item.next_attempt_at is not None and item.next_attempt_at > now
+                            and await self._target_room(item, content) not in changed):
+                        blocked.add(key)  # backing off: the later items of this room wait behind it
+                        continue
+                    outcome = await self._send(item, content)
+                    if isinstance(outcome, Later):
                         blocked.add(key)
-                    done_ids.add(item.id)
-            waiting = len([1 for i, c in await self.store.pending_outbox(limit=500)])
-        self.outbox_waiting = waiting
-        if waiting:
-            asyncio.get_running_loop().call_later(2, self._wake_worker.set)
-        return waiting
+                        await self._note_retry(item, outcome)
+                        if outcome.outage:  # the homeserver is unreachable: no use trying other rooms
+                            outage = True
+                            break
+            backlog = await self.store.outbox_backlog()
+        self.outbox_waiting = len(backlog)
+        await self._watch_backlog(backlog)
+        return len(backlog)
 
     @staticmethod
     def _outbox_key(item, content: dict) -> str:
         return f"direct:{content['user_id']}" if item.action == "direct" else item.room_id
 
-    async def _send(self, item, content: dict) -> bool | None:
-        now = self.clock.now()
+    async def _target_room(self, item, content: dict) -> str | None:
+        return await self._known_direct_room(content["user_id"]) if item.action == "direct" else item.room_id
+
+    async def _note_retry(self, item, later: "Later") -> None:
+        attempts = (item.attempts or 0) + 1
+        delivery = self.config.delivery
+        delay = min(delivery.retry_max_s, delivery.retry_base_s * 2 ** min(attempts - 1, 30))
+        if later.after_s:
+            delay = max(delay, later.after_s)
+        now = wall_now()
+        log.info("envoi %s reporté (essai %d, prochain dans %.0f s) : %s", item.id, attempts, delay, later.reason)
+        await self.store.outbox_retry(item.id, attempts=attempts, next_attempt_at=now + timedelta(seconds=delay),
+                                      first_try_at=item.first_try_at or now, last_error=later.reason)
+
+    async def _watch_backlog(self, backlog: list) -> None:
+        """Report an item stuck too long (once: log here, and `cercle status`), and arm one timer
+        for the earliest retry: one timer in all, never one more per pass."""
+        if not backlog:
+            return
+        now = wall_now()
+        stuck_after = timedelta(seconds=self.config.delivery.stuck_after_s)
+        for item in backlog:
+            if item.first_try_at and item.stuck_reported_at is None and now - item.first_try_at >= stuck_after:
+                log.warning("envoi bloqué depuis %s : n°%d (%s, %s, %s), %d essais, dernière raison : %s",
+                            f"{item.first_try_at:%d/%m/%Y %H:%M:%S} UTC", item.id, item.action,
+                            item.room_id or "conversation directe", item.ref or "-", item.attempts, item.last_error)
+                await self.store.outbox_stuck_reported(item.id, now)
+        nexts = [i.next_attempt_at for i in backlog]
+        at = now + timedelta(seconds=self.config.delivery.retry_base_s) if None in nexts else min(nexts)
+        self._arm_retry(max(0.05, (at - now).total_seconds()))
+
+    def _arm_retry(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay
+        if self._retry_timer is not None:
+            if self._retry_timer.when() <= when + 0.01:
+                return  # an earlier (or equal) wake-up is already armed
+            self._retry_timer.cancel()
+
+        def due() -> None:
+            self._retry_timer = None
+            self._wake_worker.set()
+
+        self._retry_timer = loop.call_at(when, due)
+
+    async def _send(self, item, content: dict) -> "bool | Later":
+        """One attempt: True (sent, recorded), False (refused for good, recorded) or Later."""
+        sender = self.senders.get(item.action)
+        if sender is None:
+            await self.store.outbox_done(item.id, self.clock.now(), error=f"action inconnue {item.action}")
+            return False
         if item.room_id.startswith(PENDING_ROOM) and item.action != "create_room":
             room_id = await self.store.created_room_id(item.room_id)
             if room_id is None:
-                return None  # its room is not created yet (the create_room item comes first)
+                return Later("salon en cours de création")  # the create_room item comes first
             item.room_id = room_id  # the row itself was rewritten when the room was recorded
         try:
-            if item.action == "create_room":
-                return await self._send_create_room(item, content)
-            if item.action == "message":
-                await self._prepare_room_keys(item.room_id)
-                response = await self.client.room_send(item.room_id, "m.room.message", content,
-                                                       tx_id=item.txn_id, ignore_unverified_devices=True)
-                if isinstance(response, RoomSendResponse):
-                    await self.store.outbox_done(item.id, now, event_id=response.event_id)
-                    return True
-            elif item.action == "direct":
-                user_id = content["user_id"]
-                room_id = await self._direct_room(user_id)
-                room = self.client.rooms.get(room_id) if room_id else None
-                if room is None:
-                    return None  # just created: wait for the sync that brings it
-                if user_id not in room.users:  # they left the chat: invite them back once
-                    await self.client.room_invite(room_id, user_id)
-                    self._members_dirty.add(room_id)
-                    return None
-                if user_id in room.invited_users:
-                    return None  # wait until they joined: keys shared before would not reach their devices
-                await self._prepare_room_keys(room_id)
-                response = await self.client.room_send(room_id, "m.room.message", content["content"],
-                                                       tx_id=item.txn_id, ignore_unverified_devices=True)
-                if isinstance(response, RoomSendResponse):
-                    await self.store.outbox_done(item.id, now, event_id=response.event_id)
-                    return True
-            elif item.action == "state":
-                room = self.client.rooms.get(item.room_id)
-                if room is None:
-                    return None  # wait until the room is synced to know our power level
-                if content.get("optional") and not await self.may_send_state(room, content["type"]):
-                    await self.store.outbox_done(item.id, now, error="pas le droit d'envoyer cet état ici")
-                    return False
-                response = await self.client.room_put_state(item.room_id, content["type"], content["content"],
-                                                            state_key=content.get("state_key", ""))
-                if hasattr(response, "event_id"):
-                    await self.store.outbox_done(item.id, now, event_id=response.event_id)
-                    return True
-            elif item.action == "pin":
-                event_ids = await self.store.outbox_event_ids(content["ref"])
-                if not event_ids:
-                    return None  # the message to pin has not gone out yet
-                response = await self.client.room_put_state(item.room_id, "m.room.pinned_events",
-                                                            {"pinned": event_ids})
-                if hasattr(response, "event_id"):
-                    await self.store.outbox_done(item.id, now, event_id=response.event_id)
-                    return True
-            elif item.action == "invite":
-                response = await self.client.room_invite(item.room_id, content["user_id"])
-                self._members_dirty.add(item.room_id)
-                if not hasattr(response, "status_code") or "already in the room" in str(getattr(response, "message", "")):
-                    await self.store.outbox_done(item.id, now)
-                    return True
-            elif item.action == "leave":
-                response = await self.client.room_leave(item.room_id)
-                if isinstance(response, RoomLeaveResponse):
-                    await self.store.outbox_done(item.id, now)
-                    return True
-            elif item.action == "redact":
-                response = await self.client.room_redact(item.room_id, content["event_id"], content.get("reason"),
-                                                         tx_id=item.txn_id)
-                if isinstance(response, RoomRedactResponse):
-                    await self.store.outbox_done(item.id, now, event_id=response.event_id)
-                    return True
-            elif item.action == "kick":
-                response = await self.client.room_kick(item.room_id, content["user_id"], content.get("reason"))
-                await self.store.outbox_done(item.id, now)
-                return True
-            else:
-                await self.store.outbox_done(item.id, now, error=f"action inconnue {item.action}")
-                return False
+            outcome = await sender(item, content)
         except LocalProtocolError as e:  # e.g. the room is not synced yet
-            (log.debug if self.homeserver.down else log.info)("envoi reporté (%s)", e)
-            return None
-        except KeyError as e:  # nio: the room's group session was replaced by a sync mid-share
-            log.info("envoi reporté, session de groupe renouvelée (%s)", e)
-            return None
+            return Later(f"local : {str(e)[:120]}")
+        except KeyError:  # nio: the room's group session was replaced by a sync mid-share
+            return Later("session de groupe renouvelée")
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            return Later(f"serveur injoignable ({type(e).__name__})", outage=True)
+        if isinstance(outcome, (bool, Later)):
+            return outcome
+        return await self._refused(item, outcome)
+
+    async def _refused(self, item, response) -> "bool | Later":
+        """The homeserver said no: wait and retry if that may change, else record the failure."""
         errcode = getattr(response, "status_code", None)
+        message = getattr(response, "message", "") or ""
         if errcode in TRANSIENT_ERRORS:
-            (log.debug if self.homeserver.down else log.warning)(
-                "envoi reporté dans %s : %s", item.room_id, getattr(response, "message", response))
-            return None
-        log.error("envoi refusé dans %s : %s %s", item.room_id, errcode, getattr(response, "message", ""))
-        await self.store.outbox_done(item.id, now, error=f"{errcode}: {getattr(response, 'message', '')}")
+            after = getattr(response, "retry_after_ms", None)
+            return Later(f"{errcode or 'erreur serveur'} : {message[:120]}", after_s=after / 1000 if after else None)
+        log.error("envoi refusé dans %s : %s %s", item.room_id or "conversation directe", errcode, message)
+        await self.store.outbox_done(item.id, self.clock.now(), error=f"{errcode}: {message}")
         return False
 
-    async def _send_create_room(self, item, content: dict) -> bool | None:
+    async def _done(self, item, response, ok_type) -> "bool | object":
+        if isinstance(response, ok_type):
+            await self.store.outbox_done(item.id, self.clock.now(), event_id=getattr(response, "event_id", None))
+            return True
+        return response
+
+    # One small sender per action: a new action is one entry in Bot.senders.
+    async def _send_message(self, item, content: dict):
+        await self._prepare_room_keys(item.room_id)
+        response = await self.client.room_send(item.room_id, "m.room.message", content,
+                                               tx_id=item.txn_id, ignore_unverified_devices=True)
+        return await self._done(item, response, RoomSendResponse)
+
+    async def _send_direct(self, item, content: dict):
+        user_id = content["user_id"]
+        room_id = await self._direct_room(user_id)
+        if room_id is None:
+            return Later("conversation directe pas encore créée")
+        room = self.client.rooms.get(room_id)
+        if room is None:
+            return Later("conversation directe pas encore synchronisée")
+        # The server is the truth for membership: after a start the sync lazy-loads members, so
+        # someone who never spoke in the chat is missing from room.users until we ask.
+        if not await self._ensure_members(room_id):
+            return Later("membres de la conversation illisibles")
+        if user_id not in room.users:  # they left the chat, or declined it
+            if item.last_error == INVITED:
+                return Later(INVITED)  # invited once for this message; `cercle status` shows it if it lasts
+            response = await self.client.room_invite(room_id, user_id)
+            self.mark_members_dirty(room_id)
+            if not isinstance(response, RoomInviteResponse) and not already_in_room(response):
+                return response
+            if not already_in_room(response):
+                return Later(INVITED)
+            if not await self._ensure_members(room_id) or user_id not in room.users:
+                return Later("membre annoncé présent mais introuvable")
+        if user_id in room.invited_users:
+            return Later(INVITED)  # keys shared before they join would not reach their devices
+        await self._prepare_room_keys(room_id)
+        response = await self.client.room_send(room_id, "m.room.message", content["content"],
+                                               tx_id=item.txn_id, ignore_unverified_devices=True)
+        return await self._done(item, response, RoomSendResponse)
+
+    async def _send_state(self, item, content: dict):
+        room = self.client.rooms.get(item.room_id)
+        if room is None:
+            return Later("salon pas encore synchronisé")  # to know our power level
+        if content.get("optional") and not await self.may_send_state(room, content["type"]):
+            await self.store.outbox_done(item.id, self.clock.now(), error="pas le droit d'envoyer cet état ici")
+            return False
+        response = await self.client.room_put_state(item.room_id, content["type"], content["content"],
+                                                    state_key=content.get("state_key", ""))
+        return await self._done(item, response, RoomPutStateResponse)
+
+    async def _send_pin(self, item, content: dict):
+        event_ids = await self.store.outbox_event_ids(content["ref"])
+        if not event_ids:
+            return Later("message à épingler pas encore envoyé")
+        response = await self.client.room_put_state(item.room_id, "m.room.pinned_events", {"pinned": event_ids})
+        return await self._done(item, response, RoomPutStateResponse)
+
+    async def _send_invite(self, item, content: dict):
+        response = await self.client.room_invite(item.room_id, content["user_id"])
+        self.mark_members_dirty(item.room_id)
+        if isinstance(response, RoomInviteResponse) or already_in_room(response):
+            await self.store.outbox_done(item.id, self.clock.now())
+            return True
+        return response
+
+    async def _send_kick(self, item, content: dict):
+        await self.client.room_kick(item.room_id, content["user_id"], content.get("reason"))
+        self.mark_members_dirty(item.room_id)
+        await self.store.outbox_done(item.id, self.clock.now())
+
+    async def _send_leave(self, item, content: dict):
+        return await self._done(item, await self.client.room_leave(item.room_id), RoomLeaveResponse)
+
+    async def _send_redact(self, item, content: dict):
+        response = await self.client.room_redact(item.room_id, content["event_id"], content.get("reason"),
+                                                 tx_id=item.txn_id)
+        return await self._done(item, response, RoomRedactResponse)
+
+    async def _send_create_room(self, item, content: dict) -> "bool | Later":
         """Create a room exactly once, even if the bot dies between room_create and recording it.
 
         The attempt is committed before room_create, and the room carries its creation key
@@ -647,7 +758,7 @@ class Bot:
                 room_id = await patients.find_created_room(self, key)
             except patients.RoomLookupError as e:
                 log.warning("recherche du salon %s impossible (%s) : nouvel essai", key, e)
-                return None
+                return Later(f"recherche du salon {key} impossible")
         if room_id is None:
             started = str(wall_ms())
             await self.store.set_state(attempt, started)
@@ -655,13 +766,13 @@ class Bot:
             if isinstance(response, RoomCreateError):
                 if response.status_code in TRANSIENT_ERRORS:
                     log.warning("création du salon %s reportée : %s", key, response.message)
-                    return None
+                    return Later(f"création du salon reportée : {response.message}")
                 log.error("création du salon %s refusée : %s %s", key, response.status_code, response.message)
                 async with self.store.session.begin() as session:
                     await self.store.creation_failed(session, item.room_id, now,
                                                      f"{response.status_code}: {response.message}")
                     await patients.abandon_patient_room(session, content["code"], now)
-                    await self.store.clear_state(attempt, session)
+                    await self.store.delete_state(attempt, session=session)
                     if content.get("notify"):
                         from bot.messages import render
 
@@ -677,12 +788,39 @@ class Bot:
             await self.store.save_room(room_id, content.get("kind", "patient"), int(started), created=True,
                                        session=session)
             await self.store.room_exists(session, item.id, item.room_id, room_id, now)
-            await self.store.clear_state(attempt, session)
+            await self.store.delete_state(attempt, session=session)
         log.info("salon %s créé : %s", key, room_id)
         return True
 
     def mark_members_dirty(self, room_id: str) -> None:
+        """The bot changed the room's members: read them from the server before the next send."""
         self._members_dirty.add(room_id)
+
+    async def _ensure_members(self, room_id: str) -> bool:
+        """Load the room's members (joined and invited) from the server, once per room until the
+        bot itself changes them; the sync keeps them current afterwards. False if unreadable."""
+        from nio import Event, RoomGetStateResponse, RoomMemberEvent
+
+        room = self.client.rooms.get(room_id)
+        if room is None:
+            return False
+        if room.members_synced and room_id not in self._members_dirty:
+            return True
+        self._members_dirty.discard(room_id)  # a change made while we read is marked again
+        state = await self.client.room_get_state(room_id)
+        if not isinstance(state, RoomGetStateResponse):
+            self._members_dirty.add(room_id)
+            return False
+        self.member_reads += 1
+        for source in state.events:
+            if source.get("type") == "m.room.member":
+                event = Event.parse_event(source)
+                if isinstance(event, RoomMemberEvent):
+                    room.handle_membership(event)
+        room.members_synced = True
+        if room.encrypted and self.client.olm is not None:
+            self.client.olm.update_tracked_users(room)
+        return True
 
     async def _prepare_room_keys(self, room_id: str) -> None:
         """Make sure the next message's room key reaches every current device, invitees included.
@@ -691,22 +829,11 @@ class Bot:
         change; right after the bot invited someone, its sync has not seen it yet. So: re-read the
         members where the bot invited someone, then rotate if a current device was not covered.
         """
-        from nio import Event, RoomGetStateResponse, RoomMemberEvent
-
         room = self.client.rooms.get(room_id)
         if room is None or not room.encrypted:
             return
-        if room_id in self._members_dirty:
-            state = await self.client.room_get_state(room_id)
-            if isinstance(state, RoomGetStateResponse):
-                for source in state.events:
-                    if source.get("type") == "m.room.member":
-                        event = Event.parse_event(source)
-                        if isinstance(event, RoomMemberEvent):
-                            room.handle_membership(event)
-                room.members_synced = True
-                self.client.olm.update_tracked_users(room)
-                self._members_dirty.discard(room_id)
+        if not await self._ensure_members(room_id):
+            raise LocalProtocolError("membres du salon illisibles")
         if self.client.should_query_keys:
             await self.client.keys_query()
         await self._apply_trust_policy(room_id)
@@ -720,29 +847,92 @@ class Bot:
         if wanted - covered or departed:
             self.client.invalidate_outbound_session(room_id)
 
-    async def _direct_room(self, user_id: str) -> str | None:
-        """The bot's direct chat with a professional, created (encrypted) the first time."""
+    # --- direct chats ------------------------------------------------------------------------------
+    async def _known_direct_room(self, user_id: str) -> str | None:
+        if user_id in self._direct_rooms:
+            return self._direct_rooms[user_id]
         from sqlalchemy import select
 
         from storage.models import RoomRecord
 
         async with self.store.session() as session:
             found = await session.scalar(select(RoomRecord.room_id).where(
-                RoomRecord.kind == "direct", RoomRecord.direct_with == user_id))
+                RoomRecord.kind == "direct", RoomRecord.direct_with == user_id).order_by(RoomRecord.joined_ts))
+        if found:
+            self._direct_rooms[user_id] = found
+        return found
+
+    async def _direct_room(self, user_id: str) -> str | None:
+        """The bot's direct chat with a professional, created (encrypted) the first time.
+
+        Idempotent across crashes: a creation key is recorded *before* asking the server, and
+        the room carries it in its state; if the key is still there at the next attempt, the
+        previous one may have created the room without recording it (crash, lost answer), so
+        the bot looks for it among its joined rooms before creating another.
+        """
+        found = await self._known_direct_room(user_id)
         if found:
             return found
-        from nio import RoomCreateError, RoomPreset
+        marker = "direct_creation:" + hashlib.sha256(user_id.encode()).hexdigest()[:40]
+        key = await self.store.get_state(marker)
+        if key:
+            found = await self._find_created_room(key)
+            if found:
+                log.info("conversation directe retrouvée après une création interrompue : %s", found)
+                await self._record_direct(found, user_id, marker)
+                return found
+        else:
+            key = uuid.uuid4().hex
+            await self.store.set_state(marker, key)
+        from nio import Api, RoomCreateResponse, RoomPreset
 
-        response = await self.client.room_create(
-            is_direct=True, invite=[user_id], preset=RoomPreset.trusted_private_chat,
+        method, path, data = Api.room_create(
+            self.client.access_token, is_direct=True, invite=[user_id], preset=RoomPreset.trusted_private_chat,
             initial_state=[{"type": "m.room.encryption", "state_key": "",
                             "content": {"algorithm": "m.megolm.v1.aes-sha2"}}])
-        if isinstance(response, RoomCreateError):
+        # The key goes in the creation event itself (nio's room_create cannot put it there): the
+        # first event of the room, so it is readable as soon as the bot is in the room at all.
+        body = json.loads(data)
+        body["creation_content"][CREATION_KEY] = key
+        response = await self.client._send(RoomCreateResponse, method, path, json.dumps(body))
+        if not isinstance(response, RoomCreateResponse):
             log.warning("conversation directe avec %s impossible : %s", user_id, response.message)
             return None
-        await self.store.save_room(response.room_id, "direct", wall_ms(),
-                                   direct_with=user_id, created=True)
+        await self._record_direct(response.room_id, user_id, marker)
         return response.room_id
+
+    async def _find_created_room(self, key: str) -> str | None:
+        """The joined room created with this creation key, if any (the bot never writes m.direct;
+        the key in the room's creation event is what ties a room to the interrupted creation)."""
+        from nio import JoinedRoomsResponse, RoomGetStateEventResponse
+
+        joined = await self.client.joined_rooms()
+        if not isinstance(joined, JoinedRoomsResponse):
+            # Not knowing is not "absent": creating now could make a second chat.
+            raise LocalProtocolError("liste des salons rejoints illisible")
+        kinds = {r.room_id: r.kind for r in await self.store.rooms()}
+        for room_id in joined.rooms:
+            if kinds.get(room_id) in ("patient", "coordination", "direct"):
+                continue
+            event = await self.client.room_get_state_event(room_id, "m.room.create")
+            if isinstance(event, RoomGetStateEventResponse) and event.content.get(CREATION_KEY) == key:
+                return room_id
+        return None
+
+    async def _record_direct(self, room_id: str, user_id: str, marker: str) -> None:
+        from sqlalchemy.exc import IntegrityError
+
+        for attempt in range(2):
+            try:
+                async with self.store.session.begin() as session:
+                    await self.store.save_room(room_id, "direct", wall_ms(), direct_with=user_id, created=True,
+                                               session=session)
+                    await self.store.delete_state(marker, session=session)
+                break
+            except IntegrityError:  # the sync recorded the room at the same moment: update its row
+                if attempt:
+                    raise
+        self._direct_rooms[user_id] = room_id
 
     async def may_send_state(self, room, event_type: str) -> bool:
         # nio predates room version 12, where creators have every power without being listed.
@@ -764,43 +954,113 @@ class Bot:
                 log.warning("vérification des appareils impossible (%s) : envoi à tous les appareils", e)
 
     # --- deadlines ---------------------------------------------------------------------------------
-    async def schedule_wakeup(self) -> None:
-        """APScheduler only wakes the bot at the next due instant; the deadline rows are the truth."""
-        if self.scheduler is None:
+    # APScheduler only wakes the bot at the next due instant; the deadline rows are the truth.
+    # Its job does nothing but set an event and return, so it can never be "skipped: maximum
+    # number of running instances reached" while a pass runs (that lost a red flag's relance for
+    # hours): the pass itself runs in _deadline_loop, and every pass re-arms the next wake-up in
+    # a `finally`. A slow poll in that loop is the last safety net.
+    async def schedule_wakeup(self, retry_in: float | None = None) -> None:
+        if self.scheduler is None or not self.scheduler.running:
             return
+        delays = [] if retry_in is None else [retry_in]
         nxt = await self.store.next_deadline()
-        if nxt is None:
+        if nxt is not None:
+            delay = self.clock.real_seconds_until(nxt)
+            if delay != float("inf"):
+                delays.append(delay)
+        if not delays:
             return
-        delay = self.clock.real_seconds_until(nxt)
-        if delay == float("inf"):
-            return
-        from datetime import timedelta, timezone
+        run_at = datetime.now(timezone.utc) + timedelta(seconds=min(delays))
+        self.scheduler.add_job(self._scheduler_wake, "date", run_date=run_at, id="wake",
+                               replace_existing=True, misfire_grace_time=None, coalesce=True,
+                               max_instances=10)  # it only sets an event: overlapping runs are harmless
 
-        run_at = datetime.now(timezone.utc) + timedelta(seconds=delay)
-        self.scheduler.add_job(self.fire_due_deadlines, "date", run_date=run_at, id="wake",
-                               replace_existing=True, misfire_grace_time=None)
+    async def _scheduler_wake(self) -> None:
+        self._deadline_due.set()
+
+    def wake_deadlines(self) -> None:
+        """Fire what is due now, in the bot's own deadline loop (what the scheduler does)."""
+        self._deadline_due.set()
+
+    async def _deadline_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._deadline_due.wait(), DEADLINE_POLL_S)
+            except asyncio.TimeoutError:
+                pass
+            self._deadline_due.clear()
+            try:
+                await self.fire_due_deadlines()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("erreur du traitement des échéances")
+                await asyncio.sleep(1)
+                self._deadline_due.set()
 
     async def fire_due_deadlines(self) -> int:
-        """Fire every due deadline once: its state change and messages commit together."""
+        """Fire every due deadline once: its state change and messages commit together.
+
+        Single-flight: the worker loop, the deadline loop and run() may ask at the same time;
+        they take turns, and a pass loops until nothing is due, so whoever asked returns with
+        everything due at its call fired.
+        """
+        fired = 0
+        async with self._deadline_lock:
+            retry_soon = False
+            try:
+                failures: dict[int, int] = {}
+                while True:
+                    due = [d for d in await self.store.due_deadlines(self.clock.now())
+                           if failures.get(d.id, 0) < 3]
+                    if not due:
+                        break
+                    for deadline in due:
+                        outcome = await self._fire_one(deadline)
+                        if outcome is None:
+                            failures[deadline.id] = failures.get(deadline.id, 0) + 1
+                            retry_soon = True
+                        elif outcome:
+                            fired += 1
+            finally:
+                await self.schedule_wakeup(retry_in=DEADLINE_RETRY_S if retry_soon else None)
+        await self.flush_outbox()
+        return fired
+
+    async def _fire_one(self, deadline) -> bool | None:
+        """True if fired here, False if someone else did (or no handler), None to try again."""
         from sqlalchemy.orm.exc import StaleDataError
 
-        fired = 0
-        for deadline in await self.store.due_deadlines(self.clock.now()):
-            handler = self.deadline_handlers.get(deadline.kind)
-            try:
-                async with self.store.session.begin() as session:
-                    if not await self.store.take_deadline(session, deadline.id, self.clock.now()):
-                        continue
-                    if handler is None:
-                        log.error("échéance %s sans traitement (%s)", deadline.kind, deadline.ref)
-                        continue
-                    ctx = self.context(session, deadline.payload.get("room_id", ""), "timer", self.user_id,
-                                       f"deadline:{deadline.id}")
-                    await handler(ctx, deadline)
-                    fired += 1
-            except StaleDataError:  # an answer changed the request meanwhile: still pending, fires next pass
-                log.info("échéance %s reportée (conflit d'écriture)", deadline.ref)
-                self._wake_worker.set()
-        await self.flush_outbox()
-        await self.schedule_wakeup()
-        return fired
+        handler = self.deadline_handlers.get(deadline.kind)
+        try:
+            async with self.store.session.begin() as session:
+                if not await self.store.take_deadline(session, deadline.id, self.clock.now()):
+                    return False
+                if handler is None:
+                    log.error("échéance %s sans traitement (%s)", deadline.kind, deadline.ref)
+                    return False
+                ctx = self.context(session, deadline.payload.get("room_id", ""), "timer", self.user_id,
+                                   f"deadline:{deadline.id}")
+                await handler(ctx, deadline)
+                return True
+        except StaleDataError:  # an answer changed the request meanwhile: still pending, tried again
+            log.info("échéance %s reportée (conflit d'écriture)", deadline.ref)
+            return None
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # still pending: tried again shortly, the other deadlines go on
+            log.exception("échéance %s (%s) en erreur", deadline.kind, deadline.ref)
+            return None
+
+
+@dataclass
+class Later:
+    """Not sent yet; try again after the item's backoff (or the server's retry-after)."""
+
+    reason: str
+    after_s: float | None = None
+    outage: bool = False
+
+
+def already_in_room(response) -> bool:
+    return "already in the room" in str(getattr(response, "message", "") or "")

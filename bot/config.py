@@ -114,12 +114,21 @@ class SyncConfig(_Section):
     key_wait_s: float = Field(120.0, gt=0)
 
 
+class DeliveryConfig(_Section):
+    # Outbox: an item that could not go is retried after retry_base_s, doubling up to retry_max_s
+    # (sooner when its room changes); one still pending after stuck_after_s is reported once.
+    retry_base_s: float = Field(1.0, gt=0)
+    retry_max_s: float = Field(60.0, gt=0)
+    stuck_after_s: float = Field(600.0, gt=0)
+
+
 class Config(_Section):
     matrix: MatrixConfig
     storage: StorageConfig = StorageConfig()
     cpts: CptsConfig = CptsConfig()
     trust: TrustConfig = TrustConfig()
     sync: SyncConfig = SyncConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
 
     @property
     def tz(self) -> ZoneInfo:

@@ -1,6 +1,8 @@
 """Operator commands that use the bot's stored session without syncing: status, identity restore."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from nio import AsyncClient, AsyncClientConfig
 
 from bot.config import Config
@@ -46,9 +48,26 @@ async def status(config: Config) -> str:
             lines.append(f"  - {d.due_at:%d/%m/%Y %H:%M} UTC  {d.kind:<12} {d.ref}")
         pending = await store.pending_events()
         lines.append(f"Événements en attente de traitement : {len(pending)}")
+        lines += outbox_lines(await store.outbox_backlog(), config.delivery.stuck_after_s)
         return "\n".join(lines)
     finally:
         await store.close()
+
+
+def outbox_lines(backlog: list, stuck_after_s: float, now: datetime | None = None) -> list[str]:
+    """Pending sends, and those stuck longer than the threshold (the bot also logs each once)."""
+    now = now or datetime.now(timezone.utc)
+    stuck = [i for i in backlog if i.stuck_reported_at is not None
+             or (i.first_try_at is not None and (now - i.first_try_at).total_seconds() >= stuck_after_s)]
+    limit = f"{stuck_after_s / 60:.0f} min" if stuck_after_s >= 60 else f"{stuck_after_s:.0f} s"
+    line = f"Envois en attente : {len(backlog)}"
+    if stuck:
+        line += f", dont {len(stuck)} bloqués depuis plus de {limit}"
+    lines = [line]
+    for i in stuck[:20]:
+        lines.append(f"  - n°{i.id} {i.action:<8} {i.room_id or 'conversation directe'} {i.ref or ''} : "
+                     f"depuis {i.first_try_at:%d/%m/%Y %H:%M} UTC, {i.attempts} essais, {i.last_error or '?'}")
+    return lines
 
 
 async def restore_identity(config: Config, recovery_key: str) -> str:

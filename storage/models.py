@@ -129,6 +129,13 @@ class OutboxItem(Base):
     event_id: Mapped[str | None] = mapped_column(String(255))  # what the homeserver answered
     ref: Mapped[str | None] = mapped_column(String(100))  # e.g. "notice:demande:3:@u" to find the event later
     error: Mapped[str | None] = mapped_column(Text)
+    # Delivery bookkeeping, in wall-clock time (the homeserver's time, not the domain clock):
+    # persisted so that a restart resumes the backoff instead of retrying everything in a loop.
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None]  # not before this instant (None: at once)
+    first_try_at: Mapped[datetime | None]  # first attempt that did not deliver
+    last_error: Mapped[str | None] = mapped_column(String(200))  # why it waits (no content, no identity)
+    stuck_reported_at: Mapped[datetime | None]  # reported once as stuck (log and `cercle status`)
 
     __table_args__ = (Index("ix_outbox_status_id", "status", "id"),)
 

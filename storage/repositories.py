@@ -54,11 +54,14 @@ class Store:
         async with self.session.begin() as s:
             await s.merge(BotState(key=key, value=value))
 
-    @staticmethod
-    async def clear_state(key: str, session: AsyncSession) -> None:
-        row = await session.get(BotState, key)
-        if row is not None:
-            await session.delete(row)
+    async def delete_state(self, key: str, session: AsyncSession | None = None) -> None:
+        if session is not None:
+            row = await session.get(BotState, key)
+            if row is not None:
+                await session.delete(row)
+            return
+        async with self.session.begin() as s:
+            await self.delete_state(key, session=s)
 
     async def get_secret(self, key: str):
         async with self.session() as s:
@@ -172,6 +175,19 @@ class Store:
             row.bot_is_creator = row.bot_is_creator or created
         return row
 
+    async def add_room_if_absent(self, room_id: str, kind: str, joined_ts: int) -> RoomRecord:
+        """Record a room seen in a sync, never changing a record written meanwhile by someone who
+        knows better (e.g. the bot's direct chat, recorded just after its creation)."""
+        try:
+            async with self.session.begin() as s:
+                row = await s.get(RoomRecord, room_id)
+                if row is None:
+                    row = RoomRecord(room_id=room_id, kind=kind, joined_ts=joined_ts, bot_is_creator=False)
+                    s.add(row)
+                return row
+        except IntegrityError:  # inserted concurrently: theirs stands
+            return await self.get_room(room_id)
+
     async def bot_created(self, room_id: str) -> bool:
         row = await self.get_room(room_id)
         return bool(row and row.bot_is_creator)
@@ -283,6 +299,24 @@ class Store:
         await session.execute(update(OutboxItem).where(
             OutboxItem.room_id == placeholder, OutboxItem.status == "pending").values(
             status="failed", sent_at=now, error=error))
+
+    async def outbox_retry(self, item_id: int, *, attempts: int, next_attempt_at: datetime,
+                           first_try_at: datetime, last_error: str | None) -> None:
+        """An attempt that did not deliver: when to try again, persisted across restarts."""
+        async with self.session.begin() as s:
+            await s.execute(update(OutboxItem).where(OutboxItem.id == item_id, OutboxItem.status == "pending")
+                            .values(attempts=attempts, next_attempt_at=next_attempt_at,
+                                    first_try_at=first_try_at, last_error=(last_error or "")[:200] or None))
+
+    async def outbox_stuck_reported(self, item_id: int, at: datetime) -> None:
+        async with self.session.begin() as s:
+            await s.execute(update(OutboxItem).where(OutboxItem.id == item_id).values(stuck_reported_at=at))
+
+    async def outbox_backlog(self) -> list[OutboxItem]:
+        """Pending items without their content (for `cercle status`)."""
+        async with self.session() as s:
+            return list((await s.scalars(select(OutboxItem).where(OutboxItem.status == "pending")
+                                         .order_by(OutboxItem.id))).all())
 
     async def outbox_event_ids(self, ref: str) -> list[str]:
         async with self.session() as s:

@@ -23,6 +23,8 @@ class BotHarness:
     bot: Bot | None = None
     task: asyncio.Task | None = None
     starts: int = 0
+    # Called with each new Bot after it is opened and wired, before it runs (e.g. to count calls).
+    before_run: list = field(default_factory=list)
 
     def config(self) -> Config:
         return Config(
@@ -35,6 +37,8 @@ class BotHarness:
     async def start(self) -> Bot:
         self.bot = await Bot.open(self.config(), self.clock)
         wire(self.bot)
+        for hook in self.before_run:
+            hook(self.bot)
         self.task = asyncio.create_task(self.bot.run())
         await asyncio.wait_for(self.bot.synced_once.wait(), 30)
         self.starts += 1
@@ -71,6 +75,16 @@ class BotHarness:
                 return self.bot.identity_status
             await asyncio.sleep(0.05)
         raise AssertionError("identité de signature croisée non vérifiée au démarrage")
+
+    async def kill(self) -> None:
+        """Stop like `kill -9`: every task dies at its current await, nothing is flushed or closed
+        cleanly (open transactions are lost, as the database would lose them)."""
+        if self.bot is None:
+            return
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.bot.close()
+        self.bot, self.task = None, None
 
     async def restart(self) -> Bot:
         await self.stop()
