@@ -1,7 +1,7 @@
 """delivery: outbox retry bookkeeping (attempts, backoff, stuck report)
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 """
 import sqlalchemy as sa
 from alembic import op
