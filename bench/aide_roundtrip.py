@@ -19,7 +19,6 @@ from nio import AsyncClient, AsyncClientConfig, InviteMemberEvent, MatrixRoom, R
 from bot.app import Bot
 from bot.config import Config, CptsConfig, MatrixConfig, StorageConfig, SyncConfig
 from bot.local_synapse import LocalSynapse
-from bot.wiring import wire
 from domain.clock import SystemClock
 from rooms.directory import upsert_professional
 from tests.clinician import Clinician
@@ -78,7 +77,6 @@ async def main(n: int) -> None:
                         storage=StorageConfig(data_dir=work / "bot"), cpts=CptsConfig(name="Bench"),
                         sync=SyncConfig(timeout_ms=30000))
         bot = await Bot.open(config, SystemClock())
-        wire(bot)
         async with bot.store.session.begin() as s:
             await upsert_professional(s, user_id=dr_user, display_name="Dr Bench", profession="medecin_generaliste",
                                       now=bot.clock.now())

@@ -44,11 +44,22 @@ from nio import (
 )
 
 from bot.config import Config
-from commands.context import CommandContext
+from bot.coordination import ensure_coordinator_room
+from bot.dispatch import dispatch, request_key_from_sender, tell_undecryptable
+from bot.identity import ensure_identity
+from bot.room_creation import RoomLookupError, create_patient_room, find_created_room
+from bot.trust import TrustCache
+from bot.trust import apply as apply_trust_policy
+from bot.wiring import Wiring, compose
 from commands.registry import CommandRegistry
-from domain.clock import Clock
+from domain.clock import Clock, wall_ms, wall_now
+from rooms import patients
+from rooms.context import CommandContext
+from rooms.messages import render
 from rooms.patients import PENDING_ROOM
-from storage.repositories import IncomingEvent, Store
+from rooms.services import Services
+from storage.models import RoomRecord
+from storage.repositories import IncomingEvent, Store, open_store
 
 log = logging.getLogger("cercle")
 
@@ -59,18 +70,6 @@ CREATION_KEY = "org.cercle.creation_key"  # in m.room.create: ties a room to its
 INVITED = "invité, pas encore dans la conversation"
 DEADLINE_POLL_S = 60.0  # the deadline loop looks at the rows at least this often, whatever happens
 DEADLINE_RETRY_S = 5.0  # a deadline whose handler failed is tried again after this
-
-
-def wall_ms() -> int:
-    """Real time in ms, to compare with server timestamps (the injectable clock is domain time)."""
-    import time
-
-    return int(time.time() * 1000)
-
-
-def wall_now() -> datetime:
-    """Real time, for delivery retries (the homeserver lives in real time, not domain time)."""
-    return datetime.now(timezone.utc)
 
 
 class BotError(Exception):
@@ -130,19 +129,19 @@ class HomeserverWatch:
 
 
 class Bot:
-    def __init__(self, config: Config, store: Store, clock: Clock, registry: CommandRegistry,
-                 client: AsyncClient, password: str):
+    def __init__(self, config: Config, store: Store, clock: Clock, client: AsyncClient, password: str,
+                 wiring: Wiring):
         self.config = config
         self.store = store
         self.clock = clock
-        self.registry = registry
         self.client = client
         self.password = password
         self.user_id = config.matrix.user_id
-        self.reaction_handlers: dict[str, object] = {}
-        self.deadline_handlers: dict[str, object] = {}
-        self.start_hooks: list = []
-        self.directory = None  # set by rooms.directory when the directory feature is wired
+        self.services: Services = wiring.services  # what every handler gets (bot/wiring.py)
+        self.registry: CommandRegistry = wiring.registry
+        self.reaction_handlers: dict[str, object] = wiring.reaction_handlers
+        self.deadline_handlers: dict[str, object] = wiring.deadline_handlers
+        self.trust_cache = TrustCache()  # bot.trust: devices already judged, per user
         self._wake_worker = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._members_dirty: set[str] = set()  # rooms where the bot invited someone its sync has not seen
@@ -181,8 +180,6 @@ class Bot:
     @classmethod
     async def open(cls, config: Config, clock: Clock, registry: CommandRegistry | None = None,
                    store: Store | None = None) -> "Bot":
-        from storage.repositories import open_store
-
         data_dir = config.storage.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         if store is None:
@@ -196,11 +193,7 @@ class Bot:
                                      pickle_key=store.cipher.derive("nio-pickle-key"),
                                      max_limit_exceeded=0, max_timeouts=0),
         )
-        if registry is None:
-            from commands import build_registry
-
-            registry = build_registry()
-        bot = cls(config, store, clock, registry, client, password)
+        bot = cls(config, store, clock, client, password, compose(config, store, clock, registry))
         await bot._login_once()
         return bot
 
@@ -237,8 +230,8 @@ class Bot:
     async def run(self) -> None:
         """Run until stop(): the sync loop, the inbox worker and the deadline scheduler."""
         self._stop.clear()
-        for hook in self.start_hooks:
-            await hook(self)
+        if self.config.cpts.coordinator_room or await self.store.get_state("coordinator_room"):
+            await ensure_coordinator_room(self)
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self.scheduler.start()
         self._tasks = [asyncio.create_task(self._sync_loop(), name="sync"),
@@ -259,8 +252,6 @@ class Bot:
                 self._retry_timer = None
 
     async def _ensure_identity_after_first_sync(self) -> None:
-        from bot.identity import ensure_identity
-
         try:
             await asyncio.wait_for(self.synced_once.wait(), 60)
             for attempt in range(5):
@@ -275,10 +266,8 @@ class Bot:
                 await asyncio.sleep(2 * (attempt + 1))
             else:
                 self.identity_status = "error"
-            room = getattr(self, "coordinator_room", None)
+            room = self.services.coordinator_room
             if self.identity_warning and room:
-                from bot.messages import render
-
                 async with self.store.session.begin() as session:
                     self.store.queue(session, "message", room, render(self.identity_warning), self.clock.now())
                 self._wake_worker.set()
@@ -447,7 +436,6 @@ class Bot:
         decrypted one becomes a pending event of its real kind (handled once, like any other); one
         whose wait is over is marked failed and its sender told once, in the same transaction.
         """
-        from bot.dispatch import request_key_from_sender, tell_undecryptable
 
         waiting = await self.store.waiting_key_events()
         deadline = None
@@ -518,8 +506,6 @@ class Bot:
                 self._wake_worker.set()
 
     async def process_inbox(self) -> None:
-        from bot.dispatch import dispatch
-
         while True:
             pending = await self.store.pending_events()
             if not pending:
@@ -529,7 +515,7 @@ class Bot:
                 await self.flush_outbox()
 
     def context(self, session, room_id: str, room_kind: str, sender: str, event_id: str) -> CommandContext:
-        return CommandContext(bot=self, session=session, room_id=room_id, room_kind=room_kind,
+        return CommandContext(services=self.services, session=session, room_id=room_id, room_kind=room_kind,
                               sender=sender, event_id=event_id, now=self.clock.now())
 
     # --- outbox --------------------------------------------------------------------------------
@@ -747,22 +733,20 @@ class Bot:
         """
         from nio import RoomCreateError
 
-        from rooms import patients
-
         key, now = content["key"], self.clock.now()
         attempt = f"creation:{key}"
         started = await self.store.get_state(attempt)
         room_id = None
         if started is not None:
             try:
-                room_id = await patients.find_created_room(self, key)
-            except patients.RoomLookupError as e:
+                room_id = await find_created_room(self, key)
+            except RoomLookupError as e:
                 log.warning("recherche du salon %s impossible (%s) : nouvel essai", key, e)
                 return Later(f"recherche du salon {key} impossible")
         if room_id is None:
             started = str(wall_ms())
             await self.store.set_state(attempt, started)
-            response = await patients.create_patient_room(self, key, content["code"], content["invite"])
+            response = await create_patient_room(self, key, content["code"], content["invite"])
             if isinstance(response, RoomCreateError):
                 if response.status_code in TRANSIENT_ERRORS:
                     log.warning("création du salon %s reportée : %s", key, response.message)
@@ -774,8 +758,6 @@ class Bot:
                     await patients.abandon_patient_room(session, content["code"], now)
                     await self.store.delete_state(attempt, session=session)
                     if content.get("notify"):
-                        from bot.messages import render
-
                         self.store.queue(session, "message", content["notify"], render(
                             f"❌ Le salon du cercle {content['code']} n'a pas pu être créé : le serveur Matrix "
                             f"a refusé ({response.status_code}). Relancez `!patient nouveau`, et prévenez les "
@@ -852,8 +834,6 @@ class Bot:
         if user_id in self._direct_rooms:
             return self._direct_rooms[user_id]
         from sqlalchemy import select
-
-        from storage.models import RoomRecord
 
         async with self.store.session() as session:
             found = await session.scalar(select(RoomRecord.room_id).where(
@@ -941,10 +921,8 @@ class Bot:
 
     async def _apply_trust_policy(self, room_id: str) -> None:
         """Hook for bot.trust (cross-signed devices verified, others per configuration)."""
-        from bot import trust
-
         try:
-            await trust.apply(self, room_id)
+            await apply_trust_policy(self, room_id)
         except Exception as e:
             if homeserver_unreachable(e):
                 self.homeserver.failed(e)

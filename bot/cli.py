@@ -52,7 +52,6 @@ async def resume_demo_clock(store, speed: float | None, *, real_now=None):
 async def _run_bot(config: Config, clock, on_ready=None, *, demo_speed: float | None = None) -> None:
     """Run the bot; `clock` None means the demo clock of `cercle up` (resumed from the bot's state)."""
     from bot.app import Bot
-    from bot.wiring import wire
 
     store = None
     if clock is None:
@@ -66,7 +65,6 @@ async def _run_bot(config: Config, clock, on_ready=None, *, demo_speed: float | 
             await store.close()
             raise
     bot = await Bot.open(config, clock, store=store)
-    wire(bot)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.stop()))
@@ -131,11 +129,11 @@ def cmd_up(args) -> int:
         config = config.model_copy(update={"matrix": config.matrix.model_copy(update={"homeserver": server.url})})
 
         async def on_ready(bot):
-            from rooms.coordination import ensure_coordinator_room
+            from bot.coordination import ensure_coordinator_room
             from rooms.directory import seed_demo_directory
 
             await bot.synced_once.wait()
-            await seed_demo_directory(bot, accounts)
+            await seed_demo_directory(bot.store, bot.clock, bot.config.cpts.name, accounts)
             coordinators = [a["user_id"] for a in accounts if a["role"] == "coordinateur"]
             room_id = await ensure_coordinator_room(bot, invite=coordinators)
             demo = {"homeserver": server.url, "bot": bot_user, "coordinator_room": room_id,

@@ -3,17 +3,21 @@ from __future__ import annotations
 
 import logging
 
-from nio import JoinError
+from nio import JoinError, ToDeviceMessage
+from nio.crypto.attachments import decrypt_attachment
+from sqlalchemy import update
 from sqlalchemy.orm.exc import StaleDataError
 
-from bot.app import wall_ms
 from commands.arguments import ArgumentError, ParseContext
-from commands.context import Refusal
 from commands.registry import PATIENT, SCOPE_NAMES, CommandNotFound, UsageError
+from domain.clock import wall_ms
 from domain.markup import literal
 from rooms.access import require_cercle
+from rooms.advertise import advertise_commands
+from rooms.context import Refusal
+from rooms.directory_import import import_directory
 from rooms.patients import patient_by_room
-from storage.models import RoomRecord
+from storage.models import InboxEvent, RoomRecord
 from storage.repositories import IncomingEvent
 
 log = logging.getLogger("cercle.dispatch")
@@ -78,10 +82,6 @@ async def _protect_identity(bot, session, event: IncomingEvent) -> None:
 
 
 async def _mark(session, event_id: str, status: str, now, error: str | None = None) -> None:
-    from sqlalchemy import update
-
-    from storage.models import InboxEvent
-
     await session.execute(update(InboxEvent).where(InboxEvent.event_id == event_id)
                           .values(status=status, handled_at=now, error=error))
 
@@ -103,7 +103,7 @@ async def handle_message(bot, session, event: IncomingEvent) -> None:
     kind = room_kind(bot, record)
     body = event.payload.get("body", "")
     ctx = bot.context(session, event.room_id, kind, event.sender, event.event_id)
-    parse_ctx = ParseContext(now=ctx.now, tz=bot.config.tz)
+    parse_ctx = ParseContext(now=ctx.now, tz=bot.services.tz, flows=bot.services.flows)
     try:
         invocation = bot.registry.parse(body, parse_ctx, direct=(kind == "direct"))
     except CommandNotFound as e:
@@ -120,8 +120,8 @@ async def handle_message(bot, session, event: IncomingEvent) -> None:
     ctx.reply_privately = await _identity_in_shared_room(bot, session, event)
     ctx.sigil = invocation.sigil
     ctx.command = cmd
-    if cmd.requires and bot.directory is not None:
-        refusal = await bot.directory.refusal(session, event.sender, cmd.requires)
+    if cmd.requires:
+        refusal = await bot.services.directory.refusal(session, event.sender, cmd.requires)
         if refusal:
             ctx.reply(refusal)
             await leave_if_no_member_left(bot, session, record)
@@ -170,8 +170,6 @@ async def request_key_from_sender(bot, event: IncomingEvent) -> None:
     """m.room_key_request to the sender's device (nio would only ask the bot's own devices)."""
     import uuid
 
-    from nio import ToDeviceMessage
-
     source = event.payload["source"]
     content = source.get("content", {})
     request = {
@@ -204,7 +202,7 @@ async def handle_withheld(bot, session, event: IncomingEvent) -> None:
 
 
 async def handle_invite(bot, session, event: IncomingEvent) -> None:
-    if bot.directory is not None and not await bot.directory.accepts_invite_from(session, event.sender):
+    if not await bot.services.directory.accepts_invite_from(session, event.sender):
         log.info("invitation de %s refusée (hors annuaire) pour %s", event.sender, event.room_id)
         await bot.client.room_leave(event.room_id)
         return
@@ -216,9 +214,7 @@ async def handle_invite(bot, session, event: IncomingEvent) -> None:
     kind = "direct" if event.payload.get("is_direct") else "other"
     await bot.store.save_room(event.room_id, kind, now_ms, direct_with=event.sender if kind == "direct" else None,
                               session=session)
-    from bot.advertise import advertise_commands
-
-    await advertise_commands(bot, session, event.room_id, kind)
+    await advertise_commands(bot.services, session, event.room_id, kind)
 
 
 async def handle_membership(bot, session, event: IncomingEvent) -> None:
@@ -235,7 +231,7 @@ async def leave_if_no_member_left(bot, session, record: RoomRecord | None) -> No
     if not members:
         return  # could not ask: decide at the next membership change
     for user_id in members:
-        if user_id != bot.user_id and await bot.directory.get(session, user_id) is not None:
+        if user_id != bot.user_id and await bot.services.directory.get(session, user_id) is not None:
             return
     log.info("plus aucun membre de l'annuaire dans %s : le bot quitte le salon", record.room_id)
     bot.store.queue(session, "leave", record.room_id, {}, bot.clock.now())
@@ -258,15 +254,10 @@ async def handle_file(bot, session, event: IncomingEvent) -> None:
     if record is None or record.kind != "coordination" or not name.lower().endswith(".csv"):
         return
     ctx = bot.context(session, event.room_id, "coordination", event.sender, event.event_id)
-    if bot.directory is not None:
-        refusal = await bot.directory.refusal(session, event.sender, "coordinateur")
-        if refusal:
-            ctx.reply(refusal)
-            return
-    from nio.crypto.attachments import decrypt_attachment
-
-    from rooms.directory_import import import_directory
-
+    refusal = await bot.services.directory.refusal(session, event.sender, "coordinateur")
+    if refusal:
+        ctx.reply(refusal)
+        return
     content = event.payload["content"]
     file_info = content.get("file")  # encrypted attachment
     url = file_info["url"] if file_info else content.get("url")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from bot.cross_signing_keys import device_is_cross_signed
+from bot.identity import cross_signing_client
 
 log = logging.getLogger("cercle.trust")
 
@@ -37,14 +38,11 @@ async def apply(bot, room_id: str) -> None:
     room = bot.client.rooms.get(room_id)
     if room is None or not room.encrypted or bot.client.olm is None:
         return
-    cache: TrustCache = getattr(bot, "trust_cache", None) or TrustCache()
-    bot.trust_cache = cache
+    cache: TrustCache = bot.trust_cache
     store = bot.client.device_store
     devices = {u: frozenset(d.id for d in store.active_user_devices(u)) for u in room.users if u != bot.user_id}
     stale = [u for u, ids in devices.items() if cache.stale(u, ids)]
     if stale:
-        from bot.identity import cross_signing_client
-
         async with cross_signing_client(bot) as cs:
             _, query = await cs.request("POST", "/_matrix/client/v3/keys/query",
                                      {"device_keys": {u: [] for u in stale}})

@@ -1,30 +1,42 @@
-"""Connect the feature modules to a Bot: directory, rules data, reactions, deadline kinds, start hooks."""
+"""The composition root: what a Bot's handlers get (Services) and which handler answers what.
+
+Built once per bot (Bot.open, or a test that builds the bot by hand); nothing is set on an object
+from outside its class. A malformed rules file stops the start here, naming file, key and reason.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.config import Config
+from commands import build_registry
+from commands.alertes import alerte_followup
+from commands.demandes import accept_by_reaction
+from commands.registry import CommandRegistry
+from domain.clock import Clock
+from domain.flows import load_flows
+from domain.parcours import load_catalogue
+from rooms import demandes
+from rooms.directory import Directory
+from rooms.services import Services
+from storage.repositories import Store
 
 ACCEPT_REACTIONS = ("✅", "✔️", "☑️", "👍")
 
 
-def wire(bot) -> None:
-    from commands.alertes import alerte_followup
-    from commands.demandes import accept_by_reaction
-    from domain.flows import load_flows
-    from domain.parcours import load_catalogue
-    from rooms import demandes
-    from rooms.coordination import ensure_coordinator_room
-    from rooms.directory import Directory
+@dataclass(frozen=True)
+class Wiring:
+    services: Services
+    registry: CommandRegistry
+    deadline_handlers: dict  # deadline kind -> async handler(ctx, deadline)
+    reaction_handlers: dict  # reaction key -> async handler(ctx, target_event_id)
 
-    bot.directory = Directory(bot)
-    bot.coordinator_room = None
-    bot.catalogue = load_catalogue()  # a malformed file stops the start, naming file, key and reason
-    bot.flows = load_flows()
-    for key in ACCEPT_REACTIONS:
-        bot.reaction_handlers[key] = accept_by_reaction
-    for kind in ("pool", "relance", "escalade", "intervention"):
-        bot.deadline_handlers[f"demande.{kind}"] = demandes.fire
-    bot.deadline_handlers["alerte.suivi"] = alerte_followup
 
-    async def coordinator_room_hook(b):
-        if b.config.cpts.coordinator_room or await b.store.get_state("coordinator_room"):
-            await ensure_coordinator_room(b)
-
-    bot.start_hooks.append(coordinator_room_hook)
+def compose(config: Config, store: Store, clock: Clock, registry: CommandRegistry | None = None) -> Wiring:
+    registry = registry or build_registry()
+    services = Services(store=store, clock=clock, directory=Directory(), catalogue=load_catalogue(),
+                        flows=load_flows(), tz=config.tz, timezone=config.cpts.timezone, cpts_name=config.cpts.name,
+                        bot_user_id=config.matrix.user_id, registry=registry)
+    deadlines = {f"demande.{kind}": demandes.fire for kind in ("pool", "relance", "escalade", "intervention")}
+    deadlines["alerte.suivi"] = alerte_followup
+    return Wiring(services=services, registry=registry, deadline_handlers=deadlines,
+                  reaction_handlers={key: accept_by_reaction for key in ACCEPT_REACTIONS})

@@ -1,12 +1,11 @@
 """Command declarations. `build_registry()` collects every module's commands."""
 from __future__ import annotations
 
+from commands import alertes, annuaire, cercle, demandes, general
 from commands.registry import CommandRegistry
 
 
 def build_registry() -> CommandRegistry:
-    from commands import alertes, annuaire, cercle, demandes, general
-
     registry = CommandRegistry()
     for module in (general, cercle, demandes, alertes, annuaire):
         module.register(registry)

@@ -13,6 +13,7 @@ from commands.arguments import (
 from commands.cercle import current_patient
 from commands.registry import PATIENT, CommandRegistry, Option, Param
 from domain.markup import literal
+from domain.parcours import find_parcours
 from domain.redflags import MeasurementError, check_measurements, explain_not_applicable, parse_measurement
 from domain.requests import Refus, creer_demande
 from domain.text import format_duree, format_french_datetime, normalize
@@ -26,8 +27,8 @@ MEASURE_TOKEN = re.compile(r"^[^\s=]+=\S+$")
 async def active_parcours(ctx, patient, *, needs: str):
     codes = (await ctx.session.scalars(select(Inclusion.parcours).where(
         Inclusion.patient_code == patient.code, Inclusion.ended_at.is_(None)))).all()
-    return [ctx.bot.catalogue[c] for c in codes if c in ctx.bot.catalogue
-            and getattr(ctx.bot.catalogue[c], needs) is not None]
+    return [ctx.services.catalogue[c] for c in codes if c in ctx.services.catalogue
+            and getattr(ctx.services.catalogue[c], needs) is not None]
 
 
 def split_input(ctx, text: str):
@@ -83,9 +84,7 @@ def register(registry: CommandRegistry) -> None:
             ctx.refuse("le commentaire est obligatoire : décrivez votre inquiétude après les valeurs")
         candidates = await active_parcours(ctx, patient, needs="red_flags")
         if parcours:
-            from domain.parcours import find_parcours
-
-            chosen = find_parcours(ctx.bot.catalogue, parcours)
+            chosen = find_parcours(ctx.services.catalogue, parcours)
             if chosen is None or chosen not in candidates:
                 names = ", ".join(p.nom for p in candidates) or "aucun"
                 ctx.refuse(f"« {literal(parcours)} » n'est pas un parcours en cours du patient avec des red flags "
@@ -107,10 +106,10 @@ def register(registry: CommandRegistry) -> None:
             seuils = "; ".join(t.texte for p in candidates for _, t in p.seuils()) or "aucun"
             ctx.refuse(f"aucun seuil franchi ({checked} ; seuils : {seuils}) et aucun signe constaté. "
                        "Pour lever le red flag quand même, ajoutez `confirme=oui`", usage=False)
-        flow = ctx.bot.flows["red_flag"]
+        flow = ctx.services.flows["red_flag"]
         numero = await store.next_numero(ctx.session, ctx.room_id)
         d = creer_demande(numero, flow, ctx.sender, ctx.now, commentaire=comment,
-                          medecin_traitant=patient.medecin_traitant, fuseau=ctx.bot.config.cpts.timezone)
+                          medecin_traitant=patient.medecin_traitant, fuseau=ctx.services.timezone)
         if isinstance(d, Refus):
             ctx.refuse(d.texte())
         row = await store.start(ctx, patient, d, flow, None)
@@ -127,7 +126,7 @@ def register(registry: CommandRegistry) -> None:
         for n in notes:
             lines.append(f"- {n}")
         mt = patient.medecin_traitant
-        deadline = format_french_datetime(d.echeance_reponse, ctx.bot.config.tz, now=ctx.now)
+        deadline = format_french_datetime(d.echeance_reponse, ctx.services.tz, now=ctx.now)
         if mt:
             lines.append(f"\n{mt} : vous avez {format_duree(flow.delai_reponse)} pour accepter (avant {deadline}) : "
                          f"`!accepter {d.numero}`.")
@@ -173,7 +172,7 @@ def register(registry: CommandRegistry) -> None:
                 mention.add(m.user_id)
         noms = await store.names(ctx.session, mention)
         lines = [f"🚨 **ALERTE CRITIQUE · périnatalité** : la patiente doit consulter **dans les "
-                 f"{format_duree(rules.delai_consultation)}** (avant {format_french_datetime(due, ctx.bot.config.tz, now=ctx.now)}).", ""]
+                 f"{format_duree(rules.delai_consultation)}** (avant {format_french_datetime(due, ctx.services.tz, now=ctx.now)}).", ""]
         lines += [f"- seuil franchi : **{h.seuil_text}** ({h.measurement.texte})" for h in hits]
         lines += [f"- signe : {literal(s)}" for s in known + free]
         lines += ["", *[f"- {c}" for c in rules.consignes]]
@@ -183,7 +182,7 @@ def register(registry: CommandRegistry) -> None:
         ctx.session.add(Act(user_id=ctx.sender, kind="alerte_critique", patient_code=patient.code,
                             parcours=p.code, at=ctx.now, details={"signes": known + free,
                                                                   "seuils": [h.code for h in hits]}))
-        await ctx.bot.store.add_deadline("alerte.suivi", f"alerte:{patient.code}:{ctx.event_id}", due, ctx.now,
+        await ctx.services.store.add_deadline("alerte.suivi", f"alerte:{patient.code}:{ctx.event_id}", due, ctx.now,
                                          payload={"room_id": patient.room_id, "auteur": ctx.sender,
                                                   "mention": sorted(mention)}, session=ctx.session)
 

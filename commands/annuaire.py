@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime, time, timedelta
 
-from commands.arguments import Choice, ParseContext, Word
+from commands.arguments import Choice, ParseContext, Token, Word
 from commands.people import CalendarDate, PersonRef
 from commands.registry import COORDINATION, CommandRegistry, Option, Param
 from domain.markup import literal
@@ -13,7 +13,7 @@ from storage.models import Professional
 
 
 def ctx_parse(ctx) -> ParseContext:
-    return ParseContext(now=ctx.now, tz=ctx.bot.config.tz)
+    return ParseContext(now=ctx.now, tz=ctx.services.tz)
 
 
 class ListOfWords(Word):
@@ -53,18 +53,17 @@ def register(registry: CommandRegistry) -> None:
         examples=["!absence 12/03/2027 20/03/2027", "!absence aucune"], category="Général",
     )
     async def absence(ctx, debut, fin=None):
-        me = await ctx.bot.directory.get(ctx.session, ctx.sender)
+        me = await ctx.services.directory.get(ctx.session, ctx.sender)
         if normalize(debut) in ("aucune", "aucun", "fin", "retour"):
             me.absences = []
             ctx.reply("✅ Absences effacées : vous recevez de nouveau les demandes.")
             return
-        from commands.arguments import Token
 
         first, _ = CalendarDate().parse([Token(debut)], 0, ctx_parse(ctx))
         last = fin or first
         if last < first:
             ctx.refuse("le dernier jour précède le premier")
-        tz = ctx.bot.config.tz
+        tz = ctx.services.tz
         start = datetime.combine(first, time(0, 0), tzinfo=tz)
         end = datetime.combine(last + timedelta(days=1), time(0, 0), tzinfo=tz)
         me.absences = [*(me.absences or []), [start.isoformat(), end.isoformat()]]
@@ -90,11 +89,11 @@ def register(registry: CommandRegistry) -> None:
         if action == "voir":
             if personne:
                 try:
-                    found = await ctx.bot.directory.search(ctx.session, personne)
+                    found = await ctx.services.directory.search(ctx.session, personne)
                 except ValueError as e:
                     ctx.refuse(str(e))
             else:
-                found = await ctx.bot.directory.members(ctx.session)
+                found = await ctx.services.directory.members(ctx.session)
             if not found:
                 ctx.reply("Aucun professionnel ne correspond." if personne else "L'annuaire est vide.")
                 return
@@ -113,7 +112,7 @@ def register(registry: CommandRegistry) -> None:
             role_list = _roles(roles)
         except ValueError as e:
             ctx.refuse(str(e))
-        until = datetime.combine(cotisation, time(23, 59), tzinfo=ctx.bot.config.tz) if cotisation else None
+        until = datetime.combine(cotisation, time(23, 59), tzinfo=ctx.services.tz) if cotisation else None
         existing = await ctx.session.get(Professional, personne)
         if action == "ajouter":
             if existing is not None and existing.active:
@@ -121,7 +120,7 @@ def register(registry: CommandRegistry) -> None:
             if not nom or not prof_code:
                 ctx.refuse("pour ajouter, `nom=` et `profession=` sont obligatoires")
             prof = await upsert_professional(ctx.session, user_id=personne, display_name=nom, profession=prof_code,
-                                             roles=role_list or [], now=ctx.now, cpts=ctx.bot.config.cpts.name,
+                                             roles=role_list or [], now=ctx.now, cpts=ctx.services.cpts_name,
                                              communes=[c.strip() for c in (communes or "").split(",") if c.strip()],
                                              cotisation_until=until)
             ctx.reply(f"✅ Ajouté : {describe(prof)}")

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from fractions import Fraction
+from typing import Any, Mapping
 from zoneinfo import ZoneInfo
 
 from domain.clock import PARIS
@@ -130,10 +131,12 @@ def _typed(tokens: list[Token], start: int, end: int) -> str:
 
 @dataclass
 class ParseContext:
-    """When "now" is (an aware instant from the injectable clock) and the users' time zone."""
+    """When "now" is (an aware instant from the injectable clock), the users' time zone, and the
+    request types (data/flows.yaml) the CPTS runs, for arguments that name one."""
 
     now: datetime
     tz: ZoneInfo = PARIS
+    flows: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.now.tzinfo is None or self.now.utcoffset() is None:

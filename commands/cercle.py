@@ -9,7 +9,8 @@ from commands.arguments import Choice, Text, Token, Word
 from commands.people import BirthDate, PatientCode, PersonList, PersonRef, Phone
 from commands.registry import COORDINATION, DIRECT, PATIENT, CommandRegistry, Option, Param
 from domain.markup import literal
-from rooms.coordination import coordinator_room_id
+from domain.parcours import find_parcours, load_catalogue
+from rooms.advertise import advertise_commands
 from rooms.directory import has_role, profession_label
 from rooms.patients import (
     Identity,
@@ -17,14 +18,15 @@ from rooms.patients import (
     cercle_members,
     creation_request,
     encrypt_identity,
-    identity_of,
+    invite_with_identity,
     new_code,
     patient_by_code,
     patient_by_room,
     pending_room,
+    require_room,
     room_name,
 )
-from storage.models import Act, BotState, CercleMember, Inclusion, Patient, Professional
+from storage.models import Act, BotState, CercleMember, Inclusion, Patient, Professional, RoomRecord
 
 SEXES = {"F": ["f", "femme", "feminin", "féminin"], "M": ["m", "h", "homme", "masculin"], "X": ["x", "autre", "nd"]}
 
@@ -32,7 +34,7 @@ SEXES = {"F": ["f", "femme", "feminin", "féminin"], "M": ["m", "h", "homme", "m
 async def resolve_person(ctx, ref: str) -> Professional:
     """A directory member from an @id or a name; refuses (French) when none or several match."""
     try:
-        found = await ctx.bot.directory.search(ctx.session, ref)
+        found = await ctx.services.directory.search(ctx.session, ref)
     except ValueError as e:
         ctx.refuse(f"« {literal(ref)} » : {e}")
     if not found:
@@ -58,34 +60,14 @@ async def is_member(ctx, patient: Patient, user_id: str) -> bool:
 
 
 def post_to_coordinators(ctx, text: str) -> None:
-    room = coordinator_room_id(ctx.bot)
+    room = ctx.services.coordinator_room
     if room:
         ctx.send(room, text)
-
-
-def require_room(ctx, patient: Patient) -> str:
-    """The patient's room id; refuses while the outbox has not created the room yet."""
-    if patient.room_id is None:
-        ctx.refuse(f"le salon du cercle {patient.code} est en cours de création ; réessayez dans un instant",
-                   usage=False)
-    return patient.room_id
-
-
-def invite_with_identity(ctx, patient: Patient, user_id: str, why: str) -> None:
-    """Invite into the patient room, then post the identity card again: a newcomer cannot decrypt
-    messages sent before their device received the room key."""
-    require_room(ctx, patient)
-    ctx.queue("invite", patient.room_id, {"user_id": user_id})
-    ident = identity_of(ctx.bot, patient)
-    card = ident.card(patient.code, patient.medecin_traitant)
-    ctx.send(patient.room_id, f"{card}\n\n_(fiche renvoyée pour {user_id} : {why})_", mentions={user_id: user_id})
 
 
 @functools.lru_cache(maxsize=1)
 def _carte_requise() -> str:
     """For `!aide inclure`: the parcours whose inclusion needs `carte=oui` (data/parcours)."""
-    from domain.parcours import load_catalogue
-
     noms = [p.nom for p in load_catalogue().values() if p.inclusion.document_integration]
     return f"pour : {', '.join(noms)}" if noms else ""
 
@@ -119,7 +101,7 @@ def register(registry: CommandRegistry) -> None:
     )
     async def patient_nouveau(ctx, action, nom=None, prenom=None, naissance=None, sexe=None, tel=None,
                               adresse=None, mt=None, nir=None, commune=None, pros=None, consentement=None):
-        creator = await ctx.bot.directory.get(ctx.session, ctx.sender)
+        creator = await ctx.services.directory.get(ctx.session, ctx.sender)
         mt_prof = await resolve_person(ctx, mt) if mt else None
         if mt_prof and mt_prof.profession != "medecin_generaliste":
             ctx.refuse(f"{literal(mt_prof.display_name)} n'est pas médecin généraliste : il ne peut pas être médecin traitant")
@@ -134,7 +116,7 @@ def register(registry: CommandRegistry) -> None:
         # No room yet: the outbox creates it once this transaction has committed, so a command that
         # fails leaves nothing on the homeserver. Everything for the room is queued against its
         # creation key and goes out, in order, once the room exists.
-        ctx.session.add(Patient(code=code, room_id=None, identity_enc=encrypt_identity(ctx.bot, code, identity),
+        ctx.session.add(Patient(code=code, room_id=None, identity_enc=encrypt_identity(ctx.store.cipher, code, identity),
                                 medecin_traitant=mt_prof.user_id if mt_prof else None, created_by=ctx.sender,
                                 created_at=ctx.now, commune=commune, birth_year=naissance.year))
         for user_id in invitees:
@@ -142,15 +124,14 @@ def register(registry: CommandRegistry) -> None:
             await add_member(ctx.session, code, user_id, role, ctx.sender, ctx.now)
         room_id = pending_room(code)
         ctx.queue("create_room", room_id,
-                  creation_request(code, [u for u in invitees if u != ctx.bot.user_id], notify=ctx.room_id))
+                  creation_request(code, [u for u in invitees if u != ctx.services.bot_user_id], notify=ctx.room_id))
 
         card = identity.card(code, mt_prof.display_name if mt_prof else None)
         ctx.send(room_id, card + "\n\nTapez `!aide` pour les commandes du cercle.", ref=f"identity:{code}",
                  mentions={u: p.display_name for u, p in invitees.items()})
         ctx.queue("pin", room_id, {"ref": f"identity:{code}"})
-        from bot.advertise import advertise_commands
 
-        await advertise_commands(ctx.bot, ctx.session, room_id, PATIENT)
+        await advertise_commands(ctx.services, ctx.session, room_id, PATIENT)
         members = ", ".join(literal(p.display_name) for p in invitees.values()) or "personne"
         ctx.reply(f"✅ Cercle **{code}** créé : le salon « {room_name(code, [])} » est en cours de création, "
                   f"les invitations partent dans un instant. Invité·e·s : {members}.\n"
@@ -218,7 +199,7 @@ def register(registry: CommandRegistry) -> None:
             if await is_member(ctx, patient, ctx.sender):
                 ctx.refuse(f"vous faites déjà partie du cercle {code}", usage=False)
             require_room(ctx, patient)
-            prof = await ctx.bot.directory.get(ctx.session, ctx.sender)
+            prof = await ctx.services.directory.get(ctx.session, ctx.sender)
             approvers = await _approvers(ctx, patient)
             ctx.send(patient.room_id,
                      f"🔑 {literal(prof.display_name)} ({profession_label(prof.profession)}, {ctx.sender}) demande l'accès "
@@ -255,15 +236,13 @@ def register(registry: CommandRegistry) -> None:
         scopes=[PATIENT], category="Parcours",
     )
     async def inclure(ctx, parcours, carte=None):
-        from domain.parcours import find_parcours
-
         patient = await current_patient(ctx)
-        catalogue = ctx.bot.catalogue
+        catalogue = ctx.services.catalogue
         p = find_parcours(catalogue, parcours)
         if p is None:
             names = ", ".join(sorted(catalogue))
             ctx.refuse(f"parcours inconnu : « {literal(parcours)} ». Parcours disponibles : {names}")
-        prof = await ctx.bot.directory.get(ctx.session, ctx.sender)
+        prof = await ctx.services.directory.get(ctx.session, ctx.sender)
         if p.inclusion.medecin_traitant_requis and not patient.medecin_traitant:
             ctx.refuse(f"le parcours {p.nom} demande un médecin traitant identifié (« Seuls les patients qui ont "
                        "un médecin traitant identifié peuvent intégrer un parcours de soins »). Déclarez-le "
@@ -304,10 +283,8 @@ def register(registry: CommandRegistry) -> None:
         scopes=[PATIENT], category="Parcours",
     )
     async def sortir(ctx, parcours, raison):
-        from domain.parcours import find_parcours
-
         patient = await current_patient(ctx)
-        p = find_parcours(ctx.bot.catalogue, parcours)
+        p = find_parcours(ctx.services.catalogue, parcours)
         if p is None:
             ctx.refuse(f"parcours inconnu : « {literal(parcours)} »")
         inclusion = await ctx.session.scalar(select(Inclusion).where(
@@ -315,7 +292,7 @@ def register(registry: CommandRegistry) -> None:
         if inclusion is None:
             ctx.refuse(f"le patient n'est pas inclus dans le parcours {p.nom}", usage=False)
         inclusion.ended_at = ctx.now
-        inclusion.end_reason_enc = ctx.bot.store.cipher.encrypt_text(raison, f"inclusion:{inclusion.id}")
+        inclusion.end_reason_enc = ctx.services.store.cipher.encrypt_text(raison, f"inclusion:{inclusion.id}")
         await ctx.session.flush()
         names = await _parcours_names(ctx, patient)
         if names:
@@ -343,7 +320,7 @@ def _may_include(p, prof: Professional | None, patient: Patient) -> bool:
 
 async def _approvers(ctx, patient: Patient) -> set[str]:
     approvers = {patient.medecin_traitant} if patient.medecin_traitant else set()
-    for prof in await ctx.bot.directory.members(ctx.session):
+    for prof in await ctx.services.directory.members(ctx.session):
         if has_role(prof, "referent"):
             approvers.add(prof.user_id)
     return approvers
@@ -352,14 +329,12 @@ async def _approvers(ctx, patient: Patient) -> set[str]:
 async def _parcours_names(ctx, patient: Patient, extra: str | None = None) -> list[str]:
     rows = (await ctx.session.scalars(select(Inclusion.parcours).where(
         Inclusion.patient_code == patient.code, Inclusion.ended_at.is_(None)))).all()
-    names = [ctx.bot.catalogue[c].nom for c in rows if c in ctx.bot.catalogue]
+    names = [ctx.services.catalogue[c].nom for c in rows if c in ctx.services.catalogue]
     if extra and extra not in names:
         names.append(extra)
     return names
 
 
 async def _direct_room(ctx, user_id: str) -> str | None:
-    from storage.models import RoomRecord
-
     return await ctx.session.scalar(select(RoomRecord.room_id).where(
         RoomRecord.kind == "direct", RoomRecord.direct_with == user_id))

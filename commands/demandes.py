@@ -37,7 +37,7 @@ from domain.text import format_french_datetime
 from rooms import demandes as store
 from rooms.access import authorize
 from rooms.directory import find_profession, profession_label
-from storage.models import Act, Patient
+from storage.models import Act, OutboxItem, Patient
 from storage.models import Demande as DemandeRow
 
 
@@ -64,21 +64,12 @@ class FlowName(ArgType):
     examples = ["vad"]
 
     def parse(self, tokens, pos, ctx=None):
-        from domain.flows import load_flows
-
         text = tokens[pos].text
-        if tokens[pos].quoted or find_flow(_flows(load_flows), text) is None:
+        if tokens[pos].quoted or ctx is None or find_flow(ctx.flows, text) is None:
             raise ArgumentError(f"« {literal(text)} » n'est pas un type de demande")
         return text, pos + 1
 
 
-_FLOWS_CACHE: dict = {}
-
-
-def _flows(loader):
-    if not _FLOWS_CACHE:
-        _FLOWS_CACHE.update(loader())
-    return _FLOWS_CACHE
 
 
 MODES = {Mode.CABINET.value: ["cabinet", "lieu d'exercice"], Mode.DOMICILE.value: ["vad", "visite", "domicile"],
@@ -91,7 +82,7 @@ async def _candidates(ctx, *, answering: bool) -> list[DemandeRow]:
     rows = await store.open_rows(ctx.session, room)
     picked = []
     for row in rows:
-        d = store.read(ctx.bot, row)
+        d = store.read(ctx.store.cipher, row)
         if answering and ctx.sender in d.sollicites and d.etat in (Etat.EN_ATTENTE, Etat.EXPIREE):
             picked.append(row)
         elif not answering and ctx.sender in (d.acceptee_par, d.demandeur, d.pour_compte_de):
@@ -129,7 +120,7 @@ async def _answer(ctx, outcome, patient, row, d) -> None:
     """Business refusals are answers without side effects; successes are saved."""
     if isinstance(outcome, Refus):
         ctx.refuse(outcome.texte(await store.names(ctx.session, outcome.personnes.values())), usage=False)
-    store.write(ctx.bot, row, d)
+    store.write(ctx.store.cipher, row, d)
 
 
 def _target(text: str):
@@ -170,7 +161,7 @@ def register(registry: CommandRegistry) -> None:
     async def declenchement(ctx, cible, soins, commentaire, reponse=None, intervention=None, commune=None,
                             motif=None):
         patient = await current_patient(ctx)
-        flow = find_flow(ctx.bot.flows, soins) if soins else ctx.bot.flows["consultation"]
+        flow = find_flow(ctx.services.flows, soins) if soins else ctx.services.flows["consultation"]
         target = _target(cible)
         person = None
         if target is None:
@@ -179,9 +170,9 @@ def register(registry: CommandRegistry) -> None:
         kwargs = dict(cible_profession=flow.cible_profession or profession,
                       cible_personne=person.user_id if person else None)
         if target and target[0] == "role" and not flow.cible_role:
-            flow = ctx.bot.flows["referent_parcours"]
+            flow = ctx.services.flows["referent_parcours"]
         demandeur, pour = ctx.sender, None
-        me = await ctx.bot.directory.get(ctx.session, ctx.sender)
+        me = await ctx.services.directory.get(ctx.session, ctx.sender)
         for role in me.roles or []:
             if role.startswith("secretaire:"):  # decisions.md 11: on behalf of a professional
                 pour = role.split(":", 1)[1]
@@ -189,7 +180,7 @@ def register(registry: CommandRegistry) -> None:
         d = creer_demande(numero, flow, demandeur, ctx.now, commentaire=commentaire, pour_compte_de=pour,
                           medecin_traitant=patient.medecin_traitant, motif=motif, delai_reponse=reponse,
                           delai_intervention=intervention, commune=commune,
-                          fuseau=ctx.bot.config.cpts.timezone, **kwargs)
+                          fuseau=ctx.services.timezone, **kwargs)
         if isinstance(d, Refus):
             ctx.refuse(d.texte())
         row = await store.start(ctx, patient, d, flow, commune)
@@ -198,7 +189,7 @@ def register(registry: CommandRegistry) -> None:
                             details={"flow": flow.code, "par": ctx.sender}))
         cible_txt = literal(person.display_name if person else (profession_label(profession) if profession else cible))
         ctx.reply(f"🆗 Demande **n°{d.numero}** créée ({flow.libelle} → {cible_txt}). "
-                  f"Réponse attendue avant {format_french_datetime(d.echeance_reponse, ctx.bot.config.tz, now=ctx.now)}."
+                  f"Réponse attendue avant {format_french_datetime(d.echeance_reponse, ctx.services.tz, now=ctx.now)}."
                   if d.echeance_reponse else f"🆗 Demande **n°{d.numero}** créée ({flow.libelle}).")
 
     @registry.command(
@@ -218,7 +209,7 @@ def register(registry: CommandRegistry) -> None:
     )
     async def refuser_cmd(ctx, motif, demande=None):
         patient, row = await resolve(ctx, demande, answering=True)
-        d = store.read(ctx.bot, row)
+        d = store.read(ctx.store.cipher, row)
         await authorize(ctx, Action.REFUSER, patient, d)
         outcome = refuser(d, ctx.sender, motif, ctx.now)
         if isinstance(outcome, DejaPrise):
@@ -231,7 +222,7 @@ def register(registry: CommandRegistry) -> None:
             ctx.reply(f"Refus noté pour la demande {patient.code}/{d.numero}. Merci.")
         if isinstance(outcome, Declinee) and outcome.avancer_vers:
             # The MT declined, or everyone asked did: the next rung now, not at its planned time.
-            await ctx.bot.store.bring_forward(ctx.session, f"demande.{outcome.avancer_vers.value}",
+            await ctx.services.store.bring_forward(ctx.session, f"demande.{outcome.avancer_vers.value}",
                                               f"demande:{row.id}", ctx.now, ctx.now,
                                               payload={"room_id": patient.room_id, "commune": patient.commune})
 
@@ -247,7 +238,7 @@ def register(registry: CommandRegistry) -> None:
     )
     async def rdv(ctx, quand, lieu, demande=None, precisions=None):
         patient, row = await resolve(ctx, demande, answering=False)
-        d = store.read(ctx.bot, row)
+        d = store.read(ctx.store.cipher, row)
         permission = await authorize(ctx, Action.RDV, patient, d)
         slot = (quand.start, quand.end) if quand.end else quand.start
         outcome = fixer_rdv(d, ctx.sender, slot, Mode(lieu), ctx.now, au_nom_de=permission.acting_for)
@@ -266,11 +257,11 @@ def register(registry: CommandRegistry) -> None:
     )
     async def cr(ctx, texte, demande=None):
         patient, row = await resolve(ctx, demande, answering=False)
-        d = store.read(ctx.bot, row)
+        d = store.read(ctx.store.cipher, row)
         await authorize(ctx, Action.CR, patient, d)
         outcome = poster_cr(d, ctx.sender, texte, ctx.now)
         await _answer(ctx, outcome, patient, row, d)
-        await ctx.bot.store.cancel_deadlines(f"demande:{row.id}", ("demande.intervention",), session=ctx.session)
+        await ctx.services.store.cancel_deadlines(f"demande:{row.id}", ("demande.intervention",), session=ctx.session)
         noms = await store.names(ctx.session, [ctx.sender, *d.demandeurs])
         ctx.reply(outcome.texte(noms), mentions={u: noms[u] for u in d.demandeurs})
 
@@ -281,11 +272,11 @@ def register(registry: CommandRegistry) -> None:
     )
     async def cloturer_cmd(ctx, demande=None):
         patient, row = await resolve(ctx, demande, answering=False)
-        d = store.read(ctx.bot, row)
+        d = store.read(ctx.store.cipher, row)
         await authorize(ctx, Action.CLOTURER, patient, d)
         outcome = cloturer(d, ctx.sender, ctx.now)
         await _answer(ctx, outcome, patient, row, d)
-        await ctx.bot.store.cancel_deadlines(f"demande:{row.id}", session=ctx.session)
+        await ctx.services.store.cancel_deadlines(f"demande:{row.id}", session=ctx.session)
         ctx.reply(outcome.texte(await store.names(ctx.session, [ctx.sender])))
 
     @registry.command(
@@ -295,11 +286,11 @@ def register(registry: CommandRegistry) -> None:
     )
     async def annuler_cmd(ctx, motif, demande=None):
         patient, row = await resolve(ctx, demande, answering=False)
-        d = store.read(ctx.bot, row)
+        d = store.read(ctx.store.cipher, row)
         await authorize(ctx, Action.ANNULER, patient, d)
         outcome = annuler(d, ctx.sender, motif, ctx.now)
         await _answer(ctx, outcome, patient, row, d)
-        await ctx.bot.store.cancel_deadlines(f"demande:{row.id}", session=ctx.session)
+        await ctx.services.store.cancel_deadlines(f"demande:{row.id}", session=ctx.session)
         ctx.reply(outcome.texte(await store.names(ctx.session, [ctx.sender])))
 
     @registry.command(
@@ -310,7 +301,7 @@ def register(registry: CommandRegistry) -> None:
         rows = await store.open_rows(ctx.session, ctx.room_id if ctx.room_kind == PATIENT else None)
         lines = []
         for row in rows:
-            d = store.read(ctx.bot, row)
+            d = store.read(ctx.store.cipher, row)
             if ctx.room_kind != PATIENT and ctx.sender not in (*d.sollicites, d.demandeur):
                 continue
             ref = f"n°{d.numero}" if ctx.room_kind == PATIENT else f"{row.patient_code}/{d.numero}"
@@ -332,7 +323,7 @@ ETATS = {
 
 async def _demande_line(ctx, ref: str, d) -> str:
     """`n°1 · Visite à domicile → infirmier·e · en attente de réponse · réponse avant …`."""
-    flow = ctx.bot.flows.get(d.flow)
+    flow = ctx.services.flows.get(d.flow)
     libelle = d.libelle or (flow.libelle if flow else d.flow)
     noms = await store.names(ctx.session, [d.cible_personne, d.acceptee_par])
     if d.cible_personne:
@@ -344,7 +335,7 @@ async def _demande_line(ctx, ref: str, d) -> str:
     etat = ETATS.get(d.etat, d.etat.value)
     if d.acceptee_par:
         etat += f" par {noms[d.acceptee_par]}"
-    tz = ctx.bot.config.tz
+    tz = ctx.services.tz
     if d.etat is Etat.EN_ATTENTE and d.echeance_reponse:
         etat += f" · réponse attendue avant {format_french_datetime(d.echeance_reponse, tz, now=ctx.now)}"
     elif d.etat is Etat.EXPIREE and d.echeance_reponse:
@@ -357,14 +348,14 @@ async def _demande_line(ctx, ref: str, d) -> str:
 
 
 async def accept(ctx, patient: Patient, row: DemandeRow) -> None:
-    d = store.read(ctx.bot, row)
+    d = store.read(ctx.store.cipher, row)
     await authorize(ctx, Action.ACCEPTER, patient, d)
     outcome = accepter(d, ctx.sender, ctx.now)
     if isinstance(outcome, DejaPrise):
         ctx.reply(outcome.texte(await store.names(ctx.session, [outcome.par])))
         return
     await _answer(ctx, outcome, patient, row, d)
-    flow = ctx.bot.flows[d.flow]
+    flow = ctx.services.flows[d.flow]
     await store.on_accepted(ctx, patient, row, d, flow, outcome)
     ctx.session.add(Act(user_id=ctx.sender, kind="acceptation", patient_code=patient.code, parcours=flow.parcours,
                         ref=f"demande:{row.id}", at=ctx.now, details={"flow": flow.code, "tardive": outcome.tardive}))
@@ -372,9 +363,8 @@ async def accept(ctx, patient: Patient, row: DemandeRow) -> None:
         ctx.reply(f"✅ C'est noté : vous prenez en charge la demande {patient.code}/{d.numero}. "
                   f"Vous êtes invité·e dans le cercle {patient.code}, où se trouve la fiche du patient.")
     if outcome.tardive:
-        from rooms.coordination import coordinator_room_id
 
-        room = coordinator_room_id(ctx.bot)
+        room = ctx.services.coordinator_room
         if room:
             ctx.send(room, f"✅ Demande {patient.code}/{d.numero} finalement prise en charge (après l'échéance).")
 
@@ -383,7 +373,6 @@ async def accept_by_reaction(ctx, target_event_id: str | None) -> None:
     """✅ on a notice: the notice's outbox ref says which request it was."""
     if not target_event_id:
         return
-    from storage.models import OutboxItem
 
     ref = await ctx.session.scalar(select(OutboxItem.ref).where(OutboxItem.event_id == target_event_id))
     if not ref or not ref.startswith("notice:"):
@@ -391,7 +380,7 @@ async def accept_by_reaction(ctx, target_event_id: str | None) -> None:
     row = await ctx.session.get(DemandeRow, int(ref.split(":")[1]))
     if row is None:
         return
-    prof = await ctx.bot.directory.get(ctx.session, ctx.sender)
+    prof = await ctx.services.directory.get(ctx.session, ctx.sender)
     if prof is None:
         return
     patient = await ctx.session.get(Patient, row.patient_code)

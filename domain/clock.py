@@ -5,12 +5,23 @@ All instants are timezone-aware UTC; display converts to the CPTS time zone.
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Protocol
 from zoneinfo import ZoneInfo
 
 DEFAULT_TIMEZONE = "Europe/Paris"  # cpts.timezone when the configuration says nothing
 PARIS = ZoneInfo(DEFAULT_TIMEZONE)
+
+
+def wall_ms() -> int:
+    """Real time in ms, to compare with server timestamps (the injectable clock is domain time)."""
+    return int(time.time() * 1000)
+
+
+def wall_now() -> datetime:
+    """Real time, for delivery retries (the homeserver lives in real time, not domain time)."""
+    return datetime.now(timezone.utc)
 
 
 class Clock(Protocol):

@@ -1,6 +1,6 @@
 """Marking user-provided text inside the bot's Markdown messages.
 
-`literal(text)` wraps text typed by a user (or a directory field) so that `bot.messages.render`
+`literal(text)` wraps text typed by a user (or a directory field) so that `rooms.messages.render`
 shows it exactly as typed: no Markdown, no HTML, no links or images coming from it. The
 markers are private-use characters, invisible in neither output: render() removes them from
 `body` and escapes what they enclose in `formatted_body`. Pure text, no dependency, so the

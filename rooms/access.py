@@ -18,7 +18,7 @@ from storage.models import Patient, Professional
 async def actor(ctx, patient: Patient | None, user_id: str) -> Actor:
     """The facts domain.permissions needs about `user_id`: directory entry and cercle membership."""
     member = patient is not None and user_id in {m.user_id for m in await cercle_members(ctx.session, patient.code)}
-    prof = await ctx.bot.directory.get(ctx.session, user_id)
+    prof = await ctx.services.directory.get(ctx.session, user_id)
     if prof is None:
         return Actor(user_id, in_directory=False, cercle_member=member)
     return Actor(user_id, profession=prof.profession, roles=frozenset(prof.roles or ()),

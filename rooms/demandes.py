@@ -25,13 +25,16 @@ from domain.requests import (
     Rdv,
     SansObjet,
     echeance_intervention,
+    est_absent,
     mt_indisponible,
     passer_au_palier,
     solliciter,
 )
 from domain.text import format_french_datetime
-from rooms.directory import is_absent, profession_label
-from rooms.patients import add_member, cercle_members
+from rooms.directory import profession_label
+from rooms.messages import render
+from rooms.patients import add_member, cercle_members, invite_with_identity
+from storage.crypto import FieldCipher
 from storage.models import Demande as DemandeRow
 from storage.models import Patient, Professional
 
@@ -92,12 +95,12 @@ def _purpose(room_id: str, numero: int) -> str:
     return f"demande:{room_id}:{numero}"
 
 
-def read(bot, row: DemandeRow) -> Demande:
-    return load(bot.store.cipher.decrypt_json(row.data_enc, _purpose(row.room_id, row.numero)))
+def read(cipher: FieldCipher, row: DemandeRow) -> Demande:
+    return load(cipher.decrypt_json(row.data_enc, _purpose(row.room_id, row.numero)))
 
 
-def write(bot, row: DemandeRow, d: Demande) -> None:
-    row.data_enc = bot.store.cipher.encrypt_json(dump(d), _purpose(row.room_id, row.numero))
+def write(cipher: FieldCipher, row: DemandeRow, d: Demande) -> None:
+    row.data_enc = cipher.encrypt_json(dump(d), _purpose(row.room_id, row.numero))
     row.etat = d.etat.value
     row.acceptee_par = d.acceptee_par
 
@@ -145,13 +148,13 @@ async def cercle_targets(ctx, patient: Patient, d: Demande, flow) -> list[str]:
     if d.cible_personne:
         return [d.cible_personne]
     if d.cible_role:
-        holders = [p.user_id for p in await ctx.bot.directory.members(ctx.session)
+        holders = [p.user_id for p in await ctx.services.directory.members(ctx.session)
                    if any(r == d.cible_role or r.startswith(d.cible_role + ":") for r in p.roles or [])]
         return [u for u in holders if u != d.demandeur]
     members = await cercle_members(ctx.session, patient.code)
     profs = [await ctx.session.get(Professional, m.user_id) for m in members]
     same = [p for p in profs if p and p.active and p.profession == d.cible_profession
-            and p.user_id != d.demandeur and not is_absent(p, ctx.now)]
+            and p.user_id != d.demandeur and not est_absent(p.absences, ctx.now)]
     mt = patient.medecin_traitant
     if flow.medecin_traitant_d_abord and mt and any(p.user_id == mt for p in same):
         return [mt]  # the MT first, alone; the others come with the pool
@@ -162,8 +165,8 @@ async def pool_targets(ctx, d: Demande, commune: str | None) -> list[str]:
     """Every directory professional of the profession in the CPTS (the commune's first, if any)."""
     if not d.cible_profession:
         return []
-    profs = [p for p in await ctx.bot.directory.members(ctx.session, d.cible_profession)
-             if p.user_id != d.demandeur and not is_absent(p, ctx.now)]
+    profs = [p for p in await ctx.services.directory.members(ctx.session, d.cible_profession)
+             if p.user_id != d.demandeur and not est_absent(p.absences, ctx.now)]
     if commune:
         local = [p for p in profs if commune.casefold() in {c.casefold() for c in p.communes or []}]
         profs = local or profs
@@ -177,7 +180,7 @@ def demande_ref(patient: Patient, d: Demande) -> str:
 
 def notice_text(ctx, patient: Patient, d: Demande, flow, *, pool: bool) -> str:
     echeance = d.echeance_reponse
-    deadline = f"réponse attendue avant {format_french_datetime(echeance, ctx.bot.config.tz, now=ctx.now)}" if echeance else ""
+    deadline = f"réponse attendue avant {format_french_datetime(echeance, ctx.services.tz, now=ctx.now)}" if echeance else ""
     cible = profession_label(d.cible_profession) if d.cible_profession else "vous"
     if pool:
         # No patient identity: commune, age band, motif (the flow), délai only (decisions.md 3.2).
@@ -193,8 +196,6 @@ def notice_text(ctx, patient: Patient, d: Demande, flow, *, pool: bool) -> str:
 
 def queue_direct(ctx, user_id: str, md_text: str, ref: str | None = None) -> None:
     """A message in the user's direct chat with the bot (created at send time if needed)."""
-    from bot.messages import render
-
     ctx.queue("direct", "", {"user_id": user_id, "content": render(md_text, mentions={user_id: user_id})}, ref=ref)
 
 
@@ -231,23 +232,21 @@ async def start(ctx, patient: Patient, d: Demande, flow, commune: str | None) ->
         await notify(ctx, patient, row, d, flow, sorted(new, key=lambda u: u != patient.medecin_traitant), pool=False)
     for step in plan:
         if step.rung != Rung.CERCLE:
-            await ctx.bot.store.add_deadline(f"demande.{step.rung.value}", f"demande:{row.id}", step.due_at,
+            await ctx.services.store.add_deadline(f"demande.{step.rung.value}", f"demande:{row.id}", step.due_at,
                                              ctx.now, payload={"room_id": patient.room_id, "commune": d_commune},
                                              session=ctx.session)
-    write(ctx.bot, row, d)
+    write(ctx.store.cipher, row, d)
     return row
 
 
 async def on_accepted(ctx, patient: Patient, row: DemandeRow, d: Demande, flow, outcome: Acceptee) -> None:
-    await ctx.bot.store.cancel_deadlines(f"demande:{row.id}", LADDER_KINDS, session=ctx.session)
+    await ctx.services.store.cancel_deadlines(f"demande:{row.id}", LADDER_KINDS, session=ctx.session)
     if outcome.echeance_intervention:
-        await ctx.bot.store.add_deadline("demande.intervention", f"demande:{row.id}", outcome.echeance_intervention,
+        await ctx.services.store.add_deadline("demande.intervention", f"demande:{row.id}", outcome.echeance_intervention,
                                          ctx.now, payload={"room_id": patient.room_id}, session=ctx.session)
     noms = await names(ctx.session, {outcome.par, *outcome.a_informer})
     members = {m.user_id for m in await cercle_members(ctx.session, patient.code)}
     if outcome.par not in members:
-        from commands.cercle import invite_with_identity
-
         await add_member(ctx.session, patient.code, outcome.par, "intervenant", ctx.sender, ctx.now)
         invite_with_identity(ctx, patient, outcome.par, f"prise en charge de la demande n°{d.numero}")
     requesters = await names(ctx.session, d.demandeurs)
@@ -270,8 +269,8 @@ async def fire(ctx, deadline) -> None:
     if row is None:
         return
     patient = await ctx.session.get(Patient, row.patient_code)
-    d = read(ctx.bot, row)
-    flow = ctx.bot.flows[d.flow]
+    d = read(ctx.store.cipher, row)
+    flow = ctx.services.flows[d.flow]
     rung = Rung(deadline.kind.split(".")[1])
     if rung == Rung.INTERVENTION:
         outcome = echeance_intervention(d, ctx.now)
@@ -301,12 +300,11 @@ async def fire(ctx, deadline) -> None:
                              ref=f"notice:{row.id}:{u}")
     elif isinstance(outcome, Escaladee):
         ctx.send(patient.room_id, outcome.texte(noms), mentions={d.demandeur: noms.get(d.demandeur, d.demandeur)})
-        from rooms.coordination import coordinator_room_id
 
-        room = coordinator_room_id(ctx.bot)
+        room = ctx.services.coordinator_room
         if room:
             ctx.send(room, outcome.texte_coordination() + f"\nPatient : **{patient.code}** (cercle de soins).")
     elif isinstance(outcome, InterventionEnRetard):
         people = {outcome.acceptant, d.demandeur}
         ctx.send(patient.room_id, outcome.texte(noms), mentions={u: noms.get(u, u) for u in people})
-    write(ctx.bot, row, d)
+    write(ctx.store.cipher, row, d)

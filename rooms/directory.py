@@ -44,19 +44,12 @@ def profession_label(code: str, *, pluriel: bool = False) -> str:
     return (p.pluriel if pluriel else p.libelle) if p else code
 
 
-def is_absent(prof: Professional, now: datetime) -> bool:
-    from domain.requests import est_absent
-
-    return est_absent(prof.absences, now)
-
-
 def has_role(prof: Professional, role: str) -> bool:
     return any(r == role or r.startswith(role + ":") for r in prof.roles or [])
 
 
 class Directory:
-    def __init__(self, bot):
-        self.bot = bot
+    """The annuaire's queries; only active professionals count."""
 
     async def get(self, session: AsyncSession, user_id: str) -> Professional | None:
         prof = await session.get(Professional, user_id)
@@ -122,13 +115,13 @@ async def upsert_professional(session: AsyncSession, *, user_id: str, display_na
     return prof
 
 
-async def seed_demo_directory(bot, accounts: list[dict]) -> None:
+async def seed_demo_directory(store, clock, cpts_name: str, accounts: list[dict]) -> None:
     """`cercle up`: the demo accounts are members, up to date with their cotisation until year end."""
-    now = bot.clock.now()
+    now = clock.now()
     year_end = now.replace(month=12, day=31, hour=23, minute=59)
-    async with bot.store.session.begin() as session:
+    async with store.session.begin() as session:
         for a in accounts:
             roles = ["coordinateur"] if a["role"] == "coordinateur" else []
             await upsert_professional(session, user_id=a["user_id"], display_name=a["name"],
                                       profession=a["profession"], roles=roles, communes=["Brétigny-sur-Orge"],
-                                      cpts=bot.config.cpts.name, cotisation_until=year_end, now=now)
+                                      cpts=cpts_name, cotisation_until=year_end, now=now)

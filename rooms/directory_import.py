@@ -88,8 +88,8 @@ async def import_directory(ctx, data: bytes) -> str:
         seen.add(values["user_id"])
         until = values.pop("until")
         await upsert_professional(
-            ctx.session, now=ctx.now, cpts=ctx.bot.config.cpts.name,
-            cotisation_until=datetime.combine(until, time(23, 59), tzinfo=ctx.bot.config.tz) if until else None,
+            ctx.session, now=ctx.now, cpts=ctx.services.cpts_name,
+            cotisation_until=datetime.combine(until, time(23, 59), tzinfo=ctx.services.tz) if until else None,
             **values)
         accepted.append(f"- ligne {number} : {values['display_name']} ({values['user_id']})")
     text = [f"📇 Import de l'annuaire : {len(accepted)} ligne(s) acceptée(s), {len(refused)} refusée(s)."]

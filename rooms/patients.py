@@ -10,11 +10,11 @@ import secrets
 from dataclasses import asdict, dataclass
 from datetime import date, datetime
 
-from nio import RoomVisibility
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.markup import literal
+from storage.crypto import FieldCipher
 from storage.models import CercleMember, Patient
 
 CODE_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/O, 1/I: read aloud on the phone
@@ -93,48 +93,6 @@ def creation_request(code: str, invite: list[str], notify: str | None = None) ->
     return {"key": creation_key(code), "kind": "patient", "code": code, "invite": invite, "notify": notify}
 
 
-async def create_patient_room(bot, key: str, code: str, invite: list[str]):
-    """room_create for a patient room; returns nio's response (RoomCreateResponse or RoomCreateError)."""
-    return await bot.client.room_create(
-        visibility=RoomVisibility.private, name=room_name(code, []),
-        topic=f"Cercle de soins {code}, salon chiffré géré par Cercle. Tapez !aide.",
-        invite=invite, preset=None,
-        initial_state=[
-            {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}},
-            {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "invite"}},
-            {"type": "m.room.guest_access", "state_key": "", "content": {"guest_access": "forbidden"}},
-            # Members see history from their invitation on, not before.
-            {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "invited"}},
-            {"type": CREATION_STATE, "state_key": "", "content": {"key": key}},
-        ],
-        power_level_override=power_levels(),
-    )
-
-
-class RoomLookupError(Exception):
-    """The homeserver did not answer the lookup: neither found nor absent, try again later."""
-
-
-async def find_created_room(bot, key: str) -> str | None:
-    """The room a previous, interrupted attempt created for `key`, if any.
-
-    Only rooms the bot has joined but not recorded with a purpose are read (after a crash the sync
-    records an unknown room as `other`); each one costs one state request."""
-    from nio import JoinedRoomsResponse, RoomGetStateEventResponse
-
-    joined = await bot.client.joined_rooms()
-    if not isinstance(joined, JoinedRoomsResponse):
-        raise RoomLookupError(getattr(joined, "message", str(joined)))
-    known = {r.room_id for r in await bot.store.rooms() if r.kind != "other"}
-    for room_id in joined.rooms:
-        if room_id in known:
-            continue
-        state = await bot.client.room_get_state_event(room_id, CREATION_STATE, "")
-        if isinstance(state, RoomGetStateEventResponse) and state.content.get("key") == key:
-            return room_id
-    return None
-
-
 async def record_patient_room(session: AsyncSession, code: str, room_id: str) -> None:
     patient = await session.get(Patient, code)
     if patient is not None:
@@ -156,12 +114,12 @@ async def patient_by_code(session: AsyncSession, code: str) -> Patient | None:
     return await session.get(Patient, code.upper())
 
 
-def identity_of(bot, patient: Patient) -> Identity:
-    return Identity(**bot.store.cipher.decrypt_json(patient.identity_enc, f"patient:{patient.code}"))
+def identity_of(cipher: FieldCipher, patient: Patient) -> Identity:
+    return Identity(**cipher.decrypt_json(patient.identity_enc, f"patient:{patient.code}"))
 
 
-def encrypt_identity(bot, code: str, identity: Identity) -> bytes:
-    return bot.store.cipher.encrypt_json(asdict(identity), f"patient:{code}")
+def encrypt_identity(cipher: FieldCipher, code: str, identity: Identity) -> bytes:
+    return cipher.encrypt_json(asdict(identity), f"patient:{code}")
 
 
 async def cercle_members(session: AsyncSession, code: str) -> list[CercleMember]:
@@ -180,3 +138,21 @@ async def add_member(session: AsyncSession, code: str, user_id: str, role: str, 
         row.removed_at, row.added_at, row.added_by, row.role = None, now, added_by, role
         return True
     return False
+
+
+def require_room(ctx, patient: Patient) -> str:
+    """The patient's room id; refuses while the outbox has not created the room yet."""
+    if patient.room_id is None:
+        ctx.refuse(f"le salon du cercle {patient.code} est en cours de création ; réessayez dans un instant",
+                   usage=False)
+    return patient.room_id
+
+
+def invite_with_identity(ctx, patient: Patient, user_id: str, why: str) -> None:
+    """Invite into the patient room, then post the identity card again: a newcomer cannot decrypt
+    messages sent before their device received the room key."""
+    require_room(ctx, patient)
+    ctx.queue("invite", patient.room_id, {"user_id": user_id})
+    ident = identity_of(ctx.store.cipher, patient)
+    card = ident.card(patient.code, patient.medecin_traitant)
+    ctx.send(patient.room_id, f"{card}\n\n_(fiche renvoyée pour {user_id} : {why})_", mentions={user_id: user_id})

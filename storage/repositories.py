@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from storage.crypto import FieldCipher
-from storage.engine import migrate, sessionmaker
+from storage.engine import make_engine, migrate, sessionmaker
 from storage.models import BotState, Deadline, InboxEvent, OutboxItem, RoomRecord
 
 
@@ -325,8 +325,6 @@ class Store:
 
 
 async def open_store(database_url: str, key_file, create_key: bool = True) -> Store:
-    from storage.engine import make_engine
-
     store = Store(make_engine(database_url), FieldCipher.from_key_file(key_file, create=create_key))
     await store.migrate()
     return store

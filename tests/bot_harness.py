@@ -7,7 +7,6 @@ from pathlib import Path
 
 from bot.app import Bot
 from bot.config import Config, CptsConfig, MatrixConfig, StorageConfig, SyncConfig
-from bot.wiring import wire
 from domain.clock import Clock, SystemClock
 
 
@@ -36,7 +35,6 @@ class BotHarness:
 
     async def start(self) -> Bot:
         self.bot = await Bot.open(self.config(), self.clock)
-        wire(self.bot)
         for hook in self.before_run:
             hook(self.bot)
         self.task = asyncio.create_task(self.bot.run())

@@ -231,7 +231,7 @@ async def test_an_outage_is_logged_once_per_change_not_once_per_retry(tmp_path, 
     import logging
 
     from bot.local_synapse import LocalSynapse
-    from bot.messages import render
+    from rooms.messages import render
     from tests.clinician import Clinician
 
     server = LocalSynapse.prepare(tmp_path / "hs")

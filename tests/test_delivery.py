@@ -240,7 +240,7 @@ async def test_a_crash_between_creating_and_recording_a_direct_chat_makes_one_ch
 
     harness.bot.store.save_room = die_on_direct
     async with harness.bot.store.session.begin() as s:
-        from bot.messages import render
+        from rooms.messages import render
 
         harness.bot.store.queue(s, "direct", "", {"user_id": nurse.user_id, "content": render("Bonjour 👋")},
                                 harness.bot.clock.now())
@@ -278,7 +278,7 @@ async def test_an_item_stuck_too_long_is_reported_once(synapse, register, tmp_pa
     try:
         caplog.set_level(logging.INFO, logger="cercle")
         async with h.bot.store.session.begin() as s:
-            from bot.messages import render
+            from rooms.messages import render
 
             h.bot.store.queue(s, "direct", "", {"user_id": absent, "content": render("Bonjour")}, h.bot.clock.now(),
                               ref="test:absent")

@@ -12,8 +12,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import func, select
 
+from bot.coordination import ensure_coordinator_room
 from domain.clock import FakeClock
-from rooms.coordination import ensure_coordinator_room
 from storage.models import Demande as DemandeRow
 from tests.bot_harness import BotHarness
 from tests.clinician import Clinician

@@ -39,7 +39,7 @@ def test_csv_header_and_encodings():
 
 @pytest.mark.synapse
 async def test_coordinators_manage_the_directory_and_import_an_encrypted_csv(synapse, register, tmp_path):
-    from rooms.coordination import ensure_coordinator_room
+    from bot.coordination import ensure_coordinator_room
 
     bot_user, bot_password = register("cercle")
     harness = BotHarness(synapse.url, bot_user, bot_password, tmp_path / "bot")

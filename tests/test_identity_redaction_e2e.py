@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from rooms.coordination import ensure_coordinator_room
+from bot.coordination import ensure_coordinator_room
 from tests.test_patient_rooms_e2e import direct_chat
 
 pytestmark = pytest.mark.synapse

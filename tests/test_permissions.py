@@ -109,7 +109,7 @@ async def world(directory_and_cercle, tmp_path):
 async def request_state(uc) -> tuple:
     async with uc.bot.store.session() as session:
         row = await demandes_store.find(session, uc.room, 1)
-        d = demandes_store.read(uc.bot, row)
+        d = demandes_store.read(uc.bot.store.cipher, row)
     return d.etat, d.acceptee_par, dict(d.refus), set(d.sollicites), d.rdv, d.cr
 
 

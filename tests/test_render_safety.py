@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.messages import ALLOWED_TAGS, PILL_PREFIX, literal, render
 from commands.arguments import Integer, ParseContext
 from commands.registry import CommandRegistry, Param, UsageError
 from domain.flows import Mode
 from domain.requests import Annulee, Declinee, Rdv, RdvFixe, Refus
+from rooms.messages import ALLOWED_TAGS, PILL_PREFIX, literal, render
 from rooms.patients import Identity
 
 FRAGMENTS = [

@@ -139,8 +139,8 @@ async def test_strict_policy_shares_keys_only_with_cross_signed_devices(setup, s
 
 
 async def test_an_identity_reset_elsewhere_is_reported_not_overwritten(setup, synapse):
+    from bot.coordination import ensure_coordinator_room
     from bot.cross_signing_keys import CrossSigningKeys
-    from rooms.coordination import ensure_coordinator_room
 
     harness, clinician = setup
     assert await harness.identity_status() == "created"

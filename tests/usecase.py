@@ -16,8 +16,7 @@ from sqlalchemy import select
 from bot.app import Bot
 from bot.config import Config, CptsConfig, MatrixConfig, StorageConfig
 from bot.dispatch import dispatch
-from bot.wiring import wire
-from commands import build_registry
+from bot.wiring import compose
 from domain.clock import FakeClock
 from rooms.directory import upsert_professional
 from rooms.patients import Identity, encrypt_identity
@@ -70,9 +69,8 @@ class UseCases:
                         cpts=CptsConfig(name="CPTS de test", coordinator_room=COORDINATION_ROOM))
         data_dir.mkdir(parents=True, exist_ok=True)
         store = await open_store(config.storage.url(), config.storage.key_path())
-        bot = Bot(config, store, clock, build_registry(), client=NoHomeserver(), password="unused")
-        wire(bot)
-        bot.coordinator_room = COORDINATION_ROOM
+        bot = Bot(config, store, clock, NoHomeserver(), "unused", compose(config, store, clock))
+        bot.services.coordinator_room = COORDINATION_ROOM
         await store.save_room(COORDINATION_ROOM, "coordination", 0)
         return cls(bot, clock)
 
@@ -103,7 +101,7 @@ class UseCases:
         identity = Identity(nom="Dupont", prenom="Marie", naissance="1950-03-12", sexe="F",
                             telephone="0612345678", adresse="3 rue des Lilas")
         async with self.bot.store.session.begin() as session:
-            session.add(Patient(code=code, room_id=room_id, identity_enc=encrypt_identity(self.bot, code, identity),
+            session.add(Patient(code=code, room_id=room_id, identity_enc=encrypt_identity(self.bot.store.cipher, code, identity),
                                 medecin_traitant=mt, created_by=members[0], created_at=now, commune=commune,
                                 birth_year=1950))
             for user_id in members:

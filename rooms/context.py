@@ -3,14 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.messages import render
-
-if TYPE_CHECKING:
-    from bot.app import Bot
+from rooms.messages import render
+from rooms.services import Services
 
 
 class Refusal(Exception):
@@ -23,7 +21,7 @@ class Refusal(Exception):
 
 @dataclass
 class CommandContext:
-    bot: "Bot"
+    services: Services
     session: AsyncSession  # the handler's transaction: state changes and replies commit together
     room_id: str
     room_kind: str
@@ -37,7 +35,7 @@ class CommandContext:
 
     @property
     def store(self):
-        return self.bot.store
+        return self.services.store
 
     def reply(self, md_text: str, *, mentions: dict[str, str] | None = None, ref: str | None = None) -> str:
         """An m.notice in reply to the command; mentioned users are notified."""
@@ -50,17 +48,17 @@ class CommandContext:
         """Bad input found by the handler: abort the transaction (nothing is written) and answer
         in French, with the usage line."""
         if usage and self.command is not None:
-            raise Refusal(self.bot.registry.usage_error_text(self.command, message))
+            raise Refusal(self.services.registry.usage_error_text(self.command, message))
         raise Refusal(message if message.startswith(("⚠️", "🙏", "⛔")) else f"⚠️ {message}")
 
     def send(self, room_id: str, md_text: str, *, mentions: dict[str, str] | None = None,
              reply_to: str | None = None, ref: str | None = None) -> str:
         content = render(md_text, mentions=mentions, reply_to=reply_to)
-        txn = self.bot.store.queue(self.session, "message", room_id, content, self.now, ref=ref)
+        txn = self.services.store.queue(self.session, "message", room_id, content, self.now, ref=ref)
         self.sent.append(txn)
         return txn
 
     def queue(self, action: str, room_id: str, content: dict, ref: str | None = None) -> str:
-        txn = self.bot.store.queue(self.session, action, room_id, content, self.now, ref=ref)
+        txn = self.services.store.queue(self.session, action, room_id, content, self.now, ref=ref)
         self.sent.append(txn)
         return txn

@@ -5,11 +5,11 @@ import logging
 
 from nio import RoomCreateError, RoomVisibility
 
-from bot.app import wall_ms
+from bot.room_creation import ENCRYPTION
+from domain.clock import wall_ms
 
 log = logging.getLogger("cercle.rooms")
 
-ENCRYPTION = {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
 
 
 async def ensure_coordinator_room(bot, invite: list[str] = ()) -> str:
@@ -33,9 +33,7 @@ async def ensure_coordinator_room(bot, invite: list[str] = ()) -> str:
     if record is None or record.kind != "coordination":
         created = room_id == await bot.store.get_state("coordinator_room")
         await bot.store.save_room(room_id, "coordination", record.joined_ts if record else now_ms, created=created)
-    bot.coordinator_room = room_id
+    bot.services.coordinator_room = room_id
     return room_id
 
 
-def coordinator_room_id(bot) -> str | None:
-    return getattr(bot, "coordinator_room", None)
