@@ -572,7 +572,9 @@ class Bot:
         if later.after_s:
             delay = max(delay, later.after_s)
         now = wall_now()
-        log.info("envoi %s reporté (essai %d, prochain dans %.0f s) : %s", item.id, attempts, delay, later.reason)
+        # During an outage the homeserver watch has said it once; each retry is only debug detail.
+        (log.debug if later.outage or self.homeserver.down else log.info)(
+            "envoi %s reporté (essai %d, prochain dans %.0f s) : %s", item.id, attempts, delay, later.reason)
         await self.store.outbox_retry(item.id, attempts=attempts, next_attempt_at=now + timedelta(seconds=delay),
                                       first_try_at=item.first_try_at or now, last_error=later.reason)
 
