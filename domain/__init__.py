@@ -1,1 +1,3 @@
-"""Pure domain core: parcours, délais, escalation ladder, acts. No I/O here."""
+"""Pure domain core, no I/O: request state machine, escalation ladder, permissions, red-flag
+thresholds, parcours and flows models, French text, clocks.
+"""
