@@ -64,8 +64,12 @@ async def _identity_in_shared_room(bot, session, event: IncomingEvent) -> bool:
     if event.kind != "message":
         return False
     kind = room_kind(bot, await session.get(RoomRecord, event.room_id))
-    cmd = bot.registry.addressed_command(event.payload.get("body", ""), direct=kind == "direct")
-    return cmd is not None and cmd.carries_identity and kind != "direct"
+    if kind == "direct":
+        return False
+    body = event.payload.get("body", "")
+    cmd = bot.registry.addressed_command(body, direct=False)
+    # The identity travels in the options (nom=…, naissance=…): a bare `!patient nouveau` holds none.
+    return cmd is not None and cmd.carries_identity and "=" in body
 
 
 async def _protect_identity(bot, session, event: IncomingEvent) -> None:

@@ -100,12 +100,12 @@ def _addressed_to(d: Demande, actor: Actor, profession_label) -> Permission:
 
 
 def may_accept(d: Demande, actor: Actor, profession_label=str) -> Permission:
-    if actor.user_id in d.demandeurs:
-        return _no("vous ne pouvez pas accepter votre propre demande")
-    if actor.delegation_for:
+    if actor.delegation_for:  # whatever the request, even one she typed for her doctor
         return _no(f"une acceptation appartient au professionnel : {actor.delegation_for} doit accepter "
                    "lui-même ou elle-même ; vous pourrez ensuite fixer le rendez-vous",
                    pro=actor.delegation_for)
+    if actor.user_id in d.demandeurs:
+        return _no("vous ne pouvez pas accepter votre propre demande")
     return _addressed_to(d, actor, profession_label)
 
 
