@@ -12,10 +12,10 @@ from commands.arguments import (
 )
 from commands.cercle import current_patient
 from commands.registry import PATIENT, CommandRegistry, Option, Param
+from domain.demandes import Refus, creer_demande
 from domain.markup import literal
 from domain.parcours import find_parcours
-from domain.redflags import MeasurementError, check_measurements, explain_not_applicable, parse_measurement
-from domain.requests import Refus, creer_demande
+from domain.redflags import ValeurError, check_valeurs, explain_not_applicable, parse_valeur
 from domain.text import format_duree, format_french_datetime, normalize
 from rooms import demandes as store
 from rooms.patients import cercle_members
@@ -37,8 +37,8 @@ def split_input(ctx, text: str):
     for word in text.split():
         if MEASURE_TOKEN.match(word):
             try:
-                measurements.append(parse_measurement(word))
-            except MeasurementError as e:
+                measurements.append(parse_valeur(word))
+            except ValeurError as e:
                 ctx.refuse(str(e))
         else:
             words.append(word)
@@ -92,7 +92,7 @@ def register(registry: CommandRegistry) -> None:
             candidates = [chosen]
         hits, notes, known, free = [], [], [], []
         for p in candidates:
-            result = check_measurements(p, measurements)
+            result = check_valeurs(p, measurements)
             hits += [h for h in result.crossed if h.niveau == "red_flag"]
             notes += [explain_not_applicable(p, m) for m in result.not_applicable]
             k, f = pick_signs(ctx, signes, p.red_flags.constates)
@@ -120,7 +120,7 @@ def register(registry: CommandRegistry) -> None:
                  + (f" · parcours {', '.join(p.nom for p in candidates)}" if candidates else ""), ""]
         for h in hits:
             cond = f" (à confirmer : {h.condition})" if h.condition else ""
-            lines.append(f"- seuil franchi : **{h.seuil_text}** ({h.measurement.texte}){cond}")
+            lines.append(f"- seuil franchi : **{h.seuil_texte}** ({h.valeur.texte}){cond}")
         for s in known + free:
             lines.append(f"- signe constaté : {literal(s)}")
         for n in notes:
@@ -156,7 +156,7 @@ def register(registry: CommandRegistry) -> None:
         measurements, comment = split_input(ctx, texte)
         if not comment:
             ctx.refuse("le commentaire est obligatoire : notez la raison de l'alerte critique")
-        result = check_measurements(p, measurements)
+        result = check_valeurs(p, measurements)
         hits = [h for h in result.crossed if h.niveau == "alerte_critique"]
         known, free = pick_signs(ctx, signes, rules.constates)
         if not hits and not known and not free:
@@ -173,7 +173,7 @@ def register(registry: CommandRegistry) -> None:
         noms = await store.names(ctx.session, mention)
         lines = [f"🚨 **ALERTE CRITIQUE · périnatalité** : la patiente doit consulter **dans les "
                  f"{format_duree(rules.delai_consultation)}** (avant {format_french_datetime(due, ctx.services.tz, now=ctx.now)}).", ""]
-        lines += [f"- seuil franchi : **{h.seuil_text}** ({h.measurement.texte})" for h in hits]
+        lines += [f"- seuil franchi : **{h.seuil_texte}** ({h.valeur.texte})" for h in hits]
         lines += [f"- signe : {literal(s)}" for s in known + free]
         lines += ["", *[f"- {c}" for c in rules.consignes]]
         if mention:

@@ -17,10 +17,7 @@ from commands.arguments import (
 )
 from commands.cercle import current_patient, resolve_person
 from commands.registry import DIRECT, PATIENT, CommandRegistry, Option, Param
-from domain.flows import Mode, find_flow
-from domain.markup import literal
-from domain.permissions import Action
-from domain.requests import (
+from domain.demandes import (
     Declinee,
     DejaPrise,
     Etat,
@@ -33,6 +30,9 @@ from domain.requests import (
     poster_cr,
     refuser,
 )
+from domain.flows import Mode, find_flow
+from domain.markup import literal
+from domain.permissions import Action
 from domain.text import format_french_datetime
 from rooms import demandes as store
 from rooms.access import authorize

@@ -1,6 +1,6 @@
 """Requests (déclenchements) on Matrix: persistence, notices, and the ladder's timers.
 
-The rules live in domain.requests / domain.ladder; this module only stores their state, turns
+The rules live in domain.demandes / domain.ladder; this module only stores their state, turns
 their outcomes into messages (patient room, direct chats, coordinators' room) and timers.
 """
 from __future__ import annotations
@@ -11,10 +11,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from domain.flows import Mode
-from domain.ladder import Rung, plan_for_flow
-from domain.markup import literal
-from domain.requests import (
+from domain.demandes import (
     Acceptee,
     Demande,
     Escaladee,
@@ -30,6 +27,9 @@ from domain.requests import (
     passer_au_palier,
     solliciter,
 )
+from domain.flows import Mode
+from domain.ladder import Rung, plan_for_flow
+from domain.markup import literal
 from domain.text import format_french_datetime
 from rooms.directory import profession_label
 from rooms.messages import render

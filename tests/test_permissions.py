@@ -12,9 +12,9 @@ import shutil
 import pytest
 
 from domain.clock import FakeClock
+from domain.demandes import creer_demande, solliciter
 from domain.flows import load_flows
 from domain.permissions import Action, Actor, authorize
-from domain.requests import creer_demande, solliciter
 from rooms import demandes as demandes_store
 from tests.usecase import UseCases
 
@@ -232,7 +232,7 @@ def test_person_request_only_for_that_person():
 
 
 def test_declining_never_adds_to_the_solicited():
-    from domain.requests import refuser
+    from domain.demandes import refuser
 
     d = _demande(cible_profession="infirmier")
     refuser(d, IDE_LOCALE, "pas dispo", T0)
