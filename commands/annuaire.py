@@ -90,18 +90,7 @@ async def absence(ctx, debut, fin=None):
 async def annuaire(ctx, action, personne=None, nom=None, profession=None, communes=None, roles=None,
                    cotisation=None):
     if action == "voir":
-        if personne:
-            try:
-                found = await ctx.services.directory.search(ctx.session, personne)
-            except ValueError as e:
-                ctx.refuse(str(e))
-        else:
-            found = await ctx.services.directory.members(ctx.session)
-        if not found:
-            ctx.reply("Aucun professionnel ne correspond." if personne else "L'annuaire est vide.")
-            return
-        ctx.reply("\n".join(f"- {describe(p)}" for p in found[:50]) +
-                  (f"\n\n… et {len(found) - 50} autres" if len(found) > 50 else ""))
+        await _voir(ctx, personne)
         return
     if personne is None or not personne.startswith("@"):
         ctx.refuse("donnez l'identifiant Matrix du professionnel (@nom:serveur)")
@@ -134,14 +123,34 @@ async def annuaire(ctx, action, personne=None, nom=None, profession=None, commun
         existing.active = False
         ctx.reply(f"✅ {literal(existing.display_name)} est retiré·e de l'annuaire (ses actes passés restent au registre).")
         return
+    _modify(existing, nom=nom, profession=prof_code, communes=communes, roles=role_list, until=until)
+    ctx.reply(f"✅ Modifié : {describe(existing)}")
+
+
+async def _voir(ctx, personne: str | None) -> None:
+    if personne:
+        try:
+            found = await ctx.services.directory.search(ctx.session, personne)
+        except ValueError as e:
+            ctx.refuse(str(e))
+    else:
+        found = await ctx.services.directory.members(ctx.session)
+    if not found:
+        ctx.reply("Aucun professionnel ne correspond." if personne else "L'annuaire est vide.")
+        return
+    ctx.reply("\n".join(f"- {describe(p)}" for p in found[:50]) +
+              (f"\n\n… et {len(found) - 50} autres" if len(found) > 50 else ""))
+
+
+def _modify(existing: Professional, *, nom, profession, communes, roles, until) -> None:
+    """Only what was given changes."""
     if nom:
         existing.display_name = nom
-    if prof_code:
-        existing.profession = prof_code
+    if profession:
+        existing.profession = profession
     if communes is not None:
         existing.communes = [c.strip() for c in communes.split(",") if c.strip()]
-    if role_list is not None:
-        existing.roles = role_list
+    if roles is not None:
+        existing.roles = roles
     if until:
         existing.cotisation_until = until
-    ctx.reply(f"✅ Modifié : {describe(existing)}")

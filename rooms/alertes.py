@@ -90,12 +90,18 @@ async def red_flag(ctx, patient: Patient, texte: str, *, signes: str | None, par
     ctx.session.add(Act(user_id=ctx.sender, kind="red_flag", patient_code=patient.code,
                         parcours=candidates[0].code if candidates else None, ref=f"demande:{row.id}",
                         at=ctx.now, details={"seuils": [h.code for h in hits], "signes": known + free}))
+    mt = patient.medecin_traitant
+    ctx.reply(_red_flag_notice(ctx, patient, d, flow, candidates, hits, known + free, notes),
+              mentions=await names(ctx.session, [mt] if mt else []))
+
+
+def _red_flag_notice(ctx, patient: Patient, d, flow, candidates, hits, signs: list[str], notes: list[str]) -> str:
     lines = [f"🚩 **RED FLAG · demande n°{d.numero}**"
              + (f" · parcours {', '.join(p.nom for p in candidates)}" if candidates else ""), ""]
     for h in hits:
         cond = f" (à confirmer : {h.condition})" if h.condition else ""
         lines.append(f"- seuil franchi : **{h.seuil_texte}** ({h.valeur.texte}){cond}")
-    for s in known + free:
+    for s in signs:
         lines.append(f"- signe constaté : {literal(s)}")
     for n in notes:
         lines.append(f"- {n}")
@@ -107,7 +113,7 @@ async def red_flag(ctx, patient: Patient, texte: str, *, signes: str | None, par
     else:
         lines.append(f"\nPas de médecin traitant : les médecins généralistes de la CPTS sont sollicités "
                      f"(avant {deadline}).")
-    ctx.reply("\n".join(lines), mentions=await names(ctx.session, [mt] if mt else []))
+    return "\n".join(lines)
 
 
 async def alerte_critique(ctx, patient: Patient, texte: str, *, signes: str | None) -> None:
