@@ -9,18 +9,14 @@ from dataclasses import dataclass
 
 from bot.config import Config
 from commands import build_registry
-from commands.alertes import alerte_followup
-from commands.demandes import accept_by_reaction
 from commands.registry import CommandRegistry
 from domain.clock import Clock
 from domain.flows import load_flows
 from domain.parcours import load_catalogue
-from rooms import demandes
+from rooms import alertes, demandes
 from rooms.directory import Directory
 from rooms.services import Services
 from storage.repositories import Store
-
-ACCEPT_REACTIONS = ("✅", "✔️", "☑️", "👍")
 
 
 @dataclass(frozen=True)
@@ -36,7 +32,7 @@ def compose(config: Config, store: Store, clock: Clock, registry: CommandRegistr
     services = Services(store=store, clock=clock, directory=Directory(), catalogue=load_catalogue(),
                         flows=load_flows(), tz=config.tz, timezone=config.cpts.timezone, cpts_name=config.cpts.name,
                         bot_user_id=config.matrix.user_id, registry=registry)
-    deadlines = {f"demande.{kind}": demandes.fire for kind in ("pool", "relance", "escalade", "intervention")}
-    deadlines["alerte.suivi"] = alerte_followup
-    return Wiring(services=services, registry=registry, deadline_handlers=deadlines,
-                  reaction_handlers={key: accept_by_reaction for key in ACCEPT_REACTIONS})
+    # Each use-case module owns its tables (at its bottom); the composition root only merges them.
+    return Wiring(services=services, registry=registry,
+                  deadline_handlers={**demandes.DEADLINE_HANDLERS, **alertes.DEADLINE_HANDLERS},
+                  reaction_handlers={**demandes.REACTION_HANDLERS})

@@ -1,4 +1,5 @@
-"""Command declarations. `build_registry()` collects every module's commands."""
+"""Command declarations. `build_registry()` collects every module's CommandGroup, in this order
+(the order of `!aide` and of the README table)."""
 from __future__ import annotations
 
 from commands import alertes, annuaire, cercle, demandes, general
@@ -8,5 +9,5 @@ from commands.registry import CommandRegistry
 def build_registry() -> CommandRegistry:
     registry = CommandRegistry()
     for module in (general, cercle, demandes, alertes, annuaire):
-        module.register(registry)
+        registry.include(module.group)
     return registry

@@ -2,24 +2,26 @@
 from __future__ import annotations
 
 from commands.arguments import Word
-from commands.registry import CommandRegistry, Param
+from commands.registry import CommandGroup, CommandRegistry, Param
 from domain.markup import literal
 
+group = CommandGroup()
 
-def register(registry: CommandRegistry) -> None:
-    @registry.command(
-        "aide", aliases=["help", "?"], summary="liste des commandes, ou le détail d'une commande",
-        params=[Param("commande", Word(placeholder="<commande>"), optional=True, help="le nom d'une commande, par exemple dec")],
-        examples=["!aide", "!aide dec"], requires=None, category="Général",
-    )
-    async def aide(ctx, commande: str | None = None):
-        if commande is None:
-            ctx.reply(registry.help_overview(scope=ctx.room_kind if ctx.room_kind in ("patient", "coordination", "direct") else None))
-            return
-        cmd = registry.find(commande.lstrip("!/"))
-        if cmd is None:
-            suggestions = registry.suggestions(commande)
-            hint = f" Vouliez-vous dire {' ou '.join('`!' + s + '`' for s in suggestions)} ?" if suggestions else ""
-            ctx.reply(f"⚠️ Je ne connais pas la commande « {literal(commande)} ».{hint}\nUsage : `{registry.find('aide').usage()}`")
-            return
-        ctx.reply(registry.help_for(cmd))
+
+@group.command(
+    "aide", aliases=["help", "?"], summary="liste des commandes, ou le détail d'une commande",
+    params=[Param("commande", Word(placeholder="<commande>"), optional=True, help="le nom d'une commande, par exemple dec")],
+    examples=["!aide", "!aide dec"], requires=None, category="Général",
+)
+async def aide(ctx, commande: str | None = None):
+    registry: CommandRegistry = ctx.services.registry
+    if commande is None:
+        ctx.reply(registry.help_overview(scope=ctx.room_kind if ctx.room_kind in ("patient", "coordination", "direct") else None))
+        return
+    cmd = registry.find(commande.lstrip("!/"))
+    if cmd is None:
+        suggestions = registry.suggestions(commande)
+        hint = f" Vouliez-vous dire {' ou '.join('`!' + s + '`' for s in suggestions)} ?" if suggestions else ""
+        ctx.reply(f"⚠️ Je ne connais pas la commande « {literal(commande)} ».{hint}\nUsage : `{registry.find('aide').usage()}`")
+        return
+    ctx.reply(registry.help_for(cmd))

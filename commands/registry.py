@@ -1,8 +1,15 @@
 """Commands are declared once; parsing, `aide`, usage lines and the MSC4332 advertisement derive from it.
 
-    @registry.command("declenchement", aliases=["dec", "déclencher"], summary="…",
-                      params=[Param("cible", Word())], options=[Option("reponse", Duration())])
+Each command module declares its handlers at module level, in a CommandGroup:
+
+    group = CommandGroup()
+
+    @group.command("declenchement", aliases=["dec", "déclencher"], summary="…",
+                   params=[Param("cible", Word())], options=[Option("reponse", Duration())])
     async def declenchement(ctx, cible, reponse=None): ...
+
+and commands.build_registry() adds the groups, in order, to a fresh CommandRegistry (there is no
+global registry: each bot, and each test, builds its own).
 """
 from __future__ import annotations
 
@@ -110,6 +117,26 @@ class UsageError(Exception):
         self.markup = message  # user input wrapped in literal(), for render()
 
 
+class CommandGroup:
+    """A module's declarations, recorded at import on module-level handlers, in declaration order.
+
+    `command()` takes exactly the arguments of CommandRegistry.command; nothing is checked until
+    the group is added to a registry (CommandRegistry.include)."""
+
+    def __init__(self) -> None:
+        self._declarations: list[tuple[str, dict, Callable[..., Awaitable[None]]]] = []
+
+    def command(self, name: str, **declaration):
+        def record(handler):
+            self._declarations.append((name, declaration, handler))
+            return handler
+
+        return record
+
+    def __iter__(self):
+        return iter(self._declarations)
+
+
 class CommandRegistry:
     def __init__(self) -> None:
         self._commands: list[Command] = []
@@ -133,6 +160,10 @@ class CommandRegistry:
             return handler
 
         return register
+
+    def include(self, group: CommandGroup) -> None:
+        for name, declaration, handler in group:
+            self.command(name, **declaration)(handler)
 
     @property
     def commands(self) -> list[Command]:

@@ -34,7 +34,7 @@ from domain.text import compact_duration, format_duree, normalize, normalize_key
 
 __all__ = [
     "ActionConditionnelle", "AlerteCritique", "CatalogueError", "ChecklistItem", "ConditionQuestion", "Constate", "Delai",
-    "DonneeBase", "ElementSuivi", "Fin", "GRANDEURS", "Grandeur", "Inclusion", "Mesure", "Parcours", "Periode",
+    "DonneeBase", "ElementSuivi", "Fin", "GRANDEURS", "Grandeur", "Inclusion", "Seuil", "Parcours", "Periode",
     "Phase", "Question", "Questionnaire", "Rappel", "RedFlags", "Tcim", "default_directory", "find_parcours",
     "load_catalogue", "load_parcours_file", "parse_duration", "parse_periode",
 ]
@@ -292,17 +292,17 @@ def _seuil(value: Any) -> Any:
     raise ValueError(f"seuil « {value} » : nombre, paire [systolique, diastolique] ou booléen attendu")
 
 
-Seuil = Annotated[float | tuple[float, float] | bool, BeforeValidator(_seuil)]
+Borne = Annotated[float | tuple[float, float] | bool, BeforeValidator(_seuil)]
 
 
-class Mesure(_Strict):
+class Seuil(_Strict):
     """A measured red-flag threshold: the sign is present when `grandeur operateur seuil` holds."""
 
     code: Code
     libelle: Texte                               # seed wording
     grandeur: Code
     operateur: Literal["<", "<=", ">", ">=", "="]
-    seuil: Seuil
+    seuil: Borne
     unite: str | None = None
     fenetre: Duree | None = None                 # variation over at most this long (poids)
     combinaison: Literal["ou", "et"] | None = None  # for a pair: either component, or both
@@ -312,7 +312,7 @@ class Mesure(_Strict):
     rubrique_source: Literal["mesures", "constates"] = "mesures"  # where the seed lists it
 
     @model_validator(mode="after")
-    def _coherent(self) -> "Mesure":
+    def _coherent(self) -> "Seuil":
         g = GRANDEURS.get(self.grandeur)
         if g is None:
             raise _KeyedError("grandeur", f"grandeur inconnue « {self.grandeur} » (connues : "
@@ -369,7 +369,7 @@ class RedFlags(_Strict):
     repli: Code                                  # fallback « si celui-ci n'est pas disponible »
     commentaire_obligatoire: bool = True
     constates: list[Constate] = []
-    mesures: list[Mesure] = []
+    mesures: list[Seuil] = []
 
     @model_validator(mode="after")
     def _codes(self) -> "RedFlags":
@@ -385,7 +385,7 @@ class AlerteCritique(_Strict):
     consignes: list[Texte] = Field(min_length=1)
     mentionner: list[Code] = []                  # who is mentioned in the room (decisions.md 7)
     constates: list[Constate] = []
-    mesures: list[Mesure] = []
+    mesures: list[Seuil] = []
 
     @model_validator(mode="after")
     def _codes(self) -> "AlerteCritique":
@@ -551,9 +551,9 @@ class Parcours(_Strict):
         """Every normalized name this parcours answers to (code, nom, aliases)."""
         return {normalize_key(n) for n in (self.code, self.nom, *self.aliases)}
 
-    def seuils(self) -> list[tuple[str, Mesure]]:
-        """Every measured threshold with its level: ("red_flag" | "alerte_critique", Mesure)."""
-        out: list[tuple[str, Mesure]] = []
+    def seuils(self) -> list[tuple[str, Seuil]]:
+        """Every measured threshold with its level: ("red_flag" | "alerte_critique", Seuil)."""
+        out: list[tuple[str, Seuil]] = []
         if self.red_flags:
             out += [("red_flag", m) for m in self.red_flags.mesures]
         if self.alerte_critique:

@@ -2,7 +2,7 @@
 
 Each request action has one rule below. Handlers build an `Actor` from the directory and the
 patient's cercle, ask `authorize(action, demande, actor)`, and act only on `Permission.granted`.
-The state machine (domain.requests) then decides whether the request's *state* allows the action;
+The state machine (domain.demandes) then decides whether the request's *state* allows the action;
 it never decides *who*.
 
 Sources: decisions.md 3 (the ladder asks the cercle, then the profession), 4 (first acceptance
@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from domain.demandes import Demande
 from domain.markup import literal
-from domain.requests import Demande
 from domain.text import normalize
 
 

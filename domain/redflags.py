@@ -1,7 +1,10 @@
 """Measured red-flag values: parse what a clinician types, check it against a parcours' thresholds.
 
-`parse_measurement("spo2=91")` understands the notation (units, signs, windows, cmHg) and nothing
-clinical; `check_measurements(parcours, measurements)` compares with the thresholds of the
+Glossary: a `Valeur` is what was observed (spo2=91); a `Seuil` (domain.parcours) is the rule it
+is checked against (SpO₂ < 94 %).
+
+`parse_valeur("spo2=91")` understands the notation (units, signs, windows, cmHg) and nothing
+clinical; `check_valeurs(parcours, valeurs)` compares with the thresholds of the
 parcours YAML (`red_flags.mesures`, `alerte_critique.mesures`). No clinical number lives here:
 the only numbers are unit conversions and notation sanity checks (a percentage is ≤ 100, a
 pressure under 30 is written in cmHg).
@@ -15,25 +18,25 @@ from datetime import timedelta
 
 from domain.parcours import (
     GRANDEURS,
-    Mesure,
     Parcours,
+    Seuil,
     format_number,
     parse_duration,
 )
 from domain.text import format_duree, normalize_key
 
 __all__ = [
-    "CheckResult", "Measurement", "MeasurementError", "ThresholdHit", "check_measurements", "explain_not_applicable",
-    "known_codes", "parse_measurement", "parse_measurements",
+    "CheckResult", "Valeur", "ValeurError", "ThresholdHit", "check_valeurs", "explain_not_applicable",
+    "known_codes", "parse_valeur", "parse_valeurs",
 ]
 
 
-class MeasurementError(ValueError):
+class ValeurError(ValueError):
     """A value that cannot be read safely. The message is French and shows the right form."""
 
 
 @dataclass(frozen=True)
-class Measurement:
+class Valeur:
     code: str                                    # canonical: spo2, ta, tas, tad, fc, hb, poids, cetonurie, vems_cvf, grade_podologique
     raw: str                                     # as typed
     value: float | tuple[float, float] | bool    # poids and grade: signed variation
@@ -63,20 +66,20 @@ class Measurement:
 class ThresholdHit:
     code: str                                    # the threshold's code in the parcours YAML
     libelle: str                                 # the seed's wording, e.g. « SpO2 < 94% »
-    seuil_text: str                              # e.g. "SpO₂ < 94 %"
+    seuil_texte: str                              # e.g. "SpO₂ < 94 %"
     niveau: str = "red_flag"                     # "red_flag" or "alerte_critique" (périnatalité)
     condition: str | None = None                 # a non-measured condition to confirm (« + carence en fer »)
-    measurement: Measurement | None = None
+    valeur: Valeur | None = None
 
 
 class CheckResult(tuple):
-    """`(crossed, not_crossed)`, so `hits, ok = check_measurements(...)` works.
+    """`(crossed, not_crossed)`, so `hits, ok = check_valeurs(...)` works.
 
     `not_crossed` holds every measurement that crossed nothing, including those the parcours has
     no threshold for; those are also listed in `.not_applicable`.
     """
 
-    def __new__(cls, crossed: list[ThresholdHit], not_crossed: list[Measurement], not_applicable: list[Measurement]):
+    def __new__(cls, crossed: list[ThresholdHit], not_crossed: list[Valeur], not_applicable: list[Valeur]):
         obj = super().__new__(cls, (crossed, not_crossed))
         obj.not_applicable = not_applicable
         return obj
@@ -86,7 +89,7 @@ class CheckResult(tuple):
         return self[0]
 
     @property
-    def not_crossed(self) -> list[Measurement]:
+    def not_crossed(self) -> list[Valeur]:
         return self[1]
 
 
@@ -123,9 +126,9 @@ def known_codes() -> list[str]:
     return [_SHORT.get(c, c) for c in _ALIASES]
 
 
-def _fail(raw: str, reason: str, code: str | None = None) -> MeasurementError:
+def _fail(raw: str, reason: str, code: str | None = None) -> ValeurError:
     example = f" Exemple : {_EXAMPLES[code]}." if code else ""
-    return MeasurementError(f"« {raw} » : {reason}.{example}")
+    return ValeurError(f"« {raw} » : {reason}.{example}")
 
 
 def _number(text: str) -> float:
@@ -199,7 +202,7 @@ _WEIGHT_HELP = ("précisez le sens (+ prise, - perte), l'unité et, en kg, la du
 def _weight(raw: str, value: str) -> tuple[float, str, timedelta | None]:
     m = re.fullmatch(r"([+-])" + _NUMBER + r"(kg|%)(?:(?:/|en|sur)(.+))?", value)
     if not m:
-        raise MeasurementError(f"« {raw} » est ambigu : {_WEIGHT_HELP}.")
+        raise ValeurError(f"« {raw} » est ambigu : {_WEIGHT_HELP}.")
     sign, amount, unit, window_text = m.groups()
     v = _number(amount) * (-1 if sign == "-" else 1)
     window = None
@@ -207,23 +210,23 @@ def _weight(raw: str, value: str) -> tuple[float, str, timedelta | None]:
         try:
             window = parse_duration(window_text)
         except ValueError as exc:
-            raise MeasurementError(f"« {raw} » : {exc} ; {_WEIGHT_HELP}.") from None
+            raise ValeurError(f"« {raw} » : {exc} ; {_WEIGHT_HELP}.") from None
     if unit == "kg" and window is None:
-        raise MeasurementError(f"« {raw} » : sur combien de temps ? {_WEIGHT_HELP}.")
+        raise ValeurError(f"« {raw} » : sur combien de temps ? {_WEIGHT_HELP}.")
     return v, unit, window
 
 
-def parse_measurement(token: str) -> Measurement:
-    """One `code=valeur` token → Measurement. MeasurementError (French, with an example) otherwise."""
+def parse_valeur(token: str) -> Valeur:
+    """One `code=valeur` token → Valeur. ValeurError (French, with an example) otherwise."""
     raw = (token or "").strip()
     m = re.fullmatch(r"([^=:]+)[=:](.*)", raw)
     if not m:
-        raise MeasurementError(f"« {raw} » : écrivez paramètre=valeur, par exemple spo2=91 ou ta=155/95 "
+        raise ValeurError(f"« {raw} » : écrivez paramètre=valeur, par exemple spo2=91 ou ta=155/95 "
                                f"(paramètres : {', '.join(known_codes())}).")
     key, value = normalize_key(m.group(1)), m.group(2)
     code = _KEYS.get(key) or _KEYS.get(key.replace(" ", ""))
     if code is None:
-        raise MeasurementError(f"« {raw} » : paramètre inconnu « {m.group(1).strip()} ». Paramètres connus : "
+        raise ValeurError(f"« {raw} » : paramètre inconnu « {m.group(1).strip()} ». Paramètres connus : "
                                f"{', '.join(known_codes())}. Exemple : spo2=91.")
     value = re.sub(r"\s+", "", value).lower().replace(",", ".")
     if not value:
@@ -260,12 +263,12 @@ def parse_measurement(token: str) -> Measurement:
             raise _fail(raw, "grade actuel ou variation ? Écrivez la variation par rapport au grade de base, "
                              "avec son signe", code)
         parsed, unit = float(mg.group(2)) * (-1 if mg.group(1) == "-" else 1), None
-    return Measurement(code=code, raw=raw, value=parsed, unit=unit, window=window, note=note)
+    return Valeur(code=code, raw=raw, value=parsed, unit=unit, window=window, note=note)
 
 
-def parse_measurements(text: str) -> list[Measurement]:
+def parse_valeurs(text: str) -> list[Valeur]:
     """Several tokens separated by spaces or « ; »: "spo2=91 fc=45"."""
-    return [parse_measurement(t) for t in re.split(r"[\s;]+", text.strip()) if t]
+    return [parse_valeur(t) for t in re.split(r"[\s;]+", text.strip()) if t]
 
 
 # --- checking ----------------------------------------------------------------------------------------
@@ -273,7 +276,7 @@ def parse_measurements(text: str) -> list[Measurement]:
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "=": operator.eq}
 
 
-def _evaluate(t: Mesure, m: Measurement) -> bool | None:
+def _evaluate(t: Seuil, m: Valeur) -> bool | None:
     """True/False when threshold `t` applies to measurement `m`, None when it does not apply."""
     cmp = _OPS[t.operateur]
     if t.grandeur == m.code:
@@ -292,12 +295,12 @@ def _evaluate(t: Mesure, m: Measurement) -> bool | None:
     return None
 
 
-def check_measurements(parcours: Parcours, measurements: list[Measurement]) -> CheckResult:
+def check_valeurs(parcours: Parcours, valeurs: list[Valeur]) -> CheckResult:
     """(crossed, not crossed) against the parcours' thresholds; see CheckResult.not_applicable."""
     hits: list[ThresholdHit] = []
-    not_crossed: list[Measurement] = []
-    not_applicable: list[Measurement] = []
-    for m in measurements:
+    not_crossed: list[Valeur] = []
+    not_applicable: list[Valeur] = []
+    for m in valeurs:
         applicable = crossed = False
         for niveau, t in parcours.seuils():
             result = _evaluate(t, m)
@@ -306,8 +309,8 @@ def check_measurements(parcours: Parcours, measurements: list[Measurement]) -> C
             applicable = True
             if result:
                 crossed = True
-                hits.append(ThresholdHit(code=t.code, libelle=t.libelle, seuil_text=t.texte, niveau=niveau,
-                                         condition=t.condition, measurement=m))
+                hits.append(ThresholdHit(code=t.code, libelle=t.libelle, seuil_texte=t.texte, niveau=niveau,
+                                         condition=t.condition, valeur=m))
         if not crossed:
             not_crossed.append(m)
         if not applicable:
@@ -315,7 +318,7 @@ def check_measurements(parcours: Parcours, measurements: list[Measurement]) -> C
     return CheckResult(hits, not_crossed, not_applicable)
 
 
-def explain_not_applicable(parcours: Parcours, m: Measurement) -> str:
+def explain_not_applicable(parcours: Parcours, m: Valeur) -> str:
     """French sentence for a measurement the parcours has no threshold for."""
     seuils = [t.texte for _, t in parcours.seuils()]
     same = [t.texte for _, t in parcours.seuils() if t.grandeur == m.code]

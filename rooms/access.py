@@ -6,10 +6,10 @@ turns a refusal into the French answer. Nothing else decides.
 """
 from __future__ import annotations
 
+from domain.demandes import Demande
 from domain.markup import literal
 from domain.permissions import Action, Actor, Permission, may_act_in_cercle
 from domain.permissions import authorize as permission_for
-from domain.requests import Demande
 from rooms.directory import profession_label
 from rooms.patients import cercle_members
 from storage.models import Patient, Professional

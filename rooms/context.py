@@ -37,6 +37,10 @@ class CommandContext:
     def store(self):
         return self.services.store
 
+    @property
+    def in_patient_room(self) -> bool:
+        return self.room_kind == "patient"  # commands.registry.PATIENT
+
     def reply(self, md_text: str, *, mentions: dict[str, str] | None = None, ref: str | None = None) -> str:
         """An m.notice in reply to the command; mentioned users are notified."""
         if self.reply_privately:

@@ -1,7 +1,10 @@
-"""Requests (déclenchements) on Matrix: persistence, notices, and the ladder's timers.
+"""Requests (déclenchements): the use cases, their persistence, notices and the ladder's timers.
 
-The rules live in domain.requests / domain.ladder; this module only stores their state, turns
-their outcomes into messages (patient room, direct chats, coordinators' room) and timers.
+The rules live in domain.demandes / domain.ladder; this module stores their state and, for each
+outcome type, does its effects in one place (deadlines, messages to the patient room, direct
+chats, the coordinators' room). Commands (commands/demandes.py) parse and call a use case here;
+timers and ✅ reactions arrive through the DEADLINE_HANDLERS and REACTION_HANDLERS tables at
+the bottom.
 """
 from __future__ import annotations
 
@@ -11,11 +14,13 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from domain.flows import Mode
-from domain.ladder import Rung, plan_for_flow
-from domain.markup import literal
-from domain.requests import (
+from domain.demandes import (
     Acceptee,
+    Annulee,
+    Cloturee,
+    CrPoste,
+    Declinee,
+    DejaPrise,
     Demande,
     Escaladee,
     Etat,
@@ -23,22 +28,37 @@ from domain.requests import (
     InterventionEnRetard,
     PalierAtteint,
     Rdv,
+    RdvFixe,
+    Refus,
     SansObjet,
+    accepter,
+    annuler,
+    cloturer,
+    creer_demande,
     echeance_intervention,
     est_absent,
+    fixer_rdv,
     mt_indisponible,
     passer_au_palier,
+    poster_cr,
+    refuser,
     solliciter,
 )
+from domain.flows import Flow, Mode
+from domain.ladder import Rung, plan_for_flow
+from domain.markup import literal
+from domain.permissions import Action
 from domain.text import format_french_datetime
-from rooms.directory import profession_label
+from rooms.access import actor, authorize
+from rooms.directory import has_role, names, profession_label
 from rooms.messages import render
 from rooms.patients import add_member, cercle_members, invite_with_identity
 from storage.crypto import FieldCipher
+from storage.models import Act, OutboxItem, Patient, Professional
 from storage.models import Demande as DemandeRow
-from storage.models import Patient, Professional
 
 LADDER_KINDS = ("demande.pool", "demande.relance", "demande.escalade")
+ACCEPT_REACTIONS = ("✅", "✔️", "☑️", "👍")
 
 
 # --- codec: the domain object <-> JSON (encrypted at rest) -----------------------------------
@@ -122,16 +142,7 @@ async def open_rows(session: AsyncSession, room_id: str | None = None) -> list[D
     return list((await session.scalars(stmt.order_by(DemandeRow.id))).all())
 
 
-# --- names and audiences ---------------------------------------------------------------------
-async def names(session: AsyncSession, users) -> dict[str, str]:
-    out = {}
-    for u in users:
-        if u:
-            prof = await session.get(Professional, u)
-            out[u] = literal(prof.display_name) if prof else u  # directory text: shown as typed
-    return out
-
-
+# --- audiences -------------------------------------------------------------------------------------
 def age_band(patient: Patient, now: datetime) -> str:
     if not patient.birth_year:
         return "âge non précisé"
@@ -148,8 +159,7 @@ async def cercle_targets(ctx, patient: Patient, d: Demande, flow) -> list[str]:
     if d.cible_personne:
         return [d.cible_personne]
     if d.cible_role:
-        holders = [p.user_id for p in await ctx.services.directory.members(ctx.session)
-                   if any(r == d.cible_role or r.startswith(d.cible_role + ":") for r in p.roles or [])]
+        holders = [p.user_id for p in await ctx.services.directory.members(ctx.session) if has_role(p, d.cible_role)]
         return [u for u in holders if u != d.demandeur]
     members = await cercle_members(ctx.session, patient.code)
     profs = [await ctx.session.get(Professional, m.user_id) for m in members]
@@ -213,7 +223,154 @@ async def notify(ctx, patient: Patient, row: DemandeRow, d: Demande, flow, users
         queue_direct(ctx, u, notice_text(ctx, patient, d, flow, pool=True), ref=f"notice:{row.id}:{u}")
 
 
-# --- lifecycle ------------------------------------------------------------------------------------------
+def to_coordinators(ctx, text: str) -> None:
+    room = ctx.services.coordinator_room
+    if room:
+        ctx.send(room, text)
+
+
+# --- which request a command is about ---------------------------------------------------------------
+async def candidates(ctx, *, answering: bool) -> list[DemandeRow]:
+    """Open requests here that were asked of the sender (answering), or that are theirs."""
+    rows = await open_rows(ctx.session, ctx.room_id if ctx.in_patient_room else None)
+    picked = []
+    for row in rows:
+        d = read(ctx.store.cipher, row)
+        if answering and ctx.sender in d.sollicites and d.etat in (Etat.EN_ATTENTE, Etat.EXPIREE):
+            picked.append(row)
+        elif not answering and ctx.sender in (d.acceptee_par, d.demandeur, d.pour_compte_de):
+            picked.append(row)
+    return picked
+
+
+async def resolve(ctx, ref, *, answering: bool) -> tuple[Patient, DemandeRow]:
+    """The request a command is about: by number, by P-XXXX/n, or the only one that fits."""
+    if ref is None:
+        rows = await candidates(ctx, answering=answering)
+        if not rows:
+            ctx.refuse("aucune demande en cours ne vous concerne ici", usage=False)
+        if len(rows) > 1:
+            listed = ", ".join(f"n°{r.numero}" if ctx.in_patient_room else f"{r.patient_code}/{r.numero}"
+                               for r in rows)
+            ctx.refuse(f"plusieurs demandes vous concernent ({listed}) : précisez laquelle")
+        row = rows[0]
+    else:
+        code, numero = ref
+        if code:
+            patient = await ctx.session.get(Patient, code)
+            row = await find(ctx.session, patient.room_id, numero) if patient else None
+        elif ctx.in_patient_room:
+            row = await find(ctx.session, ctx.room_id, numero)
+        else:
+            ctx.refuse("hors du salon du patient, donnez la référence complète, par exemple P-7K3Q/3")
+        if row is None:
+            ctx.refuse(f"demande « {(code + '/') if code else 'n°'}{numero} » inconnue")
+    patient = await ctx.session.get(Patient, row.patient_code)
+    return patient, row
+
+
+# --- use cases: decide (domain), save, then the outcome's effects ------------------------------------
+async def _save(ctx, outcome, row: DemandeRow, d: Demande) -> None:
+    """A business refusal aborts the command (nothing written) with its French text; else `d` is saved."""
+    if isinstance(outcome, Refus):
+        ctx.refuse(outcome.texte(await names(ctx.session, outcome.personnes.values())), usage=False)
+    write(ctx.store.cipher, row, d)
+
+
+async def create(ctx, patient: Patient, flow: Flow, *, commune: str | None = None,
+                 **creation) -> tuple[DemandeRow, Demande]:
+    """A new request from the sender in the patient's room, its first notices and its timers."""
+    numero = await next_numero(ctx.session, patient.room_id)
+    d = creer_demande(numero, flow, ctx.sender, ctx.now, medecin_traitant=patient.medecin_traitant,
+                      commune=commune, fuseau=ctx.services.timezone, **creation)
+    if isinstance(d, Refus):
+        ctx.refuse(d.texte())
+    return await start(ctx, patient, d, flow, commune), d
+
+
+async def declencher(ctx, patient: Patient, flow: Flow, **creation) -> Demande:
+    """`!dec`: a secretary's request is made on behalf of her professional (decisions.md 11)."""
+    pour = (await actor(ctx, patient, ctx.sender)).delegation_for
+    row, d = await create(ctx, patient, flow, pour_compte_de=pour, **creation)
+    ctx.session.add(Act(user_id=pour or ctx.sender, kind="declenchement", patient_code=patient.code,
+                        parcours=flow.parcours, ref=f"demande:{row.id}", at=ctx.now,
+                        details={"flow": flow.code, "par": ctx.sender}))
+    return d
+
+
+async def accept(ctx, patient: Patient, row: DemandeRow) -> None:
+    d = read(ctx.store.cipher, row)
+    await authorize(ctx, Action.ACCEPTER, patient, d)
+    outcome = accepter(d, ctx.sender, ctx.now)
+    if isinstance(outcome, DejaPrise):
+        ctx.reply(outcome.texte(await names(ctx.session, [outcome.par])))
+        return
+    await _save(ctx, outcome, row, d)
+    await on_accepted(ctx, patient, row, d, outcome)
+
+
+async def accept_by_reaction(ctx, target_event_id: str | None) -> None:
+    """✅ on a notice: the notice's outbox ref says which request it was."""
+    if not target_event_id:
+        return
+    ref = await ctx.session.scalar(select(OutboxItem.ref).where(OutboxItem.event_id == target_event_id))
+    if not ref or not ref.startswith("notice:"):
+        return
+    row = await ctx.session.get(DemandeRow, int(ref.split(":")[1]))
+    if row is None:
+        return
+    if await ctx.services.directory.get(ctx.session, ctx.sender) is None:
+        return
+    patient = await ctx.session.get(Patient, row.patient_code)
+    await accept(ctx, patient, row)
+
+
+async def decline(ctx, patient: Patient, row: DemandeRow, motif: str) -> None:
+    d = read(ctx.store.cipher, row)
+    await authorize(ctx, Action.REFUSER, patient, d)
+    outcome = refuser(d, ctx.sender, motif, ctx.now)
+    if isinstance(outcome, DejaPrise):
+        ctx.reply(outcome.texte(await names(ctx.session, [outcome.par])))
+        return
+    await _save(ctx, outcome, row, d)
+    await on_declined(ctx, patient, row, d, outcome)
+
+
+async def set_rdv(ctx, patient: Patient, row: DemandeRow, slot, mode: Mode, precisions: str | None) -> None:
+    d = read(ctx.store.cipher, row)
+    permission = await authorize(ctx, Action.RDV, patient, d)
+    outcome = fixer_rdv(d, ctx.sender, slot, mode, ctx.now, au_nom_de=permission.acting_for)
+    if precisions and not isinstance(outcome, Refus):
+        d.rdv = dataclasses.replace(d.rdv, texte=precisions)
+    await _save(ctx, outcome, row, d)
+    await on_rdv_set(ctx, d, outcome, precisions)
+
+
+async def post_cr(ctx, patient: Patient, row: DemandeRow, texte: str) -> None:
+    d = read(ctx.store.cipher, row)
+    await authorize(ctx, Action.CR, patient, d)
+    outcome = poster_cr(d, ctx.sender, texte, ctx.now)
+    await _save(ctx, outcome, row, d)
+    await on_cr_posted(ctx, row, d, outcome)
+
+
+async def close(ctx, patient: Patient, row: DemandeRow) -> None:
+    d = read(ctx.store.cipher, row)
+    await authorize(ctx, Action.CLOTURER, patient, d)
+    outcome = cloturer(d, ctx.sender, ctx.now)
+    await _save(ctx, outcome, row, d)
+    await on_closed(ctx, row, outcome)
+
+
+async def cancel(ctx, patient: Patient, row: DemandeRow, motif: str) -> None:
+    d = read(ctx.store.cipher, row)
+    await authorize(ctx, Action.ANNULER, patient, d)
+    outcome = annuler(d, ctx.sender, motif, ctx.now)
+    await _save(ctx, outcome, row, d)
+    await on_closed(ctx, row, outcome)
+
+
+# --- lifecycle: one function per outcome type -----------------------------------------------------------
 async def start(ctx, patient: Patient, d: Demande, flow, commune: str | None) -> DemandeRow:
     row = DemandeRow(patient_code=patient.code, room_id=patient.room_id, numero=d.numero, flow=d.flow,
                      etat=d.etat.value, demandeur=d.demandeur, created_at=d.created_at, data_enc=b"")
@@ -239,7 +396,7 @@ async def start(ctx, patient: Patient, d: Demande, flow, commune: str | None) ->
     return row
 
 
-async def on_accepted(ctx, patient: Patient, row: DemandeRow, d: Demande, flow, outcome: Acceptee) -> None:
+async def on_accepted(ctx, patient: Patient, row: DemandeRow, d: Demande, outcome: Acceptee) -> None:
     await ctx.services.store.cancel_deadlines(f"demande:{row.id}", LADDER_KINDS, session=ctx.session)
     if outcome.echeance_intervention:
         await ctx.services.store.add_deadline("demande.intervention", f"demande:{row.id}", outcome.echeance_intervention,
@@ -261,6 +418,44 @@ async def on_accepted(ctx, patient: Patient, row: DemandeRow, d: Demande, flow, 
         ctx.send(patient.room_id, f"✔️ Demande n°{d.numero} prise en charge par {noms.get(outcome.par)} : "
                                   f"notifications closes pour " + " ".join(in_room),
                  mentions={u: noms[u] for u in in_room})
+    flow = ctx.services.flows[d.flow]
+    ctx.session.add(Act(user_id=ctx.sender, kind="acceptation", patient_code=patient.code, parcours=flow.parcours,
+                        ref=f"demande:{row.id}", at=ctx.now, details={"flow": flow.code, "tardive": outcome.tardive}))
+    if ctx.room_id != patient.room_id:
+        ctx.reply(f"✅ C'est noté : vous prenez en charge la demande {patient.code}/{d.numero}. "
+                  f"Vous êtes invité·e dans le cercle {patient.code}, où se trouve la fiche du patient.")
+    if outcome.notifier_coordination:
+        to_coordinators(ctx, f"✅ Demande {patient.code}/{d.numero} finalement prise en charge (après l'échéance).")
+
+
+async def on_declined(ctx, patient: Patient, row: DemandeRow, d: Demande, outcome: Declinee) -> None:
+    noms = await names(ctx.session, [ctx.sender, *d.demandeurs])
+    ctx.send(patient.room_id, outcome.texte(noms), mentions={u: noms[u] for u in d.demandeurs})
+    if ctx.room_id != patient.room_id:
+        ctx.reply(f"Refus noté pour la demande {patient.code}/{d.numero}. Merci.")
+    if outcome.avancer_vers:
+        # The MT declined, or everyone asked did: the next rung now, not at its planned time.
+        await ctx.services.store.bring_forward(ctx.session, f"demande.{outcome.avancer_vers.value}",
+                                               f"demande:{row.id}", ctx.now, ctx.now,
+                                               payload={"room_id": patient.room_id, "commune": patient.commune})
+
+
+async def on_rdv_set(ctx, d: Demande, outcome: RdvFixe, precisions: str | None) -> None:
+    noms = await names(ctx.session, [ctx.sender, outcome.par, *d.demandeurs])
+    ctx.reply(outcome.texte(noms) + (f"\n{literal(precisions)}" if precisions else ""),
+              mentions={u: noms[u] for u in d.demandeurs})
+
+
+async def on_cr_posted(ctx, row: DemandeRow, d: Demande, outcome: CrPoste) -> None:
+    await ctx.services.store.cancel_deadlines(f"demande:{row.id}", ("demande.intervention",), session=ctx.session)
+    noms = await names(ctx.session, [ctx.sender, *d.demandeurs])
+    ctx.reply(outcome.texte(noms), mentions={u: noms[u] for u in d.demandeurs})
+
+
+async def on_closed(ctx, row: DemandeRow, outcome: Cloturee | Annulee) -> None:
+    """Closed or cancelled: no timer is left."""
+    await ctx.services.store.cancel_deadlines(f"demande:{row.id}", session=ctx.session)
+    ctx.reply(outcome.texte(await names(ctx.session, [ctx.sender])))
 
 
 async def fire(ctx, deadline) -> None:
@@ -280,31 +475,49 @@ async def fire(ctx, deadline) -> None:
         return
     noms = await names(ctx.session, {*d.sollicites, d.demandeur, d.acceptee_par})
     if isinstance(outcome, PalierAtteint) and outcome.rung == Rung.POOL:
-        new = solliciter(d, await pool_targets(ctx, d, deadline.payload.get("commune")), ctx.now)
-        text = outcome.texte(noms)
-        if new:
-            text += f"\nDemande élargie à {len(new)} {profession_label(d.cible_profession, pluriel=len(new) > 1)} de la CPTS (sans identité)."
-            await notify(ctx, patient, row, d, flow, sorted(new), pool=True)
-        else:
-            text += "\nPersonne d'autre dans l'annuaire pour cette profession."
-        ctx.send(patient.room_id, text)
-    elif isinstance(outcome, PalierAtteint):  # relance
-        members = {m.user_id for m in await cercle_members(ctx.session, patient.code)}
-        targets = sorted(outcome.a_relancer)
-        in_room = [u for u in targets if u in members]
-        ctx.send(patient.room_id, outcome.texte(noms) + ("\n" + " ".join(in_room) if in_room else ""),
-                 mentions={u: noms.get(u, u) for u in in_room})
-        for u in targets:
-            if u not in members:
-                queue_direct(ctx, u, "⏰ Relance : " + notice_text(ctx, patient, d, flow, pool=True),
-                             ref=f"notice:{row.id}:{u}")
+        await on_pool_reached(ctx, patient, row, d, flow, outcome, deadline.payload.get("commune"))
+    elif isinstance(outcome, PalierAtteint):
+        await on_relance(ctx, patient, row, d, flow, outcome, noms)
     elif isinstance(outcome, Escaladee):
-        ctx.send(patient.room_id, outcome.texte(noms), mentions={d.demandeur: noms.get(d.demandeur, d.demandeur)})
-
-        room = ctx.services.coordinator_room
-        if room:
-            ctx.send(room, outcome.texte_coordination() + f"\nPatient : **{patient.code}** (cercle de soins).")
+        on_escalated(ctx, patient, d, outcome, noms)
     elif isinstance(outcome, InterventionEnRetard):
         people = {outcome.acceptant, d.demandeur}
         ctx.send(patient.room_id, outcome.texte(noms), mentions={u: noms.get(u, u) for u in people})
     write(ctx.store.cipher, row, d)
+
+
+async def on_pool_reached(ctx, patient: Patient, row: DemandeRow, d: Demande, flow, outcome: PalierAtteint,
+                          commune: str | None) -> None:
+    new = solliciter(d, await pool_targets(ctx, d, commune), ctx.now)
+    text = outcome.texte()
+    if new:
+        text += (f"\nDemande élargie à {len(new)} {profession_label(d.cible_profession, pluriel=len(new) > 1)} "
+                 "de la CPTS (sans identité).")
+        await notify(ctx, patient, row, d, flow, sorted(new), pool=True)
+    else:
+        text += "\nPersonne d'autre dans l'annuaire pour cette profession."
+    ctx.send(patient.room_id, text)
+
+
+async def on_relance(ctx, patient: Patient, row: DemandeRow, d: Demande, flow, outcome: PalierAtteint,
+                     noms: dict[str, str]) -> None:
+    members = {m.user_id for m in await cercle_members(ctx.session, patient.code)}
+    targets = sorted(outcome.a_relancer)
+    in_room = [u for u in targets if u in members]
+    ctx.send(patient.room_id, outcome.texte(noms) + ("\n" + " ".join(in_room) if in_room else ""),
+             mentions={u: noms.get(u, u) for u in in_room})
+    for u in targets:
+        if u not in members:
+            queue_direct(ctx, u, "⏰ Relance : " + notice_text(ctx, patient, d, flow, pool=True),
+                         ref=f"notice:{row.id}:{u}")
+
+
+def on_escalated(ctx, patient: Patient, d: Demande, outcome: Escaladee, noms: dict[str, str]) -> None:
+    ctx.send(patient.room_id, outcome.texte(noms), mentions={d.demandeur: noms.get(d.demandeur, d.demandeur)})
+    to_coordinators(ctx, outcome.texte_coordination() + f"\nPatient : **{patient.code}** (cercle de soins).")
+
+
+# --- what answers what (merged by bot/wiring.compose) -------------------------------------------------
+DEADLINE_HANDLERS = {f"demande.{rung.value}": fire
+                     for rung in (Rung.POOL, Rung.RELANCE, Rung.ESCALADE, Rung.INTERVENTION)}
+REACTION_HANDLERS = {key: accept_by_reaction for key in ACCEPT_REACTIONS}

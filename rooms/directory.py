@@ -9,9 +9,10 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from domain.markup import literal
 from domain.rules_yaml import load_rules
 from domain.text import normalize
-from storage.models import Professional
+from storage.models import Professional, RoomRecord
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -45,7 +46,24 @@ def profession_label(code: str, *, pluriel: bool = False) -> str:
 
 
 def has_role(prof: Professional, role: str) -> bool:
+    """`referent` matches `referent` and `referent:<parcours>`: the one place roles are matched."""
     return any(r == role or r.startswith(role + ":") for r in prof.roles or [])
+
+
+async def names(session: AsyncSession, users) -> dict[str, str]:
+    """Display names from the directory, marked as literal text (shown as typed); the id otherwise."""
+    out = {}
+    for u in users:
+        if u:
+            prof = await session.get(Professional, u)
+            out[u] = literal(prof.display_name) if prof else u
+    return out
+
+
+async def direct_room_of(session: AsyncSession, user_id: str) -> str | None:
+    """The user's direct chat with the bot, if there is one yet."""
+    return await session.scalar(select(RoomRecord.room_id).where(
+        RoomRecord.kind == "direct", RoomRecord.direct_with == user_id))
 
 
 class Directory:

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.markup import literal
 from storage.crypto import FieldCipher
-from storage.models import CercleMember, Patient
+from storage.models import CercleMember, Inclusion, Patient
 
 CODE_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/O, 1/I: read aloud on the phone
 
@@ -125,6 +125,14 @@ def encrypt_identity(cipher: FieldCipher, code: str, identity: Identity) -> byte
 async def cercle_members(session: AsyncSession, code: str) -> list[CercleMember]:
     return list((await session.scalars(select(CercleMember).where(
         CercleMember.patient_code == code, CercleMember.removed_at.is_(None)).order_by(CercleMember.added_at))).all())
+
+
+async def active_inclusions(session: AsyncSession, code: str, parcours: str | None = None) -> list[Inclusion]:
+    """The patient's current inclusions (not ended), or the one in `parcours`."""
+    stmt = select(Inclusion).where(Inclusion.patient_code == code, Inclusion.ended_at.is_(None))
+    if parcours is not None:
+        stmt = stmt.where(Inclusion.parcours == parcours)
+    return list((await session.scalars(stmt.order_by(Inclusion.id))).all())
 
 
 async def add_member(session: AsyncSession, code: str, user_id: str, role: str, added_by: str,

@@ -210,7 +210,7 @@ class Act(Base):
 
 
 class Demande(Base):
-    """A déclenchement in a patient room. The whole domain object (domain.requests.Demande) is
+    """A déclenchement in a patient room. The whole domain object (domain.demandes.Demande) is
     kept encrypted in `data_enc` (it holds the comment and the compte-rendu); the plain columns
     are what lookups and the ladder need, and carry no patient identity."""
 

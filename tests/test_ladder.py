@@ -1,4 +1,4 @@
-"""Escalation ladder planning (domain.ladder) and the request state machine (domain.requests)."""
+"""Escalation ladder planning (domain.ladder) and the request state machine (domain.demandes)."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -6,18 +6,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from domain.clock import PARIS, FakeClock
-from domain.flows import Mode, load_flows
-from domain.ladder import (
-    PlannedStep,
-    Rung,
-    due_steps,
-    next_step,
-    plan_for_flow,
-    plan_intervention_deadline,
-    plan_response_ladder,
-    rung_at,
-)
-from domain.requests import (
+from domain.demandes import (
     Acceptee,
     Annulee,
     Cloturee,
@@ -45,6 +34,17 @@ from domain.requests import (
     poster_cr,
     refuser,
     solliciter,
+)
+from domain.flows import Mode, load_flows
+from domain.ladder import (
+    PlannedStep,
+    Rung,
+    due_steps,
+    next_step,
+    plan_for_flow,
+    plan_intervention_deadline,
+    plan_response_ladder,
+    rung_at,
 )
 
 H = timedelta(hours=1)

@@ -12,10 +12,10 @@ import shutil
 import pytest
 
 from domain.clock import FakeClock
+from domain.demandes import creer_demande, solliciter
 from domain.flows import load_flows
 from domain.permissions import Action, Actor, authorize
-from domain.requests import creer_demande, solliciter
-from rooms import demandes as demandes_store
+from rooms import demandes
 from tests.usecase import UseCases
 
 CODE = "P-TEST"
@@ -108,8 +108,8 @@ async def world(directory_and_cercle, tmp_path):
 
 async def request_state(uc) -> tuple:
     async with uc.bot.store.session() as session:
-        row = await demandes_store.find(session, uc.room, 1)
-        d = demandes_store.read(uc.bot.store.cipher, row)
+        row = await demandes.find(session, uc.room, 1)
+        d = demandes.read(uc.bot.store.cipher, row)
     return d.etat, d.acceptee_par, dict(d.refus), set(d.sollicites), d.rdv, d.cr
 
 
@@ -232,7 +232,7 @@ def test_person_request_only_for_that_person():
 
 
 def test_declining_never_adds_to_the_solicited():
-    from domain.requests import refuser
+    from domain.demandes import refuser
 
     d = _demande(cible_profession="infirmier")
     refuser(d, IDE_LOCALE, "pas dispo", T0)

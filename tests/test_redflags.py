@@ -11,13 +11,13 @@ import yaml
 
 from domain.parcours import Parcours, default_directory, load_catalogue, load_parcours_file
 from domain.redflags import (
-    Measurement,
-    MeasurementError,
     ThresholdHit,
-    check_measurements,
+    Valeur,
+    ValeurError,
+    check_valeurs,
     explain_not_applicable,
-    parse_measurement,
-    parse_measurements,
+    parse_valeur,
+    parse_valeurs,
 )
 
 
@@ -27,12 +27,12 @@ def catalogue() -> dict[str, Parcours]:
 
 
 def check(catalogue, code: str, *tokens: str):
-    return check_measurements(catalogue[code], [parse_measurement(t) for t in tokens])
+    return check_valeurs(catalogue[code], [parse_valeur(t) for t in tokens])
 
 
 def crossed(catalogue, code: str, token: str) -> list[str]:
     hits, _ = check(catalogue, code, token)
-    return [h.seuil_text for h in hits]
+    return [h.seuil_texte for h in hits]
 
 
 # --- checking against the parcours thresholds ----------------------------------------------------
@@ -42,9 +42,9 @@ def test_spo2_91_crosses_the_ic_threshold(catalogue):
     assert ok == []
     [hit] = hits
     assert isinstance(hit, ThresholdHit)
-    assert (hit.code, hit.libelle, hit.seuil_text, hit.niveau) == ("desaturation", "SpO2 < 94%", "SpO₂ < 94 %",
+    assert (hit.code, hit.libelle, hit.seuil_texte, hit.niveau) == ("desaturation", "SpO2 < 94%", "SpO₂ < 94 %",
                                                                    "red_flag")
-    assert hit.measurement.raw == "spo2=91"
+    assert hit.valeur.raw == "spo2=91"
 
 
 def test_spo2_95_does_not_cross_on_ic(catalogue):
@@ -75,7 +75,7 @@ def test_dt2_blood_pressure(catalogue):
 
 def test_perinatalite_blood_pressure_is_an_alerte_critique(catalogue):
     hits, _ = check(catalogue, "perinatalite", "ta=145/92")
-    assert [(h.seuil_text, h.niveau) for h in hits] == [("TA ≥ 140/90 mmHg (« 14/9 »)", "alerte_critique")]
+    assert [(h.seuil_texte, h.niveau) for h in hits] == [("TA ≥ 140/90 mmHg (« 14/9 »)", "alerte_critique")]
     assert crossed(catalogue, "perinatalite", "ta=140/85") != []   # ≥ : 140 counts
     assert crossed(catalogue, "perinatalite", "ta=14/9") != []     # the seed's cmHg notation
     assert crossed(catalogue, "perinatalite", "ta=135/85") == []
@@ -99,7 +99,7 @@ def test_ic_other_thresholds(catalogue):
     assert crossed(catalogue, "insuffisance_cardiaque", "fc=45") == ["FC < 50 /min"]
     assert crossed(catalogue, "insuffisance_cardiaque", "fc=62") == []
     hits, _ = check(catalogue, "insuffisance_cardiaque", "hb=9.2")
-    assert [h.seuil_text for h in hits] == ["Hb < 10 g/dl"]
+    assert [h.seuil_texte for h in hits] == ["Hb < 10 g/dl"]
     assert "carence en fer" in hits[0].condition
 
 
@@ -113,8 +113,8 @@ def test_dt2_other_thresholds(catalogue):
 
 
 def test_several_measurements_at_once(catalogue):
-    hits, ok = check_measurements(catalogue["insuffisance_cardiaque"],
-                                  parse_measurements("spo2=91 fc=72; poids=+2.4kg/4j"))
+    hits, ok = check_valeurs(catalogue["insuffisance_cardiaque"],
+                                  parse_valeurs("spo2=91 fc=72; poids=+2.4kg/4j"))
     assert [h.code for h in hits] == ["desaturation", "prise_de_poids"]
     assert [m.raw for m in ok] == ["fc=72"]
 
@@ -142,10 +142,10 @@ def test_thresholds_come_from_the_yaml(tmp_path):
     path = tmp_path / "insuffisance_cardiaque.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     edited = load_parcours_file(path)
-    hits, _ = check_measurements(edited, [parse_measurement("spo2=93")])
+    hits, _ = check_valeurs(edited, [parse_valeur("spo2=93")])
     assert hits == []
-    hits, _ = check_measurements(edited, [parse_measurement("spo2=91")])
-    assert [h.seuil_text for h in hits] == ["SpO₂ < 92 %"]
+    hits, _ = check_valeurs(edited, [parse_valeur("spo2=91")])
+    assert [h.seuil_texte for h in hits] == ["SpO₂ < 92 %"]
 
 
 def test_no_clinical_threshold_in_the_python_code():
@@ -184,22 +184,22 @@ def test_no_clinical_threshold_in_the_python_code():
     ("grade_podo=+1", "grade_podologique", 1, None, None),
 ])
 def test_parse_measurement(token, code, value, unit, window):
-    m = parse_measurement(token)
-    assert isinstance(m, Measurement)
+    m = parse_valeur(token)
+    assert isinstance(m, Valeur)
     assert (m.code, m.value, m.unit, m.window, m.raw) == (code, value, unit, window, token)
 
 
 def test_cmhg_pressure_is_converted_and_said():
-    m = parse_measurement("ta=15.5/9.5")
+    m = parse_valeur("ta=15.5/9.5")
     assert (m.value, m.unit) == ((155, 95), "mmHg")
     assert "cmHg" in m.note and "155/95 mmHg" in m.note
-    assert parse_measurement("ta=15,5/9,5").value == (155, 95)
-    assert parse_measurement("tas=8.5").value == 85 and "cmHg" in parse_measurement("tas=8.5").note
-    assert parse_measurement("ta=155/95").note is None
+    assert parse_valeur("ta=15,5/9,5").value == (155, 95)
+    assert parse_valeur("tas=8.5").value == 85 and "cmHg" in parse_valeur("tas=8.5").note
+    assert parse_valeur("ta=155/95").note is None
 
 
 def test_hemoglobin_in_g_per_litre_is_converted():
-    m = parse_measurement("hb=92g/l")
+    m = parse_valeur("hb=92g/l")
     assert (m.value, m.unit) == (9.2, "g/dl") and "g/l" in m.note
 
 
@@ -223,8 +223,8 @@ def test_hemoglobin_in_g_per_litre_is_converted():
     ("cetonurie=peut-être", ["positive ou negative", "cetonurie=positive"]),
 ])
 def test_ambiguous_or_unknown_values_are_refused_in_french(token, words):
-    with pytest.raises(MeasurementError) as info:
-        parse_measurement(token)
+    with pytest.raises(ValeurError) as info:
+        parse_valeur(token)
     message = str(info.value)
     assert message.startswith(f"« {token.strip()} »")
     for w in words:

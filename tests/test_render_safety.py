@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from commands.arguments import Integer, ParseContext
 from commands.registry import CommandRegistry, Param, UsageError
+from domain.demandes import Annulee, Declinee, Rdv, RdvFixe, Refus
 from domain.flows import Mode
-from domain.requests import Annulee, Declinee, Rdv, RdvFixe, Refus
 from rooms.messages import ALLOWED_TAGS, PILL_PREFIX, literal, render
 from rooms.patients import Identity
 

@@ -9,9 +9,7 @@ import pytest
 from commands import build_registry
 from commands.arguments import ParseContext
 from domain.clock import PARIS
-from domain.flows import FlowsError, load_flows
-from domain.ladder import Rung
-from domain.requests import (
+from domain.demandes import (
     Acceptee,
     InterventionEnRetard,
     PalierAtteint,
@@ -24,6 +22,8 @@ from domain.requests import (
     passer_au_palier,
     solliciter,
 )
+from domain.flows import FlowsError, load_flows
+from domain.ladder import Rung
 from domain.text import format_french_datetime
 
 J = timedelta(days=1)
