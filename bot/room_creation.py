@@ -1,17 +1,31 @@
 """Creating rooms on the homeserver exactly once: patient rooms and the bot's direct chats.
 
-One mechanism for both: the creation key is recorded before room_create, and the room carries it
-in an initial state event (rooms.patients.CREATION_STATE). An attempt interrupted by a crash (or
-a lost answer) is then found again by find_created_room instead of creating a second room.
+One mechanism for both: a creation key is recorded before room_create and the room carries it; an
+attempt interrupted by a crash (or a lost answer) is then found again by find_created_room instead
+of creating a second room. Direct chats carry it in m.room.create itself (CREATION_KEY), the first
+event of the room, so a room still being created when the bot restarts already has it; patient
+rooms, created through nio's room_create (which cannot write creation content), in an initial
+state event (rooms.patients.CREATION_STATE). The lookup reads both in one state request.
 No patient identity in any state event, ever: the key is opaque.
 """
 from __future__ import annotations
 
-from nio import AsyncClient, JoinedRoomsResponse, RoomGetStateEventResponse, RoomPreset, RoomVisibility
+import json
+
+from nio import (
+    Api,
+    AsyncClient,
+    JoinedRoomsResponse,
+    RoomCreateResponse,
+    RoomGetStateResponse,
+    RoomPreset,
+    RoomVisibility,
+)
 
 from rooms.patients import CREATION_STATE, power_levels, room_name
 from storage.repositories import Store
 
+CREATION_KEY = "org.cercle.creation_key"  # in m.room.create content
 ENCRYPTION = {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
 
 
@@ -39,9 +53,11 @@ async def create_patient_room(client: AsyncClient, key: str, code: str, invite: 
 
 async def create_direct_room(client: AsyncClient, key: str, user_id: str):
     """room_create for the bot's encrypted direct chat with `user_id`; nio's response."""
-    return await client.room_create(
-        is_direct=True, invite=[user_id], preset=RoomPreset.trusted_private_chat,
-        initial_state=[ENCRYPTION, creation_state(key)])
+    method, path, data = Api.room_create(client.access_token, is_direct=True, invite=[user_id],
+                                         preset=RoomPreset.trusted_private_chat, initial_state=[ENCRYPTION])
+    body = json.loads(data)
+    body["creation_content"][CREATION_KEY] = key
+    return await client._send(RoomCreateResponse, method, path, json.dumps(body))
 
 
 class RoomLookupError(Exception):
@@ -61,7 +77,12 @@ async def find_created_room(client: AsyncClient, store: Store, key: str) -> str 
     for room_id in joined.rooms:
         if room_id in known:
             continue
-        state = await client.room_get_state_event(room_id, CREATION_STATE, "")
-        if isinstance(state, RoomGetStateEventResponse) and state.content.get("key") == key:
-            return room_id
+        state = await client.room_get_state(room_id)
+        if not isinstance(state, RoomGetStateResponse):
+            continue  # e.g. left since: not a room being created
+        for event in state.events:
+            content = event.get("content") or {}
+            if ((event.get("type") == "m.room.create" and content.get(CREATION_KEY) == key)
+                    or (event.get("type") == CREATION_STATE and content.get("key") == key)):
+                return room_id
     return None
