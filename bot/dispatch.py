@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 
 from nio import JoinError, ToDeviceMessage
 from nio.crypto.attachments import decrypt_attachment
@@ -14,13 +15,21 @@ from domain.clock import wall_ms
 from domain.markup import literal
 from rooms.access import require_cercle
 from rooms.advertise import advertise_commands
-from rooms.context import Refusal
+from rooms.context import CommandContext, Refusal
 from rooms.directory_import import import_directory
 from rooms.patients import patient_by_room
+from rooms.services import Services
 from storage.models import InboxEvent, RoomRecord
 from storage.repositories import IncomingEvent
 
 log = logging.getLogger("cercle.dispatch")
+
+
+def command_context(services: Services, session, room_id: str, room_kind: str, sender: str,
+                    event_id: str) -> CommandContext:
+    """What a handler gets: the declared services and this event's transaction, nothing of the adapter."""
+    return CommandContext(services=services, session=session, room_id=room_id, room_kind=room_kind,
+                          sender=sender, event_id=event_id, now=services.clock.now())
 
 
 async def dispatch(bot, event: IncomingEvent, attempts: int = 3) -> None:
@@ -146,23 +155,23 @@ async def handle_message(bot, session, event: IncomingEvent) -> None:
 
 async def handle_undecryptable(bot, session, event: IncomingEvent) -> None:
     """An undecryptable event recorded as pending (the sync records them as waiting_key, see
-    Bot.retry_waiting_keys): run it if its key is here by now, else ask for it and tell the sender."""
-    decrypted = await bot.decrypt_later(event)
+    SyncIntake.retry_waiting_keys): run it if its key is here by now, else ask for it and tell the sender."""
+    decrypted = await bot.intake.decrypt_later(event)
     if decrypted is not None:
         handler = HANDLERS.get(decrypted.kind)
         if handler is not None:
             await handler(bot, session, decrypted)
         return
     try:
-        await request_key_from_sender(bot, event)
+        await request_key_from_sender(bot.client, event)
     except Exception as e:  # an already pending request is fine; the French answer matters more
         log.info("demande de clé non envoyée : %s", e)
-    await tell_undecryptable(bot, session, event)
+    await tell_undecryptable(bot.services, session, event)
 
 
-async def tell_undecryptable(bot, session, event: IncomingEvent) -> None:
+async def tell_undecryptable(services: Services, session, event: IncomingEvent) -> None:
     """Tell the sender, in French, that their message could not be read (queued in `session`)."""
-    ctx = bot.context(session, event.room_id, "", event.sender, event.event_id)
+    ctx = command_context(services, session, event.room_id, "", event.sender, event.event_id)
     ctx.reply(
         f"🔒 {event.sender} : je n'ai pas pu déchiffrer votre message (clé de chiffrement non reçue). "
         "J'ai demandé la clé à votre appareil. Si cela se reproduit, vérifiez dans Element que "
@@ -170,19 +179,17 @@ async def tell_undecryptable(bot, session, event: IncomingEvent) -> None:
         mentions={event.sender: event.sender})
 
 
-async def request_key_from_sender(bot, event: IncomingEvent) -> None:
+async def request_key_from_sender(client, event: IncomingEvent) -> None:
     """m.room_key_request to the sender's device (nio would only ask the bot's own devices)."""
-    import uuid
-
     source = event.payload["source"]
     content = source.get("content", {})
     request = {
-        "action": "request", "requesting_device_id": bot.device_id, "request_id": uuid.uuid4().hex,
+        "action": "request", "requesting_device_id": client.device_id, "request_id": uuid.uuid4().hex,
         "body": {"algorithm": content.get("algorithm"), "room_id": event.room_id,
                  "sender_key": content.get("sender_key"), "session_id": content.get("session_id")},
     }
     device = content.get("device_id") or "*"
-    await bot.client.to_device(ToDeviceMessage("m.room_key_request", event.sender, device, request))
+    await client.to_device(ToDeviceMessage("m.room_key_request", event.sender, device, request))
 
 
 async def handle_withheld(bot, session, event: IncomingEvent) -> None:

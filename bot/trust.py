@@ -9,9 +9,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+from nio import AsyncClient
+
+from bot.cross_signing import CrossSigningClient
 from bot.cross_signing_keys import device_is_cross_signed
-from bot.identity import cross_signing_client
 
 log = logging.getLogger("cercle.trust")
 
@@ -34,28 +37,28 @@ class TrustCache:
         return self._signed.get(user_id, {}).get(device_id, False)
 
 
-async def apply(bot, room_id: str) -> None:
-    room = bot.client.rooms.get(room_id)
-    if room is None or not room.encrypted or bot.client.olm is None:
+async def apply(client: AsyncClient, cache: TrustCache, cross_signing: Callable[[], CrossSigningClient],
+                room_id: str, *, strict: bool) -> None:
+    """Judge the devices of the room's members; `strict` is `cross_signed_only`."""
+    room = client.rooms.get(room_id)
+    if room is None or not room.encrypted or client.olm is None:
         return
-    cache: TrustCache = bot.trust_cache
-    store = bot.client.device_store
-    devices = {u: frozenset(d.id for d in store.active_user_devices(u)) for u in room.users if u != bot.user_id}
+    store = client.device_store
+    devices = {u: frozenset(d.id for d in store.active_user_devices(u)) for u in room.users if u != client.user_id}
     stale = [u for u, ids in devices.items() if cache.stale(u, ids)]
     if stale:
-        async with cross_signing_client(bot) as cs:
+        async with cross_signing() as cs:
             _, query = await cs.request("POST", "/_matrix/client/v3/keys/query",
                                      {"device_keys": {u: [] for u in stale}})
         for u in stale:
             cache.update(u, devices[u], query)
-    strict = bot.config.trust.unverified_devices == "cross_signed_only"
     for user_id in devices:
         for device in store.active_user_devices(user_id):
             signed = cache.is_cross_signed(user_id, device.id)
             if signed and not device.verified:
-                bot.client.verify_device(device)
+                client.verify_device(device)
             if strict and not signed and not device.blacklisted:
                 log.info("appareil %s de %s non signé par son propriétaire : pas de clé", device.id, user_id)
-                bot.client.blacklist_device(device)
+                client.blacklist_device(device)
             elif not strict and device.blacklisted:
-                bot.client.unblacklist_device(device)
+                client.unblacklist_device(device)

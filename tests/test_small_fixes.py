@@ -178,7 +178,7 @@ def test_profession_plural():
 def test_homeserver_watch_logs_each_change_once(caplog):
     import logging
 
-    from bot.app import HomeserverWatch
+    from bot.sync import HomeserverWatch
 
     now = [100.0]
     watch = HomeserverWatch(monotonic=lambda: now[0])

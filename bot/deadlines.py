@@ -1,0 +1,139 @@
+"""The deadline runner: deadline rows -> handlers, each firing in one transaction.
+
+APScheduler only wakes the runner at the next due instant; the deadline rows are the truth. Its
+job does nothing but set an event and return, so it can never be "skipped: maximum number of
+running instances reached" while a pass runs (that lost a red flag's relance for hours): the pass
+itself runs in run(), and every pass re-arms the next wake-up in a `finally`. A slow poll in that
+loop is the last safety net.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy.orm.exc import StaleDataError
+
+from bot.dispatch import command_context
+from domain.clock import Clock
+from rooms.services import Services
+from storage.repositories import Store
+
+log = logging.getLogger("cercle")
+
+DEADLINE_POLL_S = 60.0  # the loop looks at the rows at least this often, whatever happens
+DEADLINE_RETRY_S = 5.0  # a deadline whose handler failed is tried again after this
+
+
+class DeadlineRunner:
+    def __init__(self, store: Store, clock: Clock, services: Services, handlers: dict,
+                 after_pass: Callable[[], Awaitable[object]]):
+        self.store = store
+        self.clock = clock
+        self.services = services  # what each handler's context gets
+        self.handlers = handlers  # deadline kind -> async handler(ctx, deadline) (bot/wiring.py)
+        self._after_pass = after_pass  # sends what the handlers queued (the outbox flush)
+        self._due = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._scheduler: AsyncIOScheduler | None = None
+
+    def start(self) -> None:
+        self._scheduler = AsyncIOScheduler(timezone="UTC")
+        self._scheduler.start()
+
+    def shutdown(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+
+    async def schedule_wakeup(self, retry_in: float | None = None) -> None:
+        if self._scheduler is None or not self._scheduler.running:
+            return
+        delays = [] if retry_in is None else [retry_in]
+        nxt = await self.store.next_deadline()
+        if nxt is not None:
+            delay = self.clock.real_seconds_until(nxt)
+            if delay != float("inf"):
+                delays.append(delay)
+        if not delays:
+            return
+        run_at = datetime.now(timezone.utc) + timedelta(seconds=min(delays))
+        self._scheduler.add_job(self._scheduler_wake, "date", run_date=run_at, id="wake",
+                                replace_existing=True, misfire_grace_time=None, coalesce=True,
+                                max_instances=10)  # it only sets an event: overlapping runs are harmless
+
+    async def _scheduler_wake(self) -> None:
+        self._due.set()
+
+    def wake(self) -> None:
+        """Fire what is due now, in the runner's own loop (what the scheduler does)."""
+        self._due.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(self._due.wait(), DEADLINE_POLL_S)
+            except asyncio.TimeoutError:
+                pass
+            self._due.clear()
+            try:
+                await self.fire_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("erreur du traitement des échéances")
+                await asyncio.sleep(1)
+                self._due.set()
+
+    async def fire_due(self) -> int:
+        """Fire every due deadline once: its state change and messages commit together.
+
+        Single-flight: the worker loop, the deadline loop and Bot.run may ask at the same time;
+        they take turns, and a pass loops until nothing is due, so whoever asked returns with
+        everything due at its call fired.
+        """
+        fired = 0
+        async with self._lock:
+            retry_soon = False
+            try:
+                failures: dict[int, int] = {}
+                while True:
+                    due = [d for d in await self.store.due_deadlines(self.clock.now())
+                           if failures.get(d.id, 0) < 3]
+                    if not due:
+                        break
+                    for deadline in due:
+                        outcome = await self._fire_one(deadline)
+                        if outcome is None:
+                            failures[deadline.id] = failures.get(deadline.id, 0) + 1
+                            retry_soon = True
+                        elif outcome:
+                            fired += 1
+            finally:
+                await self.schedule_wakeup(retry_in=DEADLINE_RETRY_S if retry_soon else None)
+        await self._after_pass()
+        return fired
+
+    async def _fire_one(self, deadline) -> bool | None:
+        """True if fired here, False if someone else did (or no handler), None to try again."""
+        handler = self.handlers.get(deadline.kind)
+        try:
+            async with self.store.session.begin() as session:
+                if not await self.store.take_deadline(session, deadline.id, self.clock.now()):
+                    return False
+                if handler is None:
+                    log.error("échéance %s sans traitement (%s)", deadline.kind, deadline.ref)
+                    return False
+                ctx = command_context(self.services, session, deadline.payload.get("room_id", ""), "timer",
+                                      self.services.bot_user_id, f"deadline:{deadline.id}")
+                await handler(ctx, deadline)
+                return True
+        except StaleDataError:  # an answer changed the request meanwhile: still pending, tried again
+            log.info("échéance %s reportée (conflit d'écriture)", deadline.ref)
+            return None
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # still pending: tried again shortly, the other deadlines go on
+            log.exception("échéance %s (%s) en erreur", deadline.kind, deadline.ref)
+            return None
