@@ -73,7 +73,7 @@ async def new_code(session: AsyncSession) -> str:
 
 # The room is created by the outbox (action `create_room`), after the command's transaction has
 # committed: a command rolled back leaves nothing on the homeserver. Until the room exists, what
-# the command queued for it targets PENDING_ROOM + creation key (see Bot._send_create_room).
+# the command queued for it targets PENDING_ROOM + creation key (see OutboxSender._send_create_room).
 PENDING_ROOM = "pending:"
 # State event carrying the opaque creation key, so that a creation interrupted between
 # room_create and recording its id is found again instead of repeated. Never any identity.
