@@ -187,29 +187,49 @@ async def test_a_crash_between_send_and_record_sends_once(harness, people):
     assert first.event_id in [r.event_id for r in rows]  # the retried send got the original event back
 
 
-async def test_reconnects_after_the_homeserver_comes_back(tmp_path):
+async def bot_on_its_own_homeserver(tmp_path):
+    """A Synapse this test may stop, a bot retrying every second, and a doctor's room with the bot
+    (the bot already answered there, so it holds the room and its members' keys)."""
     from bot.local_synapse import LocalSynapse
-    from tests.clinician import Clinician
 
     server = LocalSynapse.prepare(tmp_path / "hs")
     server.start()
     try:
-        bot_user = server.register("cercle", "pw-bot")
-        dr_user = server.register("dr", "pw-dr")
-        h = BotHarness(server.url, bot_user, "pw-bot", tmp_path / "bot")
-        h_config = h.config
+        return await _bot_with_a_room(server, tmp_path)
+    except BaseException:
+        server.stop()
+        raise
 
-        def fast_backoff():
-            c = h_config()
-            return c.model_copy(update={"sync": c.sync.model_copy(update={"max_backoff_s": 1.0})})
 
-        h.config = fast_backoff
-        await h.start()
-        await h.enrol(dr_user)
-        dr = await Clinician.login(server.url, dr_user, "pw-dr", tmp_path / "dr")
-        room = await room_with_bot(dr, h)
-        await dr.close()
+async def _bot_with_a_room(server, tmp_path):
+    from tests.clinician import Clinician
 
+    bot_user = server.register("cercle", "pw-bot")
+    dr_user = server.register("dr", "pw-dr")
+    h = BotHarness(server.url, bot_user, "pw-bot", tmp_path / "bot")
+    h_config = h.config
+
+    def fast_backoff():
+        c = h_config()
+        return c.model_copy(update={"sync": c.sync.model_copy(update={"max_backoff_s": 1.0})})
+
+    h.config = fast_backoff
+    await h.start()
+    await h.enrol(dr_user)
+    dr = await Clinician.login(server.url, dr_user, "pw-dr", tmp_path / "dr")
+    room = await room_with_bot(dr, h)
+    sent = await dr.send_text(room, "!aide")
+    await dr.wait_for_message(room, sender=bot_user, predicate=lambda m: m.in_reply_to() == sent, timeout=30)
+    await dr.close()
+    return server, h, room, dr_user
+
+
+async def test_reconnects_after_the_homeserver_comes_back(tmp_path):
+    from tests.clinician import Clinician
+
+    server, h, room, dr_user = await bot_on_its_own_homeserver(tmp_path)
+    bot_user = h.user_id
+    try:
         server.stop()  # the homeserver goes away for a while
         await asyncio.sleep(3)
         server.start()
@@ -230,31 +250,10 @@ async def test_an_outage_is_logged_once_per_change_not_once_per_retry(tmp_path, 
     becomes unreachable (with the reason), one when it is back (with the outage's duration)."""
     import logging
 
-    from bot.local_synapse import LocalSynapse
     from rooms.messages import render
-    from tests.clinician import Clinician
 
-    server = LocalSynapse.prepare(tmp_path / "hs")
-    server.start()
+    server, h, room, _ = await bot_on_its_own_homeserver(tmp_path)
     try:
-        bot_user = server.register("cercle", "pw-bot")
-        dr_user = server.register("dr", "pw-dr")
-        h = BotHarness(server.url, bot_user, "pw-bot", tmp_path / "bot")
-        h_config = h.config
-
-        def fast_backoff():
-            c = h_config()
-            return c.model_copy(update={"sync": c.sync.model_copy(update={"max_backoff_s": 1.0})})
-
-        h.config = fast_backoff
-        await h.start()
-        await h.enrol(dr_user)
-        dr = await Clinician.login(server.url, dr_user, "pw-dr", tmp_path / "dr")
-        room = await room_with_bot(dr, h)
-        sent = await dr.send_text(room, "!aide")  # the bot has the room and its members' keys
-        await dr.wait_for_message(room, sender=bot_user, predicate=lambda m: m.in_reply_to() == sent, timeout=30)
-        await dr.close()
-
         caplog.set_level(logging.INFO, logger="cercle")
         caplog.clear()
         server.stop()
