@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import statistics
 import sys
@@ -25,6 +26,8 @@ from bot.local_synapse import LocalSynapse
 
 REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+logging.getLogger("nio").setLevel(logging.ERROR)  # "Missing session for device": expected at warm-up
 
 
 # --- the reference bot -------------------------------------------------------------------------

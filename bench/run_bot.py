@@ -27,8 +27,8 @@ async def stdin_closed() -> None:
 
 
 async def run_cercle(spec: dict) -> None:
-    from bot.app import Bot
     from bench.common import cercle_config
+    from bot.app import Bot
     from domain.clock import SystemClock
     from rooms.directory import upsert_professional
 
