@@ -107,6 +107,14 @@ async def timed_start(h: BotHarness, probe, room: str) -> float:
     return elapsed
 
 
+def timed_imports() -> float:
+    """The floor of any `cercle` command: a Python process importing the CLI and `cercle status`."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import bot.cli, bot.status"], cwd=REPO, env=env, check=True, timeout=120)
+    return time.monotonic() - t0
+
+
 def timed_status(config_path) -> tuple[float, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     t0 = time.monotonic()
@@ -156,6 +164,7 @@ async def main(small: bool, runs: int) -> None:
 
             # start and status, alternated between the empty table and the full one
             rows, starts, statuses = [], {"vide": [], "plein": []}, {"vide": [], "plein": []}
+            imports = []
             for run in range(1, runs + 1):
                 order = ("vide", "plein") if run % 2 else ("plein", "vide")
                 for key in order:
@@ -164,16 +173,17 @@ async def main(small: bool, runs: int) -> None:
                 for key in order:
                     elapsed, lines[key] = timed_status(configs[key])
                     statuses[key].append(elapsed)
+                imports.append(timed_imports())
                 sql_ms, n = plain_sql(hs["plein"], count_sql)
                 rows.append((run, f"{starts['vide'][-1]:.2f}", f"{starts['plein'][-1]:.2f}",
                              f"{starts['plein'][-1] / starts['vide'][-1]:.2f}", f"{statuses['vide'][-1]:.2f}",
-                             f"{statuses['plein'][-1]:.2f}", f"{sql_ms:.1f} ({n})"))
+                             f"{statuses['plein'][-1]:.2f}", f"{imports[-1]:.2f}", f"{sql_ms:.1f} ({n})"))
                 print(f"run {run} : démarrage {starts['vide'][-1]:.2f} / {starts['plein'][-1]:.2f} s, "
                       f"status {statuses['vide'][-1]:.2f} / {statuses['plein'][-1]:.2f} s "
                       f"[{lines['plein'].strip()}] ({machine_note()})", flush=True)
             print()
             print(table(rows, ("run", "démarrage vide s", f"démarrage {pending} s", "ratio",
-                               "status vide s", f"status {pending} s", f"SQL `{count_sql}` ms")))
+                               "status vide s", f"status {pending} s", "imports seuls s", f"SQL `{count_sql}` ms")))
 
             # lateness: due within the window, the pending rows still there
             now = datetime.now(timezone.utc)
@@ -214,7 +224,8 @@ async def main(small: bool, runs: int) -> None:
                 ("démarrage, ratio plein / vide", f"{start_ratio:.2f}", f"≤ {TARGET_START}", mark(start_ratio <= TARGET_START),
                  f"{p50(starts['vide']):.2f} s vide, {p50(starts['plein']):.2f} s plein"),
                 ("cercle status", f"{status_s:.2f} s", f"≤ {TARGET_STATUS_S:.0f} s", mark(status_s <= TARGET_STATUS_S),
-                 f"table vide {p50(statuses['vide']):.2f} s; SQL count {sql_ms:.1f} ms"),
+                 f"table vide {p50(statuses['vide']):.2f} s, imports seuls {p50(imports):.2f} s; "
+                 f"SQL count {sql_ms:.1f} ms"),
                 (f"retard p99, {due_soon} dues en {window} s", f"{late_p99:.2f} s", f"≤ {TARGET_LATE_S:.0f} s",
                  mark(all_fired and late_p99 <= TARGET_LATE_S),
                  f"p50 {p50(late):.2f} s, max {max(late):.2f} s, {len(late)}/{due_soon} déclenchées; SQL dues {due_ms:.1f} ms"
