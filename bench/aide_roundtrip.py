@@ -14,37 +14,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from nio import AsyncClient, AsyncClientConfig, InviteMemberEvent, MatrixRoom, RoomMessageText
-
+from bench.common import echo_bot
 from bot.app import Bot
 from bot.config import Config, CptsConfig, MatrixConfig, StorageConfig, SyncConfig
 from bot.local_synapse import LocalSynapse
 from domain.clock import SystemClock
 from rooms.directory import upsert_professional
 from tests.clinician import Clinician
-
-
-async def echo_bot(url: str, user_id: str, password: str, store: Path) -> tuple[AsyncClient, asyncio.Task]:
-    """The trivial reference: answer every text message with an encrypted m.notice, nothing else."""
-    store.mkdir(parents=True, exist_ok=True)
-    client = AsyncClient(url, user_id, store_path=str(store), config=AsyncClientConfig(encryption_enabled=True))
-    await client.login(password)
-
-    async def on_invite(room: MatrixRoom, event: InviteMemberEvent):
-        if event.state_key == user_id:
-            await client.join(room.room_id)
-
-    async def on_message(room: MatrixRoom, event: RoomMessageText):
-        if event.sender != user_id:
-            await client.room_send(room.room_id, "m.room.message",
-                                   {"msgtype": "m.notice", "body": event.body,
-                                    "m.relates_to": {"m.in_reply_to": {"event_id": event.event_id}}},
-                                   ignore_unverified_devices=True)
-
-    client.add_event_callback(on_invite, InviteMemberEvent)
-    client.add_event_callback(on_message, RoomMessageText)
-    await client.sync(timeout=0, full_state=True)
-    return client, asyncio.create_task(client.sync_forever(timeout=30000))
 
 
 async def measure(c: Clinician, room: str, responder: str, n: int, text: str) -> list[float]:
