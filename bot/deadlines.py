@@ -124,7 +124,7 @@ class DeadlineRunner:
 
         One transaction for the whole batch; if one of them fails, the batch rolled back and its
         halves are tried the same way, down to the one that fails alone: a broken handler among
-        500 costs about 2 x log2(500) transactions, not 500, and does not hold the others back.
+        200 costs about 2 x log2(200) = 16 transactions, not 200, and does not hold the others back.
         """
         if len(batch) == 1:
             outcome = await self._fire_one(batch[0])
@@ -139,13 +139,14 @@ class DeadlineRunner:
     async def _fire_batch(self, batch: list) -> int | None:
         """Take and fire `batch` in one transaction: how many fired, or None if one of them failed
         (nothing of the batch is then written). Same guard as one by one: the `status = 'pending'`
-        update (take_deadlines) is in the transaction that fires, so a row fires once at most."""
+        update (take_deadline) is in the transaction that fires, so a row fires once at most."""
         try:
             async with self.store.session.begin() as session:
-                taken = await self.store.take_deadlines(session, [d.id for d in batch], self.clock.now())
                 fired = 0
                 for deadline in batch:
-                    if deadline.id in taken and await self._fire(session, deadline):
+                    # Taken one at a time, just before its handler: a handler may cancel a later
+                    # deadline of the batch (e.g. a closed request's other timers), as one by one.
+                    if await self._take_and_fire(session, deadline):
                         fired += 1
                 return fired
         except asyncio.CancelledError:
@@ -157,10 +158,6 @@ class DeadlineRunner:
     async def _take_and_fire(self, session, deadline) -> bool:
         if not await self.store.take_deadline(session, deadline.id, self.clock.now()):
             return False
-        return await self._fire(session, deadline)
-
-    async def _fire(self, session, deadline) -> bool:
-        """Run the handler of a deadline taken in `session`'s transaction."""
         handler = self.handlers.get(deadline.kind)
         if handler is None:
             log.error("échéance %s sans traitement (%s)", deadline.kind, deadline.ref)

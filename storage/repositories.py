@@ -262,23 +262,14 @@ class Store:
     @staticmethod
     async def take_deadline(session: AsyncSession, deadline_id: int, now: datetime) -> bool:
         """pending -> fired inside the caller's transaction; False if already fired or cancelled."""
-        result = await session.execute(
-            update(Deadline).where(Deadline.id == deadline_id, Deadline.status == "pending")
-            .values(status="fired", fired_at=now))
-        return result.rowcount == 1
-
-    @staticmethod
-    async def take_deadlines(session: AsyncSession, deadline_ids: list[int], now: datetime) -> set[int]:
-        """take_deadline for many in one statement: the ids taken here (those still pending)."""
-        taken: set[int] = set()
-        for start in range(0, len(deadline_ids), 500):  # bounded IN lists
-            chunk = deadline_ids[start:start + 500]
+        # No autoflush: what earlier handlers of a batch queued (outbox rows) is written at commit in
+        # a few multi-row INSERTs, not flushed row by row before each take. Handlers change deadlines
+        # only by statements (cancel_deadlines), which run at once, never by pending ORM changes.
+        with session.no_autoflush:
             result = await session.execute(
-                update(Deadline).where(Deadline.id.in_(chunk), Deadline.status == "pending")
-                .values(status="fired", fired_at=now).returning(Deadline.id)
-                .execution_options(synchronize_session=False))
-            taken.update(result.scalars().all())
-        return taken
+                update(Deadline).where(Deadline.id == deadline_id, Deadline.status == "pending")
+                .values(status="fired", fired_at=now).execution_options(synchronize_session=False))
+        return result.rowcount == 1
 
     async def cancel_deadlines(self, ref: str, kinds: tuple[str, ...] | None = None,
                                session: AsyncSession | None = None) -> None:

@@ -141,3 +141,27 @@ async def test_status_summaries_count_in_the_database(tmp_path, database_url):
         assert (pending, stuck, rows) == (30, 0, [])
     finally:
         await uc.close()
+
+
+async def test_a_deadline_cancelled_by_an_earlier_one_of_its_batch_does_not_fire(tmp_path, database_url):
+    """E.g. a request closed by its first timer: its other timers, due in the same batch, stay silent."""
+    uc = await UseCases.open(tmp_path / "bot", database_url, clock=FakeClock())
+    try:
+        store = uc.bot.store
+
+        async def closing(ctx, deadline):
+            await _noop(ctx, deadline)
+            await store.cancel_deadlines(deadline.ref, session=ctx.session)
+
+        async with store.session.begin() as session:
+            await store.add_deadline("closing", "demande:1", uc.now() - timedelta(hours=2), uc.now(), session=session)
+            await store.add_deadline("noop", "demande:1", uc.now() - timedelta(hours=1), uc.now(), session=session)
+            await store.add_deadline("noop", "demande:2", uc.now() - timedelta(hours=1), uc.now(), session=session)
+        runner = DeadlineRunner(store, uc.clock, uc.bot.services, {"noop": _noop, "closing": closing}, _nothing)
+        assert await runner.fire_due() == 2
+        async with store.session() as session:
+            rows = (await session.execute(select(Deadline.kind, Deadline.ref, Deadline.status))).all()
+        assert sorted(rows) == [("closing", "demande:1", "fired"), ("noop", "demande:1", "cancelled"),
+                                ("noop", "demande:2", "fired")]
+    finally:
+        await uc.close()
