@@ -39,6 +39,7 @@ from storage.repositories import IncomingEvent, Store
 log = logging.getLogger("cercle")
 
 WITHHELD = "m.room_key.withheld"
+TOKEN_WRITE_S = 60.0  # a quiet bot still stores its sync token this often (bounds a replay after a crash)
 
 
 class SyncFailed(Exception):
@@ -112,6 +113,12 @@ class SyncIntake:
         self.synced_once = asyncio.Event()
         self._key_wait_deadline_ms: int | None = None  # earliest give-up among events waiting for a key
         self._key_requested: set[str] = set()  # waiting events whose key was asked for since this start
+        # Read once, then kept here: the stored token and every room's join instant (rooms are never
+        # deleted and a room's joined_ts never changes once written, so the copy cannot go stale).
+        self._loaded = False
+        self._token: str | None = None  # the token of the last sync, stored or not yet
+        self._token_stored_at = 0.0  # monotonic instant of the last write of the token
+        self._joined_ts: dict[str, int] = {}
         self.sync_filter: dict = {
             "room": {
                 # Lazy-loaded members and a short timeline: the bot sits in thousands of rooms.
@@ -143,7 +150,12 @@ class SyncIntake:
                 backoff = min(backoff * 2, self._sync.max_backoff_s)
 
     async def sync_once(self) -> None:
-        since = await self.store.get_state("sync_token")
+        if not self._loaded:
+            self._token = await self.store.get_state("sync_token")
+            self._joined_ts = await self.store.rooms_joined_ts()  # one query, not one per room
+            self._token_stored_at = time.monotonic()
+            self._loaded = True
+        since = self._token
         first = since is None
         # After a start, the full state (every room, members lazy-loaded): nio keeps no room list
         # on disk, and the bot must be able to write in a room that has been quiet since.
@@ -159,7 +171,11 @@ class SyncIntake:
         await self._crypto_housekeeping()
         now = self.clock.now()
         events = await self._collect(response, first=first)
-        new = await self.store.record_sync(events, response.next_batch, now)
+        new = 0
+        if self._must_store(events, response, first):
+            new = await self.store.record_sync(events, response.next_batch, now)
+            self._token_stored_at = time.monotonic()
+        self._token = response.next_batch  # only once recorded: a failed write syncs again from `since`
         changed = {room_id for room_id, info in response.rooms.join.items()
                    if any(isinstance(ev, RoomMemberEvent) for ev in (*info.state, *info.timeline.events))}
         if changed:  # e.g. the recipient of a waiting direct message joined: try it now
@@ -171,6 +187,23 @@ class SyncIntake:
         except Exception:  # never let it stop the sync: the waiting events stay recorded
             log.exception("nouvel essai de déchiffrement impossible")
         self.synced_once.set()
+
+    def _must_store(self, events: list[IncomingEvent], response: SyncResponse, first: bool) -> bool:
+        """Whether this sync is written (its events and its token, in one transaction).
+
+        A sync that brought nothing to record is not: its token stays in memory and goes out with the
+        next sync that has events, or after TOKEN_WRITE_S. The guarantee "an event is recorded before
+        the stored token moves past it" still holds, because the stored token only ever moves in the
+        transaction that records the events of every sync up to it: syncs skipped since the stored
+        token recorded nothing. After a crash the bot syncs again from the stored token; the homeserver
+        sends those syncs' events again, and they give nothing to record again, or, if they now do
+        (e.g. a room key arrived), are recorded then; known event ids are ignored. Always written:
+        the first token (a restart without any would take everything since for backlog and drop it),
+        and a sync with to-device events (room keys: the server deletes them once a later token is
+        used, so nio's store and ours move together instead of relying on nio ignoring a replay).
+        """
+        return (bool(events) or first or bool(response.to_device_events)
+                or time.monotonic() - self._token_stored_at >= TOKEN_WRITE_S)
 
     async def _crypto_housekeeping(self) -> None:
         """What nio's sync_forever does between syncs: keys and to-device traffic."""
@@ -195,17 +228,19 @@ class SyncIntake:
                 events.append(IncomingEvent(f"invite:{room_id}:{now_ms}", room_id, inviter, "invite", now_ms,
                                             {"is_direct": is_direct}))
         for room_id, info in response.rooms.join.items():
-            record = await self.store.get_room(room_id)
-            if record is None:
-                # A room we did not join through the invite handler (e.g. created by `cercle up`).
-                record = await self.store.add_room_if_absent(room_id, "other", now_ms)
+            joined_ts = self._joined_ts.get(room_id)
+            if joined_ts is None:
+                # Recorded since the start (invite handler, room creation), or a room we did not
+                # join through the invite handler (e.g. created by `cercle up`): theirs stands.
+                joined_ts = (await self.store.add_room_if_absent(room_id, "other", now_ms)).joined_ts
+                self._joined_ts[room_id] = joined_ts
             if first:
                 continue  # the backlog from before the bot's first sync is not addressed to it
             timeline = list(info.timeline.events)
             if info.timeline.limited and info.timeline.prev_batch:
-                timeline = await self._fill_gap(room_id, info.timeline.prev_batch, record.joined_ts) + timeline
+                timeline = await self._fill_gap(room_id, info.timeline.prev_batch, joined_ts) + timeline
             for ev in timeline:
-                item = self._incoming(room_id, ev, record.joined_ts)
+                item = self._incoming(room_id, ev, joined_ts)
                 if item:
                     events.append(item)
         for ev in response.to_device_events:
@@ -317,6 +352,9 @@ class SyncIntake:
             decrypted = self.client.decrypt_event(encrypted)
         except EncryptionError:
             return None
-        record = await self.store.get_room(event.room_id)
-        item = self._incoming(event.room_id, decrypted, record.joined_ts if record else 0)
+        joined_ts = self._joined_ts.get(event.room_id)
+        if joined_ts is None:
+            record = await self.store.get_room(event.room_id)
+            joined_ts = record.joined_ts if record else 0
+        item = self._incoming(event.room_id, decrypted, joined_ts)
         return item or IncomingEvent(event.event_id, event.room_id, event.sender, "ignored", event.origin_ts, {})

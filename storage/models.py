@@ -12,6 +12,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -107,7 +108,10 @@ class Deadline(Base):
     fired_at: Mapped[datetime | None]
 
     __table_args__ = (
-        Index("ix_deadline_status_due", "status", "due_at"),
+        # Partial: the runner and `cercle status` only look at pending rows, a small part of a table
+        # that keeps every fired one (migration 0005).
+        Index("ix_deadline_pending_due", "due_at", sqlite_where=text("status = 'pending'"),
+              postgresql_where=text("status = 'pending'")),
         UniqueConstraint("kind", "ref", name="uq_deadline_kind_ref"),
     )
 

@@ -5,7 +5,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -78,6 +78,7 @@ class Store:
 
         Either both are stored or neither: a crash never skips an event nor records a token
         past an unrecorded one. Already known event ids are ignored. Returns how many are new.
+        (SyncIntake may skip this for a sync with nothing to record: see SyncIntake._must_record.)
         """
         async with self.session.begin() as s:
             known = set()
@@ -192,6 +193,18 @@ class Store:
         row = await self.get_room(room_id)
         return bool(row and row.bot_is_creator)
 
+    async def rooms_joined_ts(self) -> dict[str, int]:
+        """Every room's join instant, in one query (the sync keeps them in memory)."""
+        async with self.session() as s:
+            return {room_id: ts for room_id, ts in (await s.execute(
+                select(RoomRecord.room_id, RoomRecord.joined_ts))).all()}
+
+    async def room_counts(self) -> dict[str, int]:
+        """Rooms per kind, counted by the database."""
+        async with self.session() as s:
+            return {kind: n for kind, n in (await s.execute(
+                select(RoomRecord.kind, func.count()).group_by(RoomRecord.kind))).all()}
+
     async def rooms(self) -> list[RoomRecord]:
         async with self.session() as s:
             return list((await s.scalars(select(RoomRecord))).all())
@@ -233,12 +246,29 @@ class Store:
             return list((await s.scalars(select(Deadline).where(Deadline.status == "pending")
                                          .order_by(Deadline.due_at))).all())
 
+    async def pending_deadline_summary(self, first: int = 20) -> tuple[int, list[Deadline]]:
+        """How many deadlines are pending, and the `first` next ones (for `cercle status`)."""
+        async with self.session() as s:
+            count = await s.scalar(select(func.count()).select_from(Deadline).where(Deadline.status == "pending"))
+            rows = (await s.scalars(select(Deadline).where(Deadline.status == "pending")
+                                    .order_by(Deadline.due_at, Deadline.id).limit(first))).all()
+            return count or 0, list(rows)
+
+    async def pending_event_count(self) -> int:
+        async with self.session() as s:
+            return await s.scalar(select(func.count()).select_from(InboxEvent)
+                                  .where(InboxEvent.status == "pending")) or 0
+
     @staticmethod
     async def take_deadline(session: AsyncSession, deadline_id: int, now: datetime) -> bool:
         """pending -> fired inside the caller's transaction; False if already fired or cancelled."""
-        result = await session.execute(
-            update(Deadline).where(Deadline.id == deadline_id, Deadline.status == "pending")
-            .values(status="fired", fired_at=now))
+        # No autoflush: what earlier handlers of a batch queued (outbox rows) is written at commit in
+        # a few multi-row INSERTs, not flushed row by row before each take. Handlers change deadlines
+        # only by statements (cancel_deadlines), which run at once, never by pending ORM changes.
+        with session.no_autoflush:
+            result = await session.execute(
+                update(Deadline).where(Deadline.id == deadline_id, Deadline.status == "pending")
+                .values(status="fired", fired_at=now).execution_options(synchronize_session=False))
         return result.rowcount == 1
 
     async def cancel_deadlines(self, ref: str, kinds: tuple[str, ...] | None = None,
@@ -317,6 +347,19 @@ class Store:
         async with self.session() as s:
             return list((await s.scalars(select(OutboxItem).where(OutboxItem.status == "pending")
                                          .order_by(OutboxItem.id))).all())
+
+    async def outbox_backlog_summary(self, stuck_before: datetime, first: int = 20) -> tuple[int, int, list[OutboxItem]]:
+        """Pending sends: how many, how many stuck (reported, or first tried before `stuck_before`),
+        and the `first` stuck ones, without their content (for `cercle status`)."""
+        stuck = (OutboxItem.stuck_reported_at.is_not(None)) | (OutboxItem.first_try_at <= stuck_before)
+        async with self.session() as s:
+            pending = await s.scalar(select(func.count()).select_from(OutboxItem)
+                                     .where(OutboxItem.status == "pending"))
+            n_stuck = await s.scalar(select(func.count()).select_from(OutboxItem)
+                                     .where(OutboxItem.status == "pending", stuck))
+            rows = (await s.scalars(select(OutboxItem).where(OutboxItem.status == "pending", stuck)
+                                    .order_by(OutboxItem.id).limit(first))).all()
+            return pending or 0, n_stuck or 0, list(rows)
 
     async def outbox_event_ids(self, ref: str) -> list[str]:
         async with self.session() as s:
