@@ -58,11 +58,6 @@ async def is_member(ctx, patient: Patient, user_id: str) -> bool:
     return any(m.user_id == user_id for m in await cercle_members(ctx.session, patient.code))
 
 
-def post_to_coordinators(ctx, text: str) -> None:
-    room = ctx.services.coordinator_room
-    if room:
-        ctx.send(room, text)
-
 
 @functools.lru_cache(maxsize=1)
 def _carte_requise() -> str:
@@ -137,7 +132,7 @@ async def patient_nouveau(ctx, action, nom=None, prenom=None, naissance=None, se
     ctx.reply(f"✅ Cercle **{code}** créé : le salon « {room_name(code, [])} » est en cours de création, "
               f"les invitations partent dans un instant. Invité·e·s : {members}.\n"
               f"Pour inclure le patient dans un parcours : `!inclure <parcours>` dans ce salon.")
-    post_to_coordinators(ctx, f"🆕 Nouveau cercle **{code}** créé par {ctx.sender}"
+    ctx.to_coordinators(f"🆕 Nouveau cercle **{code}** créé par {ctx.sender}"
                               f"{' ; médecin traitant : ' + literal(mt_prof.display_name) if mt_prof else ' ; sans médecin traitant'}.")
 
 
@@ -275,7 +270,7 @@ async def inclure(ctx, parcours, carte=None):
     base = "\n".join(f"- {d.libelle}" + (f" ({d.unite})" if d.unite else "") for d in p.donnees_de_base)
     ctx.reply(f"✅ Patient **{patient.code}** inclus dans le parcours **{p.nom}**.\n\n"
               f"Données de base à renseigner :\n\n{base}")
-    post_to_coordinators(ctx, f"📥 Inclusion de **{patient.code}** dans le parcours {p.nom} par {ctx.sender}.")
+    ctx.to_coordinators(f"📥 Inclusion de **{patient.code}** dans le parcours {p.nom} par {ctx.sender}.")
 
 
 @group.command(
@@ -307,7 +302,7 @@ async def sortir(ctx, parcours, raison):
         ctx.queue("state", patient.room_id, {"type": "m.room.name", "state_key": "",
                                              "content": {"name": f"Cercle {patient.code} · archivé"}})
         ctx.reply(f"✅ Sortie du parcours {p.nom} notée. Plus aucun parcours : le cercle {patient.code} est archivé.")
-    post_to_coordinators(ctx, f"📤 Sortie de **{patient.code}** du parcours {p.nom}.")
+    ctx.to_coordinators(f"📤 Sortie de **{patient.code}** du parcours {p.nom}.")
 
 
 def _may_include(p, prof: Professional | None, patient: Patient) -> bool:

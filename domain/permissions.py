@@ -28,6 +28,11 @@ class Action(StrEnum):
     ANNULER = "annuler"
 
 
+def holds_role(roles, role: str) -> bool:
+    """`referent` matches `referent` and `referent:<parcours>`: the one place roles are matched."""
+    return any(r == role or r.startswith(role + ":") for r in roles or ())
+
+
 @dataclass(frozen=True)
 class Actor:
     """What the rules need to know of the person typing the command."""
@@ -49,7 +54,7 @@ class Actor:
         return self.has_role("coordinateur")
 
     def has_role(self, role: str) -> bool:
-        return any(r == role or r.startswith(role + ":") for r in self.roles)
+        return holds_role(self.roles, role)
 
     def practises_in(self, commune: str) -> bool:
         return normalize(commune) in {normalize(c) for c in self.communes}

@@ -62,6 +62,11 @@ class CommandContext:
         self.sent.append(txn)
         return txn
 
+    def to_coordinators(self, md_text: str) -> None:
+        """A message in the coordinators' room (never an identity: patient codes only)."""
+        if self.services.coordinator_room:
+            self.send(self.services.coordinator_room, md_text)
+
     def queue(self, action: str, room_id: str, content: dict, ref: str | None = None) -> str:
         txn = self.services.store.queue(self.session, action, room_id, content, self.now, ref=ref)
         self.sent.append(txn)

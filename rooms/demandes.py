@@ -223,11 +223,6 @@ async def notify(ctx, patient: Patient, row: DemandeRow, d: Demande, flow, users
         queue_direct(ctx, u, notice_text(ctx, patient, d, flow, pool=True), ref=f"notice:{row.id}:{u}")
 
 
-def to_coordinators(ctx, text: str) -> None:
-    room = ctx.services.coordinator_room
-    if room:
-        ctx.send(room, text)
-
 
 # --- which request a command is about ---------------------------------------------------------------
 async def candidates(ctx, *, answering: bool) -> list[DemandeRow]:
@@ -425,7 +420,7 @@ async def on_accepted(ctx, patient: Patient, row: DemandeRow, d: Demande, outcom
         ctx.reply(f"✅ C'est noté : vous prenez en charge la demande {patient.code}/{d.numero}. "
                   f"Vous êtes invité·e dans le cercle {patient.code}, où se trouve la fiche du patient.")
     if outcome.notifier_coordination:
-        to_coordinators(ctx, f"✅ Demande {patient.code}/{d.numero} finalement prise en charge (après l'échéance).")
+        ctx.to_coordinators(f"✅ Demande {patient.code}/{d.numero} finalement prise en charge (après l'échéance).")
 
 
 async def on_declined(ctx, patient: Patient, row: DemandeRow, d: Demande, outcome: Declinee) -> None:
@@ -514,7 +509,7 @@ async def on_relance(ctx, patient: Patient, row: DemandeRow, d: Demande, flow, o
 
 def on_escalated(ctx, patient: Patient, d: Demande, outcome: Escaladee, noms: dict[str, str]) -> None:
     ctx.send(patient.room_id, outcome.texte(noms), mentions={d.demandeur: noms.get(d.demandeur, d.demandeur)})
-    to_coordinators(ctx, outcome.texte_coordination() + f"\nPatient : **{patient.code}** (cercle de soins).")
+    ctx.to_coordinators(outcome.texte_coordination() + f"\nPatient : **{patient.code}** (cercle de soins).")
 
 
 # --- what answers what (merged by bot/wiring.compose) -------------------------------------------------

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.markup import literal
+from domain.permissions import holds_role
 from domain.rules_yaml import load_rules
 from domain.text import normalize
 from storage.models import Professional, RoomRecord
@@ -46,8 +47,7 @@ def profession_label(code: str, *, pluriel: bool = False) -> str:
 
 
 def has_role(prof: Professional, role: str) -> bool:
-    """`referent` matches `referent` and `referent:<parcours>`: the one place roles are matched."""
-    return any(r == role or r.startswith(role + ":") for r in prof.roles or [])
+    return holds_role(prof.roles, role)
 
 
 async def names(session: AsyncSession, users) -> dict[str, str]:
