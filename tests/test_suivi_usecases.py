@@ -18,8 +18,8 @@ SF = "@sf:cpts.test"
 START = datetime(2026, 3, 12, 9, 0, tzinfo=timezone.utc)
 
 
-async def _world(tmp_path, *parcours: str, start: datetime = START) -> UseCases:
-    uc = await UseCases.open(tmp_path / "bot", clock=FakeClock(start))
+async def _world(tmp_path, *parcours: str, start: datetime = START, database_url: str | None = None) -> UseCases:
+    uc = await UseCases.open(tmp_path / "bot", database_url=database_url, clock=FakeClock(start))
     await uc.enrol(MT, "medecin_generaliste", name="Dr Martin")
     await uc.enrol(IDE, "infirmier", name="Julie Petit")
     await uc.enrol(SF, "sage_femme", name="Sophie Leroy")
@@ -38,8 +38,8 @@ def _in_room(sent, room) -> list:
     return [s for s in sent if s.room_id == room]
 
 
-async def test_donnees_are_typed_refused_whole_and_kept_with_history(tmp_path):
-    uc = await _world(tmp_path, "insuffisance_cardiaque")
+async def test_donnees_are_typed_refused_whole_and_kept_with_history(tmp_path, database_url):
+    uc = await _world(tmp_path, "insuffisance_cardiaque", database_url=database_url)
     try:
         refused = await uc.say(IDE, uc.room, "!donnees fc=64 poids=750")
         assert "Poids" in refused[0].body and "750" in refused[0].body and "de 2 à 350 kg" in refused[0].body
@@ -148,8 +148,8 @@ async def test_perinatalite_reminders_at_each_sa_window_within_hours(tmp_path):
         await uc.close()
 
 
-async def test_plaie_overdue_at_30_days_once_and_replanned_by_a_new_fiche(tmp_path):
-    uc = await _world(tmp_path, "plaie")
+async def test_plaie_overdue_at_30_days_once_and_replanned_by_a_new_fiche(tmp_path, database_url):
+    uc = await _world(tmp_path, "plaie", database_url=database_url)
     try:
         await uc.say(IDE, uc.room, "!suivi fiche")
         rows = {d.kind: d for d in await uc.pending_deadlines() if d.kind.startswith("suivi.r")}
