@@ -1,7 +1,7 @@
 """suivi: observation (données de base and éléments de suivi, append-only, values encrypted)
 
 Revision ID: 0007
-Revises: 0005 (re-chained onto 0006 at merge)
+Revises: 0006
 """
 import sqlalchemy as sa
 from alembic import op
@@ -9,7 +9,7 @@ from alembic import op
 import storage.models
 
 revision = '0007'
-down_revision = '0005'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
