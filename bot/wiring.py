@@ -38,4 +38,6 @@ def compose(config: Config, store: Store, clock: Clock, registry: CommandRegistr
     return Wiring(services=services, registry=registry,
                   deadline_handlers={**demandes.DEADLINE_HANDLERS, **alertes.DEADLINE_HANDLERS,
                                      **suivi.DEADLINE_HANDLERS},
-                  reaction_handlers={**demandes.REACTION_HANDLERS})
+                  reaction_handlers={**demandes.REACTION_HANDLERS},
+                  poll_handlers={**suivi.POLL_HANDLERS},
+                  reply_handlers={**suivi.REPLY_HANDLERS})

@@ -39,7 +39,7 @@ from rooms import demandes
 from rooms.directory import names
 from rooms.patients import active_inclusions, cercle_members, identity_of
 from storage import suivi as observations
-from storage.models import Act, CercleMember, Deadline, Inclusion, Patient, Professional
+from storage.models import Act, BotState, CercleMember, Deadline, Inclusion, Patient, Professional
 
 RAPPEL, RETARD = "suivi.rappel", "suivi.retard"
 DIGEST_PATIENT, DIGEST_PRO = "suivi.digest_patient", "suivi.digest_pro"
@@ -161,6 +161,14 @@ async def _show_donnees(ctx, patient: Patient, with_data) -> None:
     ctx.reply("\n".join(lines))
 
 
+async def measures_from_history(ctx, patient: Patient, p: Parcours, code: str, value) -> list:
+    """What a value typed in `!redflag` (poids=84) measures against the recorded données: the
+    variations the parcours' thresholds compare (decisions.md 6), without recording anything."""
+    past = await observations.history(ctx.session, ctx.store.cipher, patient.code, parcours=p.code, kind="donnee",
+                                      element=code)
+    return mesures(p, code, value, [Mesure(r.at, r.value) for r in past], ctx.now)
+
+
 # --- éléments de suivi -----------------------------------------------------------------------------
 
 async def _context(ctx, patient: Patient, p: Parcours, inclusion: Inclusion) -> Contexte:
@@ -217,7 +225,8 @@ async def checklist(ctx, patient: Patient) -> None:
 
 async def record_suivi(ctx, patient: Patient, tokens: list[str]) -> None:
     """`!suivi <élément> [valeur] [date]`: record it (a « suivi » act for the ledger), then replan.
-    The élément's name is the longest run of first words that names one (« echo t1 positif »)."""
+    The élément's name is the longest run of first words that names one (« echo t1 positif »);
+    when it names several, the bot asks with a poll (a vote records the chosen one)."""
     inclusions = [(p, i) for p, i in await _parcours(ctx, patient) if p.elements_de_suivi]
     if not inclusions:
         ctx.refuse("le patient n'est inclus dans aucun parcours avec des éléments de suivi", usage=False)
@@ -228,21 +237,24 @@ async def record_suivi(ctx, patient: Patient, tokens: list[str]) -> None:
         if found:
             element, rest = " ".join(tokens[:k]), tokens[k:]
             break
-    if len(found) > 1:  # the same élément in two parcours is one act per parcours, not a question
-        codes = {f.split(":")[1] for f in found}
-        if len(codes) > 1:
-            labels = [next(e.libelle for p, _ in inclusions for e in p.elements_de_suivi
-                           if f"{p.code}:{e.code}" == f) for f in found]
-            ctx.refuse(f"« {literal(element)} » peut désigner : {' ; '.join(dict.fromkeys(labels))}. Lequel ? "
-                       "Précisez le nom.", usage=False)
     if not found:
         every = ", ".join(e.code for p, _ in inclusions for e in p.elements_de_suivi)
         ctx.refuse(f"« {literal(element)} » n'est pas un élément de suivi des parcours du patient ({every})")
+    day, value = _date_and_value(ctx, rest)
+    groups = list(dict.fromkeys(f.split(":")[1] for f in found))
+    if len(groups) > 1:  # the same élément in two parcours is one act per parcours, not a question
+        await _ask_which(ctx, patient, element, found, day, value)
+        return
+    await _record(ctx, patient, found, day, value)
+
+
+def _date_and_value(ctx, rest: list[str]) -> tuple[date | None, str | None]:
     today = _today(ctx)
     day, words = None, []
     for word in rest:
-        parsed = parse_date(word, today) if any(ch.isdigit() for ch in word) and "/" in word else None
-        if parsed is None and "/" in word and any(ch.isdigit() for ch in word) and word.count("/") == 2:
+        looks_like_date = any(ch.isdigit() for ch in word) and word.count("/") == 2
+        parsed = parse_date(word, today) if looks_like_date else None
+        if looks_like_date and parsed is None:
             ctx.refuse(f"« {literal(word)} » n'est pas une date qui existe (JJ/MM/AAAA)")
         if parsed is not None and day is None:
             day = parsed
@@ -250,10 +262,13 @@ async def record_suivi(ctx, patient: Patient, tokens: list[str]) -> None:
             words.append(word)
     if day is not None and day > today:
         ctx.refuse(f"« {day:%d/%m/%Y} » est dans le futur : notez un élément une fois réalisé")
-    at = ctx.now if day is None or day == today else at_local(day, ctx.services.tz)
-    value = " ".join(words).strip() or None
+    return day, " ".join(words).strip() or None
+
+
+async def _record(ctx, patient: Patient, keys: list[str], day: date | None, value: str | None) -> None:
+    at = ctx.now if day is None or day == _today(ctx) else at_local(day, ctx.services.tz)
     lines = []
-    for key in found:
+    for key in keys:
         pcode, ecode = key.split(":")
         p = ctx.services.catalogue[pcode]
         e = p.element(ecode)
@@ -274,6 +289,69 @@ async def record_suivi(ctx, patient: Patient, tokens: list[str]) -> None:
             lines += [f"- {a.libelle}" + (f" : `!dec {a.declencher} …`" if a.declencher else "") for a in e.si_positif]
     ctx.reply("\n".join(lines))
     await replan(ctx, patient)
+
+
+def _question_key(ref: str) -> str:
+    return f"suivi-question:{ref}"
+
+
+async def _ask_which(ctx, patient: Patient, typed: str, found: list[str], day: date | None,
+                     value: str | None) -> None:
+    """Several éléments match: a poll (votes come back to `which_voted`); the typed value and date
+    wait, encrypted, with the question."""
+    labels = [ctx.services.catalogue[k.split(":")[0]].element(k.split(":")[1]).libelle for k in found]
+    ref = f"suiviq:{ctx.event_id}"
+    pending = {"patient": patient.code, "keys": found, "day": day.isoformat() if day else None, "value": value,
+               "asked_by": ctx.sender}
+    await ctx.session.merge(BotState(key=_question_key(ref)[:100],
+                                     value_enc=ctx.store.cipher.encrypt_json(pending, _question_key(ref))))
+    ctx.send_poll(ctx.room_id, f"« {typed} » : quel élément de suivi notez-vous ?", labels[:20], ref=ref,
+                  reply_to=ctx.event_id)
+
+
+async def which_voted(ctx, ref: str, answer_ids: list[str]) -> None:
+    """A vote on « quel élément ? »: records the chosen one for the voter, then ends the poll."""
+    row = await ctx.session.get(BotState, _question_key(ref)[:100])
+    if row is None or not answer_ids:
+        return
+    pending = ctx.store.cipher.decrypt_json(row.value_enc, _question_key(ref))
+    patient = await ctx.session.get(Patient, pending["patient"])
+    if patient is None or patient.room_id != ctx.room_id or not await _may_record(ctx, patient):
+        return
+    try:
+        key = pending["keys"][int(answer_ids[0]) - 1]
+    except (ValueError, IndexError):
+        return
+    await ctx.session.delete(row)
+    day = date.fromisoformat(pending["day"]) if pending["day"] else None
+    await _record(ctx, patient, [key], day, pending["value"])
+    ctx.end_poll(ctx.room_id, ref, "Élément noté.")
+
+
+async def _may_record(ctx, patient: Patient) -> bool:
+    """Votes and replies skip the command checks: a directory member of the cercle only."""
+    if await ctx.services.directory.get(ctx.session, ctx.sender) is None:
+        return False
+    return any(m.user_id == ctx.sender for m in await cercle_members(ctx.session, patient.code))
+
+
+_DONE = ("fait", "faite", "ok", "✅", "realise", "realisee", "fini", "effectue", "effectuee")
+
+
+async def reminder_answered(ctx, ref: str, text: str) -> bool:
+    """« fait [valeur] [date] » in reply to a reminder records that élément (REPLY_HANDLERS)."""
+    words = text.split()
+    if not words or normalize(words[0]).strip(".!,") not in _DONE:
+        return False
+    deadline = await ctx.session.get(Deadline, int(ref.split(":")[1])) if ref.split(":")[1].isdigit() else None
+    if deadline is None or deadline.kind not in (RAPPEL, RETARD):
+        return False
+    patient = await ctx.session.get(Patient, deadline.payload["patient"])
+    if patient is None or patient.room_id != ctx.room_id or not await _may_record(ctx, patient):
+        return False
+    day, value = _date_and_value(ctx, words[1:])
+    await _record(ctx, patient, [f"{deadline.payload['parcours']}:{deadline.payload['element']}"], day, value)
+    return True
 
 
 # --- reminders (deadline rows) ---------------------------------------------------------------------
@@ -367,8 +445,8 @@ async def remind(ctx, deadline) -> None:
         head = f"⚠️ **Suivi en retard · {p.nom}** : {e.libelle} ({literal(ech.texte)})"
     else:
         head = f"🔔 **Suivi à faire · {p.nom}** : {e.libelle} ({literal(ech.texte)})"
-    ctx.send(patient.room_id, f"{head}.\nUne fois fait : `!suivi {e.code}` {user}", mentions={user: noms[user]},
-             ref=f"suivi:{deadline.id}")
+    ctx.send(patient.room_id, f"{head}.\nUne fois fait : `!suivi {e.code}`, ou répondez « fait » à ce message. "
+             f"{user}", mentions={user: noms[user]}, ref=f"suivi:{deadline.id}")
 
 
 # --- digests -----------------------------------------------------------------------------------------
@@ -491,3 +569,5 @@ async def set_hours(ctx, text: str | None) -> None:
 
 # --- what answers what (merged by bot/wiring.compose) -------------------------------------------------
 DEADLINE_HANDLERS = {RAPPEL: remind, RETARD: remind, DIGEST_PATIENT: digest_patient, DIGEST_PRO: digest_pro}
+POLL_HANDLERS = {"suiviq": which_voted}
+REPLY_HANDLERS = {"suivi": reminder_answered}

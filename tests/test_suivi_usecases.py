@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from domain.clock import FakeClock
 from storage.models import Act, Inclusion, Observation, Professional
+from storage.repositories import IncomingEvent
 from tests.usecase import UseCases
 
 CODE = "P-SUIV"
@@ -103,7 +104,7 @@ async def test_suivi_records_an_act_matches_forgivingly_and_asks_when_ambiguous(
     uc = await _world(tmp_path, "perinatalite")
     try:
         question = await uc.say(SF, uc.room, "!suivi echo")
-        assert "Lequel" in question[0].body and "Échographie T1" in question[0].body
+        assert "quel élément" in question[0].body and "Échographie T1" in question[0].body  # a poll
         done = await uc.say(SF, uc.room, "!suivi Écho T1 10/03/2026")
         assert "Échographie T1" in done[0].body and "10 mars" in done[0].body
         future = await uc.say(SF, uc.room, "!suivi epnp 10/04/2026")
@@ -213,5 +214,59 @@ async def test_digests_monthly_in_the_room_weekly_in_direct(tmp_path):
         room = next(s for s in monthly if s.room_id == uc.room and "Point mensuel" in s.body)
         assert "Hémoglobine" in room.body and "Plaie" not in room.body  # chronic parcours only
         assert any(d.kind == "suivi.digest_patient" and d.due_at.month == 5 for d in await uc.pending_deadlines())
+    finally:
+        await uc.close()
+
+
+async def _event(uc: UseCases, sender: str, kind: str, payload: dict, n: int):
+    return await uc._handle(IncomingEvent(f"$x{n}", uc.room, sender, kind, int(uc.now().timestamp() * 1000), payload))
+
+
+async def test_an_ambiguous_name_asks_with_a_poll_and_the_vote_records_it(tmp_path):
+    uc = await _world(tmp_path, "perinatalite")
+    try:
+        sent = await uc.say(SF, uc.room, "!suivi echo 10/03/2026 normale")
+        poll = next(s for s in sent if s.action == "event")
+        answers = poll.content["content"]["org.matrix.msc3381.poll.start"]["answers"]
+        assert [a["org.matrix.msc1767.text"] for a in answers] == ["Échographie T1", "Échographie T2", "Échographie T3"]
+        poll_id = await uc.event_id_of("suiviq:")
+        assert await _event(uc, "@intrus:cpts.test", "poll_response", {"poll": poll_id, "answers": ["1"]}, 1) == []
+        voted = await _event(uc, SF, "poll_response", {"poll": poll_id, "answers": ["2"]}, 2)
+        assert "Échographie T2" in _bodies(voted) and "10 mars" in _bodies(voted) and "normale" in _bodies(voted)
+        assert any(s.action == "poll_end" for s in voted)
+        assert await _event(uc, SF, "poll_response", {"poll": poll_id, "answers": ["3"]}, 3) == []  # once
+        async with uc.bot.store.session() as s:
+            assert [a.details for a in (await s.scalars(select(Act).where(Act.kind == "suivi"))).all()] == \
+                [{"element": "echographie_t2"}]
+    finally:
+        await uc.close()
+
+
+async def test_fait_in_reply_to_a_reminder_records_the_element(tmp_path):
+    uc = await _world(tmp_path, "plaie")
+    try:
+        await uc.say(IDE, uc.room, "!suivi fiche")
+        reminder = next(s for s in await uc.fire_due(timedelta(days=10)) if s.room_id == uc.room)
+        reminder_id = await uc.event_id_of(reminder.ref)
+        reply = {"body": "> rappel\n\nfait, photos postées", "content": {
+            "msgtype": "m.text", "body": "fait, photos postées", "m.relates_to": {"m.in_reply_to": {"event_id": reminder_id}}}}
+        assert "Fiche suivi" not in _bodies(await _event(uc, "@intrus:cpts.test", "message", reply, 1))
+        done = await _event(uc, IDE, "message", reply, 2)
+        assert "Fiche suivi de pansement" in _bodies(done) and "photos postées" in _bodies(done)
+        assert {d.due_at for d in await uc.pending_deadlines() if d.kind == "suivi.retard"} == \
+            {uc.now() + timedelta(days=30)}
+    finally:
+        await uc.close()
+
+
+async def test_redflag_with_an_absolute_weight_uses_the_recorded_weights(tmp_path):
+    uc = await _world(tmp_path, "insuffisance_cardiaque")
+    try:
+        refused = await uc.say(IDE, uc.room, "!redflag poids=83 oedèmes")
+        assert "aucun poids antérieur" in refused[0].body
+        await uc.say(IDE, uc.room, "!donnees poids=80")
+        uc.clock.advance(timedelta(days=3))
+        flag = _bodies(await uc.say(IDE, uc.room, "!redflag poids=82.6 oedèmes des chevilles"))
+        assert "RED FLAG" in flag and "+2,6 kg en 3 jours" in flag
     finally:
         await uc.close()
