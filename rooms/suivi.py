@@ -90,7 +90,9 @@ async def _pick(ctx, typed: str, entries: list[tuple[str, list[str]]], what: str
 # --- données de base -------------------------------------------------------------------------------
 
 async def donnees(ctx, patient: Patient, entries: list[str]) -> None:
-    """`!donnees`: show what is filled and missing, or record `élément=valeur` entries (all or none)."""
+    """`!donnees`: show what is filled and missing, one element's history (`!donnees poids`), or
+    record `élément=valeur` entries (all or none)."""
+    await _ensure_sender_digest(ctx)
     inclusions = await _parcours(ctx, patient)
     with_data = [(p, i) for p, i in inclusions if p.donnees_de_base]
     if not with_data:
@@ -104,6 +106,10 @@ async def donnees(ctx, patient: Patient, entries: list[str]) -> None:
         for d in p.donnees_de_base:
             by_code.setdefault(d.code, []).append((p, d))
     choices = [(code, names_of(pairs[0][1])) for code, pairs in by_code.items()]
+    if len(entries) == 1 and "=" not in entries[0]:
+        await _show_history(ctx, patient, await _pick(ctx, entries[0], choices, "une donnée de base",
+                                                      list(by_code)), by_code)
+        return
     parsed: list[tuple[str, object]] = []
     for entry in entries:
         key, sep, raw = entry.partition("=")
@@ -141,6 +147,26 @@ async def donnees(ctx, patient: Patient, entries: list[str]) -> None:
                   f"`{command}`"]
     ctx.reply("\n".join(lines))
     await replan(ctx, patient)
+
+
+async def _show_history(ctx, patient: Patient, code: str, by_code) -> None:
+    d = by_code[code][0][1]
+    lines = [f"**{d.libelle} · {patient.code}** (historique)"]
+    for p, _ in by_code[code]:
+        past = await observations.history(ctx.session, ctx.store.cipher, patient.code, parcours=p.code,
+                                          kind="donnee", element=code)
+        noms = await names(ctx.session, {r.recorded_by for r in past})
+        if len(by_code[code]) > 1:
+            lines.append(f"\n{p.nom}")
+        lines += [f"- {_when(ctx, r.recorded_at)} : {literal(show_value(d, r.value))} "
+                  f"({noms.get(r.recorded_by, r.recorded_by)})" for r in reversed(past[-20:])] or ["- non renseigné"]
+    ctx.reply("\n".join(lines))
+
+
+async def _ensure_sender_digest(ctx) -> None:
+    prof = await ctx.services.directory.get(ctx.session, ctx.sender)
+    if prof is not None and prof.profession != "autre":
+        await ensure_weekly_digest(ctx, prof)
 
 
 async def _show_donnees(ctx, patient: Patient, with_data) -> None:
@@ -227,6 +253,7 @@ async def record_suivi(ctx, patient: Patient, tokens: list[str]) -> None:
     """`!suivi <élément> [valeur] [date]`: record it (a « suivi » act for the ledger), then replan.
     The élément's name is the longest run of first words that names one (« echo t1 positif »);
     when it names several, the bot asks with a poll (a vote records the chosen one)."""
+    await _ensure_sender_digest(ctx)
     inclusions = [(p, i) for p, i in await _parcours(ctx, patient) if p.elements_de_suivi]
     if not inclusions:
         ctx.refuse("le patient n'est inclus dans aucun parcours avec des éléments de suivi", usage=False)
@@ -408,7 +435,11 @@ async def replan(ctx, patient: Patient) -> None:
     if stale:
         await ctx.session.execute(update(Deadline).where(Deadline.id.in_(stale)).values(status="cancelled")
                                   .execution_options(synchronize_session=False))
+    by_key = {(d.kind, d.ref): d for d in pending}
     for kind, ref, due_at, payload in wanted:
+        row = by_key.get((kind, ref))
+        if row is not None and row.status == "pending" and row.due_at != due_at:
+            row.due_at = due_at  # the professional's hours changed since it was planned
         if (kind, ref) not in existing:
             await ctx.store.add_deadline(kind, ref, due_at, ctx.now, payload=payload, session=ctx.session)
             existing.add((kind, ref))
@@ -472,9 +503,11 @@ async def ensure_weekly_digest(ctx, prof: Professional) -> None:
 
 
 async def _ensure(ctx, kind: str, ref: str, due_at: datetime, payload: dict) -> None:
-    exists = await ctx.session.scalar(select(Deadline.id).where(Deadline.kind == kind, Deadline.ref == ref))
-    if exists is None:
+    row = await ctx.session.scalar(select(Deadline).where(Deadline.kind == kind, Deadline.ref == ref))
+    if row is None:
         await ctx.store.add_deadline(kind, ref, due_at, ctx.now, payload=payload, session=ctx.session)
+    elif row.status == "pending" and row.due_at != due_at:
+        row.due_at = due_at  # the professional's hours changed
 
 
 async def _missing(ctx, patient: Patient, p: Parcours, inclusion: Inclusion) -> list[str]:
@@ -535,8 +568,8 @@ async def digest_pro(ctx, deadline) -> None:
                         and user in {x.user_id for x in await _concerned(ctx, patient, e)}:
                     late.append(f"- {code} · {p.nom} : {e.libelle}")
     lines += ["", "**Suivis à faire ou en retard**", *(late or ["- aucun"])]
-    lines += ["", "**Questionnaires à remplir**", "- aucun"]
-    demandes.queue_direct(ctx, user, "\n".join(lines), ref=f"digest:{deadline.id}")
+    if asked or mine or late:  # an empty week sends nothing (questionnaires: none in the data yet)
+        demandes.queue_direct(ctx, user, "\n".join(lines), ref=f"digest:{deadline.id}")
     await ensure_weekly_digest(ctx, prof)
 
 
@@ -563,8 +596,16 @@ async def set_hours(ctx, text: str | None) -> None:
         except ValueError as e:
             ctx.refuse(str(e))
     prof.notification_hours = hours.storage_text()
+    moved = 0
+    for row in (await ctx.session.scalars(select(Deadline).where(
+            Deadline.status == "pending", Deadline.kind.in_((RAPPEL, RETARD))))).all():
+        if row.payload.get("user_id") == ctx.sender:
+            row.due_at = hours.next_allowed(datetime.fromisoformat(row.payload["instant"]), ctx.services.tz)
+            moved += 1
+    await ensure_weekly_digest(ctx, prof)
     ctx.reply(f"✅ Horaires de notification : **{hours}**. Les rappels de suivi et les récapitulatifs vous "
-              "arrivent dans ces horaires ; red flags, alertes et délais restent immédiats.")
+              "arrivent dans ces horaires ; red flags, alertes et délais restent immédiats."
+              + (f" {moved} rappel(s) en attente suivent ces horaires." if moved else ""))
 
 
 # --- what answers what (merged by bot/wiring.compose) -------------------------------------------------

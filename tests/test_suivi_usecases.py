@@ -201,7 +201,7 @@ async def test_digests_monthly_in_the_room_weekly_in_direct(tmp_path):
     uc = await _world(tmp_path, "insuffisance_cardiaque", "plaie")
     try:
         await uc.say(IDE, uc.room, "!donnees poids=80")
-        await uc.say(IDE, uc.room, "!suivi fiche")
+        await uc.say(IDE, uc.room, "!suivi fiche 17/02/2026")  # due since 27 February
         kinds = {d.kind: d for d in await uc.pending_deadlines()}
         assert kinds["suivi.digest_patient"].due_at == datetime(2026, 4, 1, 6, 0, tzinfo=timezone.utc)
         weekly = kinds["suivi.digest_pro"]
@@ -210,6 +210,7 @@ async def test_digests_monthly_in_the_room_weekly_in_direct(tmp_path):
         sent = await uc.fire_due(weekly.due_at - uc.now())
         direct = next(s for s in sent if s.action == "direct")
         assert direct.recipient == IDE and "Ce qui vous attend" in direct.body
+        assert "P-SUIV · Plaie et cicatrisation : Fiche suivi de pansement" in direct.body
         monthly = await uc.fire_due(datetime(2026, 4, 1, 6, 0, tzinfo=timezone.utc) - uc.now())
         room = next(s for s in monthly if s.room_id == uc.room and "Point mensuel" in s.body)
         assert "Hémoglobine" in room.body and "Plaie" not in room.body  # chronic parcours only
@@ -268,5 +269,25 @@ async def test_redflag_with_an_absolute_weight_uses_the_recorded_weights(tmp_pat
         uc.clock.advance(timedelta(days=3))
         flag = _bodies(await uc.say(IDE, uc.room, "!redflag poids=82.6 oedèmes des chevilles"))
         assert "RED FLAG" in flag and "+2,6 kg en 3 jours" in flag
+    finally:
+        await uc.close()
+
+
+async def test_history_of_one_donnee_and_hours_change_moves_pending_reminders(tmp_path):
+    uc = await _world(tmp_path, "insuffisance_cardiaque", "plaie")
+    try:
+        await uc.say(IDE, uc.room, "!donnees poids=80")
+        uc.clock.advance(timedelta(days=1))
+        await uc.say(MT, uc.room, "!donnees poids=80.5")
+        history = _bodies(await uc.say(MT, uc.room, "!donnees poids"))
+        assert history.index("80,5 kg") < history.index("80 kg") and "Dr Martin" in history and "Julie Petit" in history
+        await uc.say(IDE, uc.room, "!suivi fiche")
+        late = next(d for d in await uc.pending_deadlines() if d.kind == "suivi.retard")
+        instant = datetime.fromisoformat(late.payload["instant"])
+        assert late.due_at == instant  # no hours: at once
+        answer = await uc.say(IDE, uc.room, "!horaires 20h-21h")
+        assert "2 rappel(s)" in answer[0].body
+        late = next(d for d in await uc.pending_deadlines() if d.kind == "suivi.retard")
+        assert late.due_at.astimezone(uc.bot.services.tz).hour == 20
     finally:
         await uc.close()
