@@ -48,10 +48,13 @@ async def donnees(ctx, valeurs=None):
                   help="le nom de l'élément (abréviations acceptées : echo t1, frottis, fiche…), puis sa valeur "
                        "et sa date si ce n'est pas aujourd'hui")],
     help=("Sans argument : chaque parcours du patient en check-list (fait, à venir, à faire, en retard, non "
-          "renseigné). Les rappels ne sont envoyés que là où les documents donnent un intervalle (périnatalité en "
+          "renseigné). Un formulaire (fiche suivi de pansement) se remplit en champ=valeur, vérifiés comme les "
+          "données de base ; une réponse « fait » à un rappel note l'élément. Les rappels ne sont envoyés que là où les documents donnent un intervalle (périnatalité en "
           "SA, plaie tous les 10 à 30 jours, gynécologie), aux professionnels concernés du cercle et dans leurs "
           "horaires (`!horaires`). Noter un élément compte comme un acte de suivi pour l'indemnisation."),
-    examples=["!suivi", "!suivi echo t1", "!suivi fiche 12/03/2027", "!suivi depistage combine positif",
+    examples=["!suivi", "!suivi echo t1", "!suivi fiche 12/03/2027",
+              "!suivi fiche longueur=3.5 largeur=2 photos=oui evolution=amelioration",
+              "!suivi depistage combine positif",
               "!suivi implant 3ans 15/01/2026"],
     scopes=[PATIENT], category="Parcours", passthrough_options=True,
 )

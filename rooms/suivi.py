@@ -232,7 +232,7 @@ async def checklist(ctx, patient: Patient) -> None:
             line = f"- {_STATES[state]} {e.libelle}"
             r = last_by.get(e.code)
             if r is not None:
-                value = f", {literal(str(r.value))}" if r.value else ""
+                value = f", {literal(show_fait(e, r.value))}" if r.value else ""
                 line += f" : fait le {_day(ctx, r.at)} ({noms.get(r.recorded_by, r.recorded_by)}{value})"
             if ech is not None and state in ("a_faire", "en_retard", "a_venir"):
                 line += {"a_faire": f" · **à faire** depuis le {_day(ctx, ech.due)}",
@@ -305,17 +305,57 @@ async def _record(ctx, patient: Patient, keys: list[str], day: date | None, valu
             except ValueError:
                 ctx.refuse(f"{e.libelle} : indiquez la {e.rappel.a_saisir} (par exemple 3ans, 5ans) et la date de "
                            "pose : `!suivi implant 3ans 12/01/2026`")
+        stored, signs = value, []
+        if e.champs and value and "=" in value:
+            stored, signs = _fiche(ctx, p, e, value)
         row = await observations.record(ctx.session, ctx.store.cipher, patient_code=patient.code, parcours=p.code,
-                                        kind="suivi", element=e.code, value=value, at=at, by=ctx.sender, now=ctx.now)
+                                        kind="suivi", element=e.code, value=stored, at=at, by=ctx.sender, now=ctx.now)
         ctx.session.add(Act(user_id=ctx.sender, kind="suivi", patient_code=patient.code, parcours=p.code,
                             ref=f"observation:{row.id}", at=ctx.now, details={"element": e.code}))
         lines.append(f"✅ **{e.libelle}** ({p.nom}) noté : {_day(ctx, at)}"
-                     + (f", {literal(value)}" if value else "") + ".")
+                     + (f", {literal(show_fait(e, stored))}" if stored else "") + ".")
+        if signs:
+            lines.append(f"🚩 Signe de red flag du parcours noté ({', '.join(c.libelle for c in signs)}). Rien n'est "
+                         "levé automatiquement : si la situation le justifie, envoyez")
+            lines.append(f"`!redflag parcours={p.code} signes={','.join(c.code for c in signs)} <votre inquiétude>`")
         if e.si_positif and value and normalize(value).startswith(("positif", "positive", "+", "oui")):
             lines.append("Résultat positif ; le livret prévoit :")
             lines += [f"- {a.libelle}" + (f" : `!dec {a.declencher} …`" if a.declencher else "") for a in e.si_positif]
     ctx.reply("\n".join(lines))
     await replan(ctx, patient)
+
+
+def _fiche(ctx, p: Parcours, e: ElementSuivi, text: str) -> tuple[dict, list]:
+    """A form's fields typed as `champ=valeur` (plaie: fiche suivi de pansement, decisions.md 17),
+    each checked like a donnée; the rest is a comment. Also the observed red-flag signs it shows
+    (évolution=aggravation)."""
+    champs, words = {}, []
+    entries = [(c.code, names_of(c)) for c in e.champs]
+    for word in text.split():
+        key, sep, raw = word.partition("=")
+        if not sep:
+            words.append(word)
+            continue
+        found = match_names(key, entries)
+        if len(found) != 1:
+            ctx.refuse(f"« {literal(key)} » n'est pas un champ de « {e.libelle} » "
+                       f"({', '.join(c.code for c in e.champs)})")
+        champ = next(c for c in e.champs if c.code == found[0])
+        try:
+            champs[champ.code] = parse_donnee(champ, raw, _today(ctx))
+        except SaisieError as err:
+            ctx.refuse(str(err))
+    constates = p.red_flags.constates if p.red_flags else []
+    signs = [c for c in constates for v in champs.values() if isinstance(v, str) and normalize(v) == c.code]
+    return {"champs": champs, "texte": " ".join(words) or None}, signs
+
+
+def show_fait(e: ElementSuivi, value) -> str:
+    """A recorded élément's value: text, or a form's fields."""
+    if not isinstance(value, dict):
+        return str(value)
+    shown = [f"{c.libelle} {show_value(c, value['champs'][c.code])}" for c in e.champs if c.code in value["champs"]]
+    return ", ".join(shown + ([value["texte"]] if value.get("texte") else []))
 
 
 def _question_key(ref: str) -> str:

@@ -291,3 +291,17 @@ async def test_history_of_one_donnee_and_hours_change_moves_pending_reminders(tm
         assert late.due_at.astimezone(uc.bot.services.tz).hour == 20
     finally:
         await uc.close()
+
+
+async def test_plaie_fiche_fields_are_typed_and_an_aggravation_proposes_the_red_flag(tmp_path):
+    uc = await _world(tmp_path, "plaie")
+    try:
+        refused = await uc.say(IDE, uc.room, "!suivi fiche longueur=300 largeur=2")
+        assert "Longueur" in refused[0].body and "300" in refused[0].body
+        assert "couleur" in (await uc.say(IDE, uc.room, "!suivi fiche couleur=rouge"))[0].body
+        body = _bodies(await uc.say(IDE, uc.room, "!suivi fiche longueur=3,5 photos=oui evolution=aggravation bords macérés"))
+        assert "Longueur 3,5 cm" in body and "Photos postées oui" in body and "bords macérés" in body
+        assert "!redflag parcours=plaie signes=aggravation" in body
+        assert "Longueur 3,5 cm" in _bodies(await uc.say(IDE, uc.room, "!suivi"))
+    finally:
+        await uc.close()
