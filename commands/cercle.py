@@ -270,7 +270,7 @@ async def inclure(ctx, parcours, carte=None):
                                          "content": {"name": room_name(patient.code, names)}})
     base = "\n".join(f"- {d.libelle}" + (f" ({d.unite})" if d.unite else "") for d in p.donnees_de_base)
     ctx.reply(f"✅ Patient **{patient.code}** inclus dans le parcours **{p.nom}**.\n\n"
-              f"Données de base à renseigner :\n\n{base}")
+              f"Données de base à renseigner (`!donnees élément=valeur`) :\n\n{base}")
     ctx.to_coordinators(f"📥 Inclusion de **{patient.code}** dans le parcours {p.nom} par {ctx.sender}.")
     await suivi.replan(ctx, patient)  # reminders counted from the inclusion (plaie, gynécologie), digests
 

@@ -76,10 +76,11 @@ async def test_suivi_reminders_and_red_flag_proposal_on_the_wire(synapse, regist
         await fire_at(_paris(day0 + timedelta(days=2), 7, 59))
         assert not notices(sf, room, "Échographie T1")                       # not before
         await fire_at(_paris(day0 + timedelta(days=2), 8, 0))
-        echo = await sf.wait_for_message(room, sender=bot_user, predicate=lambda m: "Échographie T1" in m.body)
-        assert echo.encrypted and "Suivi à faire" in echo.body
-        assert sf.user_id in echo.content["m.mentions"]["user_ids"] or mt.user_id in echo.content["m.mentions"]["user_ids"]
-        assert ide.user_id not in echo.content["m.mentions"]["user_ids"]  # only the professionals concerned
+        for who in (sf, mt):  # the professionals concerned, each mentioned once in the room; not the nurse
+            echo = await sf.wait_for_message(room, sender=bot_user, predicate=lambda m, who=who: "Échographie T1" in m.body
+                                             and m.content["m.mentions"]["user_ids"] == [who.user_id])
+            assert echo.encrypted and "Suivi à faire" in echo.body
+        assert not [m for m in notices(sf, room, "Suivi à faire") if ide.user_id in m.content["m.mentions"]["user_ids"]]
 
         # Four days after the first weight, +2.5 kg: the red flag is proposed, not raised.
         clock.set(_paris(day0 + timedelta(days=4), 22))
