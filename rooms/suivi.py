@@ -137,8 +137,9 @@ async def donnees(ctx, patient: Patient, entries: list[str]) -> None:
                     p, mesures(p, code, value, [Mesure(r.at, r.value) for r in past], ctx.now))
                 if command:
                     proposals.append((p, hits, command))
-        before = (f" (précédent : {literal(show_value(d, previous.value))}, le {_when(ctx, previous.recorded_at)})"
-                  if previous else "")
+        by = (await names(ctx.session, [previous.recorded_by]))[previous.recorded_by] if previous else ""
+        before = (f" (précédent : {literal(show_value(d, previous.value))}, le {_when(ctx, previous.recorded_at)}"
+                  f" par {by})" if previous else "")
         lines.append(f"- {d.libelle} : **{literal(show_value(d, value))}**{before}")
     for p, hits, command in proposals:
         lines += ["", f"🚩 **Seuil de red flag franchi** ({p.nom}) : "

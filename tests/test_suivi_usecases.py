@@ -54,7 +54,8 @@ async def test_donnees_are_typed_refused_whole_and_kept_with_history(tmp_path, d
         assert "80 kg" in ok[0].body and "NYHA III" in ok[0].body
         uc.clock.advance(timedelta(days=10))
         again = await uc.say(MT, uc.room, "!données Poids=81,5")
-        assert "81,5 kg" in again[0].body and "précédent : 80 kg" in again[0].body and "🚩" not in again[0].body
+        assert "81,5 kg" in again[0].body and "précédent : 80 kg" in again[0].body and "par Julie Petit" in again[0].body
+        assert "🚩" not in again[0].body
         shown = _bodies(await uc.say(MT, uc.room, "!donnees"))
         assert "81,5 kg" in shown and "Dr Martin" in shown and "Hémoglobine : à renseigner" in shown
         async with uc.bot.store.session() as s:
