@@ -141,6 +141,16 @@ async def donnees(ctx, patient: Patient, entries: list[str]) -> None:
         before = (f" (précédent : {literal(show_value(d, previous.value))}, le {_when(ctx, previous.recorded_at)}"
                   f" par {by})" if previous else "")
         lines.append(f"- {d.libelle} : **{literal(show_value(d, value))}**{before}")
+    for p, _ in with_data:  # a schedule anchor just filled: what is already due is said now, not reminded
+        anchors = {e.rappel.depart for e in p.elements_de_suivi if e.rappel}
+        if anchors & {code for code, _ in parsed}:
+            c = await _context(ctx, patient, p, next(i for q, i in with_data if q.code == p.code))
+            c.donnees.update({code: value for code, value in parsed})
+            due = [e.libelle for e in p.elements_de_suivi
+                   if etat(echeance(p, e, c), c.faits.get(e.code, []), ctx.now) in ("a_faire", "en_retard")]
+            if due:
+                lines += ["", f"🔔 Déjà à faire ({p.nom}) : {', '.join(due)}. Les suivants seront rappelés à leur date "
+                              "(`!suivi` pour le calendrier)."]
     for p, hits, command in proposals:
         lines += ["", f"🚩 **Seuil de red flag franchi** ({p.nom}) : "
                   + " ; ".join(f"{h.seuil_texte} ({h.valeur.texte})" for h in hits)

@@ -306,3 +306,16 @@ async def test_plaie_fiche_fields_are_typed_and_an_aggravation_proposes_the_red_
         assert "Longueur 3,5 cm" in _bodies(await uc.say(IDE, uc.room, "!suivi"))
     finally:
         await uc.close()
+
+
+async def test_a_pregnancy_start_date_says_what_is_already_due(tmp_path):
+    uc = await _world(tmp_path, "perinatalite")
+    try:
+        # 16 SA today: 11, 13 and 15 SA items are already due; 20 SA and later are planned.
+        body = _bodies(await uc.say(SF, uc.room, "!donnees ddr=19/11/2025"))
+        assert "Déjà à faire" in body and "Échographie T1" in body and "Déclaration de grossesse" in body
+        assert "Échographie T2" not in body.split("Déjà à faire")[1]
+        planned = {d.payload["element"] for d in await uc.pending_deadlines() if d.kind == "suivi.rappel"}
+        assert "echographie_t2" in planned and "echographie_t1" not in planned
+    finally:
+        await uc.close()
