@@ -8,6 +8,7 @@ from commands.people import BirthDate, PatientCode, PersonList, PersonRef, Phone
 from commands.registry import COORDINATION, DIRECT, PATIENT, CommandGroup, Option, Param
 from domain.markup import literal
 from domain.parcours import find_parcours, load_catalogue
+from rooms import suivi
 from rooms.advertise import advertise_commands
 from rooms.directory import direct_room_of, has_role, profession_label
 from rooms.patients import (
@@ -269,8 +270,9 @@ async def inclure(ctx, parcours, carte=None):
                                          "content": {"name": room_name(patient.code, names)}})
     base = "\n".join(f"- {d.libelle}" + (f" ({d.unite})" if d.unite else "") for d in p.donnees_de_base)
     ctx.reply(f"✅ Patient **{patient.code}** inclus dans le parcours **{p.nom}**.\n\n"
-              f"Données de base à renseigner :\n\n{base}")
+              f"Données de base à renseigner (`!donnees élément=valeur`) :\n\n{base}")
     ctx.to_coordinators(f"📥 Inclusion de **{patient.code}** dans le parcours {p.nom} par {ctx.sender}.")
+    await suivi.replan(ctx, patient)  # reminders counted from the inclusion (plaie, gynécologie), digests
 
 
 @group.command(

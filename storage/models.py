@@ -237,3 +237,25 @@ class Demande(Base):
     # A timer and an answer may touch the same request at once: the later write fails
     # (StaleDataError) and is retried on fresh data, instead of silently undoing the other.
     __mapper_args__ = {"version_id_col": version}
+
+
+
+class Observation(Base):
+    """A donnée de base or an élément de suivi recorded for a patient (`!donnees`, `!suivi`).
+
+    Append-only: a new value is a new row pointing at the one it replaces (`previous_id`), so each
+    value keeps who, when and the previous value. The value and the date it refers to are health
+    data: only as ciphertext (`value_enc`, storage.suivi)."""
+
+    __tablename__ = "observation"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    patient_code: Mapped[str] = mapped_column(String(20))
+    parcours: Mapped[str] = mapped_column(String(50))
+    kind: Mapped[str] = mapped_column(String(10))  # donnee | suivi
+    element: Mapped[str] = mapped_column(String(60))
+    value_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    recorded_by: Mapped[str] = mapped_column(String(255))
+    recorded_at: Mapped[datetime]
+    previous_id: Mapped[int | None]
+
+    __table_args__ = (Index("ix_observation_patient", "patient_code", "parcours", "kind", "element"),)
