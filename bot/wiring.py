@@ -13,7 +13,8 @@ from commands.registry import CommandRegistry
 from domain.clock import Clock
 from domain.flows import load_flows
 from domain.parcours import load_catalogue
-from rooms import alertes, demandes
+from domain.questionnaires import load_questionnaires
+from rooms import alertes, demandes, questionnaires
 from rooms.directory import Directory
 from rooms.services import Services
 from storage.repositories import Store
@@ -31,8 +32,10 @@ def compose(config: Config, store: Store, clock: Clock, registry: CommandRegistr
     registry = registry or build_registry()
     services = Services(store=store, clock=clock, directory=Directory(), catalogue=load_catalogue(),
                         flows=load_flows(), tz=config.tz, timezone=config.cpts.timezone, cpts_name=config.cpts.name,
-                        bot_user_id=config.matrix.user_id, registry=registry)
+                        bot_user_id=config.matrix.user_id, registry=registry,
+                        questionnaires=load_questionnaires())
     # Each use-case module owns its tables (at its bottom); the composition root only merges them.
     return Wiring(services=services, registry=registry,
-                  deadline_handlers={**demandes.DEADLINE_HANDLERS, **alertes.DEADLINE_HANDLERS},
+                  deadline_handlers={**demandes.DEADLINE_HANDLERS, **alertes.DEADLINE_HANDLERS,
+                                     **questionnaires.DEADLINE_HANDLERS},
                   reaction_handlers={**demandes.REACTION_HANDLERS})

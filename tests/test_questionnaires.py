@@ -9,6 +9,8 @@ import pytest
 import yaml
 
 from domain.parcours import load_parcours_file
+from domain.questionnaires import Questionnaire as Qn
+from domain.questionnaires import QuestionnaireError as Err
 from domain.questionnaires import (
     Reponse,
     ReponseInvalide,
@@ -19,8 +21,6 @@ from domain.questionnaires import (
     reponse_au_vote,
     resume,
 )
-from domain.questionnaires import QuestionnaireError as Err
-from domain.questionnaires import Questionnaire as Qn
 
 ROOT = Path(__file__).resolve().parent.parent
 QDIR = ROOT / "data" / "questionnaires"
