@@ -40,4 +40,6 @@ def compose(config: Config, store: Store, clock: Clock, registry: CommandRegistr
     return Wiring(services=services, registry=registry,
                   deadline_handlers={**demandes.DEADLINE_HANDLERS, **alertes.DEADLINE_HANDLERS,
                                      **questionnaires.DEADLINE_HANDLERS},
-                  reaction_handlers={**demandes.REACTION_HANDLERS})
+                  reaction_handlers={**demandes.REACTION_HANDLERS},
+                  poll_handlers={**questionnaires.POLL_HANDLERS},
+                  reply_handlers={**questionnaires.REPLY_HANDLERS})

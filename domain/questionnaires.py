@@ -404,7 +404,7 @@ class Resume:
     def markdown(self) -> list[str]:
         """One line per question; answers shown verbatim (they may be typed text)."""
         return [f"- Q{li.numero}. {literal(li.texte)} → "
-                + (f"**{literal(li.reponse)}**" if li.reponse is not None else "_sans objet_") for li in self.lignes]
+                + (f"**{literal(li.reponse)}**" if li.reponse is not None else "sans objet") for li in self.lignes]
 
 
 def resume(qn: Questionnaire, reponses: dict[int, Reponse]) -> Resume:

@@ -1,7 +1,7 @@
 """questionnaires: one row per questionnaire run (vigie J0/J7/J30), answers encrypted
 
 Revision ID: 0009
-Revises: 0005 (re-chained by the lead at merge)
+Revises: 0006
 """
 import sqlalchemy as sa
 from alembic import op
@@ -9,7 +9,7 @@ from alembic import op
 import storage.models
 
 revision = '0009'
-down_revision = '0005'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
