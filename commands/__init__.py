@@ -8,6 +8,6 @@ from commands.registry import CommandRegistry
 
 def build_registry() -> CommandRegistry:
     registry = CommandRegistry()
-    for module in (general, cercle, demandes, alertes, questionnaires, annuaire):
+    for module in (general, cercle, questionnaires, demandes, alertes, annuaire):
         registry.include(module.group)
     return registry

@@ -24,8 +24,8 @@ POLL_START = "org.matrix.msc3381.poll.start"
 INCLUDED_AT = datetime(2026, 12, 7, 19, 0, tzinfo=timezone.utc)
 
 
-async def _world(tmp_path) -> UseCases:
-    uc = await UseCases.open(tmp_path / "bot", clock=FakeClock(INCLUDED_AT - timedelta(hours=1)))
+async def _world(tmp_path, database_url: str | None = None) -> UseCases:
+    uc = await UseCases.open(tmp_path / "bot", database_url, clock=FakeClock(INCLUDED_AT - timedelta(hours=1)))
     await uc.enrol(MT, "medecin_generaliste", name="Dr Martin")
     await uc.enrol(REF, "medecin_generaliste", name="Dr Vigie", roles=["vigie_referent", "referent:vigie_senior"])
     await uc.enrol(IDE, "infirmier", name="Julie Petit")
@@ -68,8 +68,9 @@ async def _include_with_referent(uc):
     return await uc.say(MT, uc.room, "!inclure vigie")
 
 
-async def test_j7_waits_for_its_day_and_the_referents_hours_then_is_answered(tmp_path):
-    uc = await _world(tmp_path)
+async def test_j7_waits_for_its_day_and_the_referents_hours_then_is_answered(tmp_path, database_url):
+    """On SQLite and PostgreSQL (tests/conftest.database_url)."""
+    uc = await _world(tmp_path, database_url)
     try:
         included = await _include_with_referent(uc)
         assert any("Questionnaires prévus : J0 (dès maintenant), J7 (J+7), J30 (J+30)" in s.body for s in included)
