@@ -102,6 +102,9 @@ class Questionnaire(_Strict):
     questionnaire: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]  # "J7", as printed
     titre: Texte
     jour: int = Field(ge=0)  # counted from the inclusion in the parcours
+    # Who answers: the requester of the parcours' request (« demandeur ») or whoever accepted it
+    # (« porteur »); either way the author of the inclusion when there is no such request.
+    destinataire: Literal["demandeur", "porteur"]
     sources: list[Texte] = Field(min_length=1)
     questions: list[Question] = Field(min_length=1)
     indicateurs: list[Indicateur] = []

@@ -3,8 +3,9 @@
 The questions are data (domain.questionnaires, data/questionnaires/*.yaml). Here:
 - at the inclusion in a parcours that has questionnaires, one row per questionnaire and one
   deadline at its day (J0 = the inclusion, J7, J30 counted from it: spec §6.3, inferred);
-- when it fires, the questionnaire is addressed to the professional who holds the patient's
-  request: whoever ACCEPTED the parcours' request (the Vigie Référent, S002 L191), else the
+- when it fires, the questionnaire is addressed as its file says: J7/J30 to the professional who
+  holds the patient's request, i.e. whoever ACCEPTED the parcours' request (the Vigie Référent,
+  S002 L191); J0 to its requester (the médecin SOS, S002 L198-199); failing such a request, the
   author of the inclusion. It waits for that professional's notification hours (decisions.md 1:
   a questionnaire is not urgent);
 - a choice question is a poll (ref `questionnaire:<id>:<n>:<k>`): a vote of the addressee is the
@@ -35,6 +36,7 @@ from domain.questionnaires import (
     resume,
 )
 from domain.text import format_french_datetime
+from rooms import demandes
 from rooms.directory import names
 from storage.models import Demande as DemandeRow
 from storage.models import Inclusion, Patient, Professional, QuestionnaireRun
@@ -97,14 +99,19 @@ async def on_exit(ctx, inclusion: Inclusion) -> None:
 
 
 async def addressee(ctx, patient: Patient, run: QuestionnaireRun, qn: Questionnaire) -> str:
-    """Who holds the patient's request: the last acceptor of a request of this parcours in the
-    room (the Vigie Référent), else the author of the inclusion."""
-    rows = (await ctx.session.scalars(select(DemandeRow).where(DemandeRow.room_id == patient.room_id,
-                                                               DemandeRow.acceptee_par.is_not(None))
+    """Who answers, as the questionnaire file says (`destinataire`): the professional who holds the
+    patient's request of this parcours, i.e. its last acceptor (`porteur`: the Vigie Référent), or
+    its requester (`demandeur`: the médecin SOS, for J0); else the author of the inclusion."""
+    rows = (await ctx.session.scalars(select(DemandeRow).where(DemandeRow.room_id == patient.room_id)
                                       .order_by(DemandeRow.id.desc()))).all()
     for row in rows:
         flow = ctx.services.flows.get(row.flow)
-        if row.flow == qn.parcours or (flow is not None and flow.parcours == qn.parcours):
+        if row.flow != qn.parcours and (flow is None or flow.parcours != qn.parcours):
+            continue
+        if qn.destinataire == "demandeur":
+            d = demandes.read(ctx.store.cipher, row)
+            return d.pour_compte_de or d.demandeur  # a secretary's request belongs to her professional
+        if row.acceptee_par:
             return row.acceptee_par
     inclusion = await ctx.session.get(Inclusion, run.inclusion_id)
     return inclusion.included_by

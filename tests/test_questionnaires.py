@@ -46,6 +46,7 @@ def test_the_three_vigie_questionnaires_are_loaded(qns):
     assert (j7.questions[1].condition.question, j7.questions[1].condition.egal) == (1, "Non")
     assert j7.questions[4].condition.sauf == ["Pas de ressource"]
     assert [q.texte for q in qns["vigie-j30"].questions[:5]] == [q.texte for q in j7.questions[:5]]
+    assert [qns[c].destinataire for c in ("vigie-j0", "vigie-j7", "vigie-j30")] == ["demandeur", "porteur", "porteur"]
 
 
 @pytest.mark.skipif(not SEED.exists(), reason="seeds absent")
@@ -164,7 +165,7 @@ def test_typed_answers(qns):
 
 def test_numbers_and_dates():
     qn = Qn.model_validate({
-        "code": "essai", "parcours": "essai", "questionnaire": "E", "titre": "essai", "jour": 0, "sources": ["test"],
+        "code": "essai", "parcours": "essai", "questionnaire": "E", "titre": "essai", "jour": 0, "destinataire": "porteur", "sources": ["test"],
         "questions": [{"numero": 1, "texte": "Poids ?", "type": "nombre", "unite": "kg", "source": "test"},
                       {"numero": 2, "texte": "Sortie ?", "type": "date", "source": "test"}]})
     poids, sortie = qn.questions

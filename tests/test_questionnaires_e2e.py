@@ -102,11 +102,9 @@ async def test_j7_by_polls_typed_and_reply_then_the_journal_export(synapse, regi
 
         clock.advance(included_at - clock.now())
         assert "J7 (J+7)" in (await ask(mt, room, "!inclure vigie")).body
-        await fire()
-        clock.advance(timedelta(hours=12))  # 8:00: J0 starts for the référent; set aside for now
-        await fire()
-        await ref.wait_for_event(room, POLL_START, predicate=lambda m: _question(m).startswith("Q1/12"))
-        await ask(ref, room, "!questionnaire pause")
+        await fire()  # J0 goes to the requester (the médecin SOS, no hours set) at once; set aside for now
+        await mt.wait_for_event(room, POLL_START, predicate=lambda m: _question(m).startswith("Q1/12"))
+        await ask(mt, room, "!questionnaire pause")
 
         # J+7 at 20:00: nothing yet; at 7:59 the next day, nothing; at 8:00, Q1 of J7.
         clock.advance(included_at + timedelta(days=7) - clock.now())

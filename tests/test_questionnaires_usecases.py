@@ -76,11 +76,11 @@ async def test_j7_waits_for_its_day_and_the_referents_hours_then_is_answered(tmp
         assert any("Questionnaires prévus : J0 (dès maintenant), J7 (J+7), J30 (J+30)" in s.body for s in included)
         kinds = sorted(d.kind for d in await uc.pending_deadlines() if d.kind.startswith("questionnaire"))
         assert kinds == ["questionnaire.ouvrir"] * 3
-        # J0 is due now, but 20:00 is outside the référent's hours: it waits for 8:00.
-        assert await uc.fire_due() == []
-        j0 = await uc.fire_due(timedelta(hours=12))  # 8:00 local
-        assert any("Questionnaire J0" in s.body and REF in s.content["m.mentions"]["user_ids"] for s in j0)
-        await uc.say(REF, uc.room, "!questionnaire pause")
+        # J0 goes to the requester (the médecin SOS, no hours set): now, at 20:00.
+        j0 = await uc.fire_due()
+        assert any("Questionnaire J0" in s.body and MT in s.content["m.mentions"]["user_ids"] for s in j0)
+        assert (await _run(uc, "vigie-j0")).addressee == MT
+        await uc.say(MT, uc.room, "!questionnaire pause")
         # J7: 7 days after the inclusion (20:00) → the référent's next 8:00.
         uc.clock.advance(INCLUDED_AT + timedelta(days=7) - uc.now())
         assert await uc.fire_due() == []
@@ -189,9 +189,9 @@ async def test_journal_lists_who_did_what_and_exports_pdf_and_csv(tmp_path):
     uc = await _world(tmp_path)
     try:
         await _include_with_referent(uc)
-        await uc.fire_due(timedelta(hours=12))
+        await uc.fire_due()
         j0 = (await _run(uc, "vigie-j0")).id
-        await _vote(uc, REF, f"questionnaire:{j0}:1:0", ["1"])
+        await _vote(uc, MT, f"questionnaire:{j0}:1:0", ["1"])
         shown = await uc.say(MT, uc.room, "!journal")
         body = shown[0].body
         for expected in ["Cahier de liaison · P-VG7K", "Dr Martin · Demande n°1 (Vigie sénior) créée",
@@ -216,6 +216,6 @@ async def test_journal_lists_who_did_what_and_exports_pdf_and_csv(tmp_path):
         rows = list(csv.DictReader(io.StringIO(base64.b64decode(files[1].content["data"]).decode("utf-8-sig")),
                                    delimiter=";"))
         assert rows[0].keys() == {"date", "parcours", "source", "par", "quoi"}
-        assert any(r["par"] == "Dr Vigie" and r["quoi"] == "Questionnaire J0, Q1 : Oui" for r in rows)
+        assert any(r["par"] == "Dr Martin" and r["quoi"] == "Questionnaire J0, Q1 : Oui" for r in rows)
     finally:
         await uc.close()
