@@ -74,6 +74,8 @@ async def source_demandes(ctx, patient: Patient) -> list[Entree]:
         flow = ctx.services.flows.get(d.flow)
         kind = "Red flag" if d.flow == "red_flag" else "Demande"
         what = f"{kind} n°{d.numero} ({d.libelle or (flow.libelle if flow else d.flow)})"
+        # The flow's parcours, or the parcours the flow is named after (vigie_senior).
+        parcours = (flow.parcours if flow else None) or (d.flow if d.flow in ctx.services.catalogue else None)
         for ev in d.journal:
             detail = ""
             if ev.action == "creation" and d.commentaire:
@@ -84,8 +86,8 @@ async def source_demandes(ctx, patient: Patient) -> list[Entree]:
                 detail = f" : {d.cr}"
             elif ev.action == "sollicitation":
                 detail = f" ({len(ev.detail.split(','))})" if ev.detail else ""
-            out.append(Entree(ev.at, ev.par, f"{what} {_ACTIONS.get(ev.action, ev.action)}{detail}",
-                              flow.parcours if flow else None, "red_flag" if d.flow == "red_flag" else "demande"))
+            out.append(Entree(ev.at, ev.par, f"{what} {_ACTIONS.get(ev.action, ev.action)}{detail}", parcours,
+                              "red_flag" if d.flow == "red_flag" else "demande"))
     return out
 
 

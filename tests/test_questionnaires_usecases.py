@@ -11,6 +11,7 @@ import pypdf
 from sqlalchemy import select
 
 from domain.clock import FakeClock
+from rooms import journal
 from storage.models import Professional, QuestionnaireRun
 from storage.repositories import IncomingEvent
 from tests.usecase import COORDINATION_ROOM, UseCases
@@ -185,7 +186,7 @@ async def test_j0_free_text_by_reply_pause_and_resume(tmp_path):
         await uc.close()
 
 
-async def test_journal_lists_who_did_what_and_exports_pdf_and_csv(tmp_path):
+async def test_journal_lists_who_did_what_and_exports_pdf_and_csv(tmp_path, monkeypatch):
     uc = await _world(tmp_path)
     try:
         await _include_with_referent(uc)
@@ -199,6 +200,15 @@ async def test_journal_lists_who_did_what_and_exports_pdf_and_csv(tmp_path):
                          "Questionnaire J0, Q1 : Oui"]:
             assert expected in body, expected
         assert body.index("créée") < body.index("Inclusion") < body.index("Q1 : Oui")  # newest last
+        monkeypatch.setattr(journal, "PAGE", 3)
+        last = (await uc.say(MT, uc.room, "!journal"))[0].body
+        assert "page 1/" in last and "Questionnaire J0, Q1 : Oui" in last and "créée" not in last
+        assert "!journal page 2" in last
+        older = (await uc.say(MT, uc.room, "!journal page 9"))[0].body  # past the end: the oldest page
+        assert "créée" in older and "Q1 : Oui" not in older
+        monkeypatch.setattr(journal, "PAGE", 25)
+        only_ic = (await uc.say(MT, uc.room, "!journal insuffisance_cardiaque"))[0].body
+        assert "Inclusion" not in only_ic and "Questionnaire" not in only_ic and "Demande" not in only_ic
         since = await uc.say(MT, uc.room, "!journal depuis 09/12/2026")
         assert "rien à montrer" in since[0].body
         bad = await uc.say(MT, uc.room, "!journal depuis hier")
