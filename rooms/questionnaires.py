@@ -147,12 +147,17 @@ async def begin(ctx, patient: Patient, run: QuestionnaireRun, qn: Questionnaire,
     run.status, run.addressee, run.started_at = "en_cours", who, ctx.now
     noms = await names(ctx.session, [who])
     ctx.send(patient.room_id,
-             f"📋 **Questionnaire {qn.nom}** ({qn.questionnaire}, parcours Vigie) pour {who} : "
+             f"📋 **Questionnaire {qn.nom}** · parcours {_parcours_nom(ctx, qn)} · pour {who} : "
              f"{len(qn.questions)} questions au plus, une à la fois.\n"
              "Répondez au sondage, ou tapez `!q <réponse>` (ou répondez au message de la question). "
              "`!questionnaire pause` pour l'interrompre, `!questionnaire reprendre` pour continuer.",
              mentions={who: noms.get(who, who)}, ref=f"{REF}:{run.id}:intro")
     await _ask_next(ctx, patient, run, qn, answers_of(ctx, run), ack=None)
+
+
+def _parcours_nom(ctx, qn: Questionnaire) -> str:
+    p = ctx.services.catalogue.get(qn.parcours)
+    return p.nom if p else qn.parcours
 
 
 def _next_ref(run: QuestionnaireRun, numero: int) -> str:
