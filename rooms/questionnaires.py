@@ -79,7 +79,7 @@ async def on_inclusion(ctx, patient: Patient, inclusion: Inclusion) -> list[Ques
     runs = []
     for qn in for_parcours(ctx.services, inclusion.parcours):
         run = QuestionnaireRun(patient_code=patient.code, room_id=patient.room_id, inclusion_id=inclusion.id,
-                               code=qn.code, status="programme", created_at=ctx.now, trail=[])
+                               code=qn.code, status="programme", created_at=ctx.now, trail=[], told=[])
         ctx.session.add(run)
         await ctx.session.flush()
         await ctx.services.store.add_deadline(KIND_OPEN, f"{REF}:{run.id}", inclusion.included_at + timedelta(days=qn.jour),
@@ -290,8 +290,11 @@ async def on_vote(ctx, ref: str, answer_ids: list[str]) -> None:
     if run is None:
         return  # an ended poll, a paused questionnaire, or not ours
     if ctx.sender != run.addressee:
-        ctx.send(run.room_id, f"ℹ️ {ctx.sender} : votre vote n'est pas compté : {await _not_yours(ctx, run)}.",
-                 mentions={ctx.sender: ctx.sender})
+        told = f"{ref} {ctx.sender}"
+        if told not in (run.told or []):  # once per voter and question: Element resends at each change
+            run.told = [*(run.told or []), told]
+            ctx.send(run.room_id, f"ℹ️ {ctx.sender} : votre vote n'est pas compté : {await _not_yours(ctx, run)}.",
+                     mentions={ctx.sender: ctx.sender})
         return
     q = questionnaire_of(ctx, run).question(run.current)
     reponse = reponse_au_vote(q, answer_ids)

@@ -263,5 +263,6 @@ class QuestionnaireRun(Base):
     answers_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
     # Who answered what, when: [{"q": 1, "par": "@u", "at": iso, "via": "vote|texte"}] (no clinical content)
     trail: Mapped[list] = mapped_column(JSON, default=list)
+    told: Mapped[list] = mapped_column(JSON, default=list)  # "<question ref> <user>" told once their vote does not count
 
     __table_args__ = (UniqueConstraint("inclusion_id", "code", name="uq_questionnaire_inclusion_code"),)

@@ -98,6 +98,7 @@ async def test_j7_waits_for_its_day_and_the_referents_hours_then_is_answered(tmp
         # Someone else's vote is not counted, and they are told why.
         foreign = await _vote(uc, IDE, f"questionnaire:{j7}:1:0", ["1"])
         assert len(foreign) == 1 and "votre vote n'est pas compté" in foreign[0].body and "Dr Vigie" in foreign[0].body
+        assert await _vote(uc, IDE, f"questionnaire:{j7}:1:0", ["2"]) == []  # told once per question
         assert (await _run(uc, "vigie-j7")).current == 1
 
         # Q1 = Non by vote: the poll is ended with the answer, Q2 comes (Q3 will be skipped).

@@ -30,6 +30,7 @@ def upgrade() -> None:
     sa.Column('finished_at', storage.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('answers_enc', sa.LargeBinary(), nullable=True),
     sa.Column('trail', sa.JSON(), nullable=False),
+    sa.Column('told', sa.JSON(), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('inclusion_id', 'code', name='uq_questionnaire_inclusion_code')
     )
