@@ -126,6 +126,10 @@ async def test_j7_by_polls_typed_and_reply_then_the_journal_export(synapse, regi
 
         # The référent votes « Non »: the poll ends with the answer (PollEndEvent.ts), Q2 follows.
         await ref.vote(room, q1.event_id, ["2"])
+        # The vote as the room sees it: PollResponseEvent.ts M_POLL_RESPONSE, `m.reference` to the start.
+        vote = await mt.wait_for_event(room, "org.matrix.msc3381.poll.response", predicate=lambda m: m.sender == ref.user_id)
+        assert vote.content["m.relates_to"] == {"rel_type": "m.reference", "event_id": q1.event_id}
+        assert vote.content["org.matrix.msc3381.poll.response"] == {"answers": ["2"]}
         end = await ref.wait_for_event(room, POLL_END, predicate=lambda m: m.content["m.relates_to"]["event_id"] == q1.event_id)
         assert end.content["m.relates_to"]["rel_type"] == "m.reference" and "Réponse : Non" in end.content[TEXT]
         q2 = await ref.wait_for_event(room, POLL_START, predicate=lambda m: _question(m).startswith("Q2/6"))
