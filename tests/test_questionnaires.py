@@ -1,6 +1,7 @@
 """Tier 1: the questionnaire files (data/questionnaires/*.yaml) and the pure engine (domain/questionnaires.py)."""
 from __future__ import annotations
 
+import os
 import re
 from datetime import date
 from pathlib import Path
@@ -23,7 +24,8 @@ from domain.questionnaires import (
 
 ROOT = Path(__file__).resolve().parent.parent
 QDIR = ROOT / "data" / "questionnaires"
-SEED = ROOT.parent.parent / "shared" / "seeds" / "002_68f8954f03a3cc31.txt"
+SEEDS = Path(os.environ.get("CERCLE_SEEDS", Path(__file__).resolve().parents[2] / "shared" / "seeds"))  # as test_parcours
+SEED = SEEDS / "002_68f8954f03a3cc31.txt"
 
 
 @pytest.fixture(scope="module")
