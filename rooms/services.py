@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 from domain.clock import Clock
 from domain.flows import Flow
+from domain.indemnites import Bareme
 from domain.parcours import Parcours
 from rooms.directory import Directory
 from storage.repositories import Store
@@ -40,3 +41,4 @@ class Services:
     bot_user_id: str
     registry: CommandCatalogue
     coordinator_room: str | None = None  # the coordinators' room, known once the bot has started
+    bareme: Bareme | None = None  # the CPTS's indemnity tariff, with its versions (cpts.tarifs)
