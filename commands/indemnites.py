@@ -117,7 +117,7 @@ async def bordereau(ctx, action=None, cible=None, trimestre: Trimestre | None = 
     if action is None:
         if cible is not None:
             ctx.refuse(f"« {literal(cible)} » : sans `valider`, donnez seulement un trimestre (ex. {default})")
-        await indemnites.post_bordereau(ctx, ctx.room_id, trimestre or default)
+        await indemnites.post_bordereau(ctx, ctx.room_id, trimestre or default, reply_to=ctx.event_id)
         return
     if action == "attestation":
         ref = await _demande_ref(ctx, cible)

@@ -282,15 +282,16 @@ def to_do(act: Act, refs: dict[str, str]) -> str:
 
 
 # --- the coordinators' bordereau ------------------------------------------------------------------------
-async def post_bordereau(ctx, room_id: str, trimestre: Trimestre) -> int:
+async def post_bordereau(ctx, room_id: str, trimestre: Trimestre, reply_to: str | None = None) -> int:
     """Summary message, then one PDF per professional, the CSV and the chart, as encrypted files."""
     await catch_up(ctx.session, ctx.services, ctx.now, trimestre)
     await ctx.session.flush()
     resumes = await summary(ctx.session, trimestre)
     if not resumes:
-        ctx.send(room_id, f"🧾 **Bordereaux {trimestre}** : aucun acte au registre pour ce trimestre.")
+        ctx.send(room_id, f"🧾 **Bordereaux {trimestre}** : aucun acte au registre pour ce trimestre.",
+                 reply_to=reply_to)
         return 0
-    ctx.send(room_id, summary_text(trimestre, resumes), ref=f"bordereau:{trimestre}")
+    ctx.send(room_id, summary_text(trimestre, resumes), ref=f"bordereau:{trimestre}", reply_to=reply_to)
     acts = await lines(ctx.session, trimestre)
     profs = {p.user_id: p for p in (await ctx.session.scalars(
         select(Professional).where(Professional.user_id.in_([r.user_id for r in resumes])))).all()}
