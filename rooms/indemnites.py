@@ -44,6 +44,7 @@ from storage.models import Demande as DemandeRow
 POST_HOUR = time(8, 0)  # bordereaux and digests wait for the working day (decisions.md 1)
 DIGEST_WEEKDAY = 0  # lundi
 QUARTERLY, WEEKLY = "indemnites.trimestre", "indemnites.attente"
+RECHECK_KINDS = ("tcim_medecin", "tcim_infirmier", "suivi")  # criteria written by other modules in details
 ACT_LABELS = {"reperage": "repérage", "inclusion": "inclusion", "declenchement": "déclenchement",
               "acceptation": "acceptation", "red_flag": "red flag", "alerte_critique": "alerte critique",
               "suivi": "suivi", "tcim_medecin": "TCIM médecin", "tcim_infirmier": "TCIM infirmier·e"}
@@ -65,6 +66,8 @@ async def record(ctx, *, user_id: str, kind: str, ref: str, patient_code: str | 
               details={**details, "criteres": sorted(set(criteres))}, correction=0, montant_cents=0)
     ctx.session.add(act)
     await price(ctx.session, ctx.services, act, ctx.now)
+    if kind == "suivi":
+        await _recheck_inclusions(ctx.session, ctx.services, act, ctx.now)
     return act
 
 
@@ -96,10 +99,12 @@ async def reprice_user(ctx, user_id: str) -> int:
 
 async def catch_up(session: AsyncSession, services, now: datetime, trimestre: Trimestre | None = None,
                    user_id: str | None = None) -> int:
-    """Price the lines nobody priced (written by a flow with a plain insert) and re-check the
-    pending ones, whose missing piece may have come through a flow without a hook."""
+    """Price the lines nobody priced yet (a flow that wrote its line with a plain insert), and
+    re-check the pending lines of the kinds whose criteria other modules write into `details`
+    (TCIM, suivi): the flows of this repository call `add_criterion` instead, in their transaction.
+    Bounded by what is unpriced or pending of those kinds, not by the size of the ledger."""
     stmt = select(Act).where(Act.correction == 0, Act.bordereau_id.is_(None))
-    pending = Act.etat == Etat.EN_ATTENTE.value
+    pending = (Act.etat == Etat.EN_ATTENTE.value) & Act.kind.in_(RECHECK_KINDS)
     if trimestre is not None:
         pending = (Act.trimestre == str(trimestre)) & pending
     stmt = stmt.where(or_(Act.etat.is_(None), pending))
@@ -108,8 +113,23 @@ async def catch_up(session: AsyncSession, services, now: datetime, trimestre: Tr
     acts = (await session.scalars(stmt)).all()
     cache: dict = {}
     for act in acts:
+        fresh = act.etat is None
         await price(session, services, act, now, cache=cache)
+        if fresh and act.kind == "suivi":
+            await _recheck_inclusions(session, services, act, now)
     return len(acts)
+
+
+async def _recheck_inclusions(session: AsyncSession, services, suivi: Act, now: datetime) -> None:
+    """A posted item may complete the données de base an inclusion waits for."""
+    if not (suivi.patient_code and suivi.parcours):
+        return
+    await session.flush()
+    waiting = (await session.scalars(select(Act).where(
+        Act.kind == "inclusion", Act.patient_code == suivi.patient_code, Act.parcours == suivi.parcours,
+        Act.etat == Etat.EN_ATTENTE.value, Act.correction == 0))).all()
+    for act in waiting:
+        await price(session, services, act, now)
 
 
 async def price(session: AsyncSession, services, act: Act, now: datetime, *, cache: dict | None = None) -> Tarif:

@@ -270,3 +270,52 @@ async def test_quarterly_post_and_weekly_digest_are_deadline_rows(tmp_path):
         assert [d.ref for d in pending] == ["bordereau:2026-T4"]
     finally:
         await uc.close()
+
+
+async def test_lines_other_modules_insert_are_priced_and_rechecked(tmp_path):
+    """TCIM and suivi write their lines with a plain insert and keep their criteria in details:
+    the ledger prices them when read, and a posted item can complete an inclusion's données de base."""
+    uc = await _world(tmp_path)
+    try:
+        await uc.say(MT, uc.ic, "!inclure ic carte=oui")
+        async with uc.bot.store.session.begin() as session:
+            session.add(Act(user_id=MT, kind="tcim_medecin", patient_code=CODE, parcours="tcim", ref="tcim:1",
+                            at=uc.now(), details={"criteria": ["rdv"]}))
+        sent = await uc.say(MT, uc.direct_room(MT), "indemnites")
+        assert "TCIM médecin" in sent[0].body and "manque : compte-rendu" in sent[0].body
+        async with uc.bot.store.session.begin() as session:
+            line = await session.scalar(select(Act).where(Act.kind == "tcim_medecin"))
+            line.details = {"criteria": {"rdv": True, "cr": True}}
+        await uc.say(MT, uc.direct_room(MT), "indemnites")
+        tcim = _one(await _acts(uc), "tcim_medecin", MT)
+        assert (tcim.etat, tcim.montant_cents, tcim.cpam) == ("eligible", 2500, "+ CPAM (TCG 25 €)")
+
+        items = [d.code for d in uc.bot.services.catalogue["insuffisance_cardiaque"].donnees_de_base]
+        async with uc.bot.store.session.begin() as session:
+            for item in items:
+                session.add(Act(user_id=IDE, kind="suivi", patient_code=CODE, parcours="insuffisance_cardiaque",
+                                ref=f"suivi:{item}", at=uc.now(), details={"element": item}))
+        await uc.say(IDE, uc.direct_room(IDE), "indemnites")
+        assert _one(await _acts(uc), "inclusion", MT).etat == "eligible"
+        assert {a.etat for a in await _acts(uc, kind="suivi")} == {"eligible"}
+    finally:
+        await uc.close()
+
+
+async def test_migration_0008_matches_the_models(database_url):
+    """The migrated act and bordereau tables are what the models declare (SQLite and PostgreSQL)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from storage.engine import make_engine, migrate
+    from storage.models import Base
+
+    engine = make_engine(database_url)
+    try:
+        await migrate(engine)
+        async with engine.connect() as conn:
+            diff = await conn.run_sync(lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata))
+        mine = [d for d in diff if "act" in repr(d) or "bordereau" in repr(d)]
+        assert mine == []
+    finally:
+        await engine.dispose()
