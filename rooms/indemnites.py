@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, time
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.indemnites import (
@@ -44,7 +44,6 @@ from storage.models import Demande as DemandeRow
 POST_HOUR = time(8, 0)  # bordereaux and digests wait for the working day (decisions.md 1)
 DIGEST_WEEKDAY = 0  # lundi
 QUARTERLY, WEEKLY = "indemnites.trimestre", "indemnites.attente"
-RECHECK_KINDS = ("tcim_medecin", "tcim_infirmier", "suivi")  # criteria written by other modules in details
 ACT_LABELS = {"reperage": "repérage", "inclusion": "inclusion", "declenchement": "déclenchement",
               "acceptation": "acceptation", "red_flag": "red flag", "alerte_critique": "alerte critique",
               "suivi": "suivi", "tcim_medecin": "TCIM médecin", "tcim_infirmier": "TCIM infirmier·e"}
@@ -97,19 +96,12 @@ async def reprice_user(ctx, user_id: str) -> int:
     return len(acts)
 
 
-async def catch_up(session: AsyncSession, services, now: datetime, trimestre: Trimestre | None = None,
-                   user_id: str | None = None) -> int:
-    """Price the lines nobody priced yet (a flow that wrote its line with a plain insert), and
-    re-check the pending lines of the kinds whose criteria other modules write into `details`
-    (TCIM, suivi): the flows of this repository call `add_criterion` instead, in their transaction.
-    Bounded by what is unpriced or pending of those kinds, not by the size of the ledger."""
-    stmt = select(Act).where(Act.correction == 0, Act.bordereau_id.is_(None))
-    pending = (Act.etat == Etat.EN_ATTENTE.value) & Act.kind.in_(RECHECK_KINDS)
-    if trimestre is not None:
-        pending = (Act.trimestre == str(trimestre)) & pending
-    stmt = stmt.where(or_(Act.etat.is_(None), pending))
-    if user_id:
-        stmt = stmt.where(Act.user_id == user_id)
+async def catch_up(session: AsyncSession, services, now: datetime) -> int:
+    """Price the lines due for it: written by a flow with a plain insert, or whose details another
+    module rewrote (storage.models marks them: `priced_at` NULL). The flows of this repository
+    price in their own transaction (`record`, `add_criterion`). Bounded by what changed since the
+    last pricing, not by the size of the ledger (a partial index holds those lines)."""
+    stmt = select(Act).where(Act.priced_at.is_(None), Act.correction == 0)
     acts = (await session.scalars(stmt)).all()
     cache: dict = {}
     for act in acts:
@@ -141,6 +133,7 @@ async def price(session: AsyncSession, services, act: Act, now: datetime, *, cac
         _write(act, tarif, trimestre_de(act.at, tz), now)
     else:
         await _correct(session, services, act, tarif, now)
+        act.priced_at = now  # the paid figures stay; the line is up to date through its corrections
     return tarif
 
 
@@ -261,12 +254,13 @@ async def summary(session: AsyncSession, trimestre: Trimestre) -> list[Resume]:
             r.attente += n
         else:
             r.non_eligible += n
-    if out:
-        for p in (await session.scalars(select(Professional).where(Professional.user_id.in_(list(out))))).all():
-            out[p.user_id].nom, out[p.user_id].profession = p.display_name, p.profession
-        for user_id in (await session.scalars(select(Bordereau.user_id).where(
-                Bordereau.trimestre == str(trimestre), Bordereau.user_id.in_(list(out))))).all():
-            out[user_id].valide = True
+    if out:  # names and validations in one more query
+        validated = (Bordereau.user_id == Professional.user_id) & (Bordereau.trimestre == str(trimestre))
+        for user_id, nom, profession, bordereau_id in (await session.execute(
+                select(Professional.user_id, Professional.display_name, Professional.profession, Bordereau.id)
+                .outerjoin(Bordereau, validated).where(Professional.user_id.in_(list(out))))).all():
+            r = out[user_id]
+            r.nom, r.profession, r.valide = nom, profession, bordereau_id is not None
     return sorted(out.values(), key=lambda r: (r.nom or r.user_id).casefold())
 
 
@@ -304,7 +298,7 @@ def to_do(act: Act, refs: dict[str, str]) -> str:
 # --- the coordinators' bordereau ------------------------------------------------------------------------
 async def post_bordereau(ctx, room_id: str, trimestre: Trimestre, reply_to: str | None = None) -> int:
     """Summary message, then one PDF per professional, the CSV and the chart, as encrypted files."""
-    await catch_up(ctx.session, ctx.services, ctx.now, trimestre)
+    await catch_up(ctx.session, ctx.services, ctx.now)
     await ctx.session.flush()
     resumes = await summary(ctx.session, trimestre)
     if not resumes:
@@ -363,7 +357,7 @@ async def validate(ctx, user_id: str, trimestre: Trimestre) -> Bordereau:
         ctx.refuse(f"le bordereau {trimestre} de ce professionnel est déjà validé "
                    f"(le {existing.valide_le.astimezone(ctx.services.tz):%d/%m/%Y}) : les changements "
                    "passent en corrections sur le trimestre suivant", usage=False)
-    await catch_up(ctx.session, ctx.services, ctx.now, trimestre, user_id)
+    await catch_up(ctx.session, ctx.services, ctx.now)
     await ctx.session.flush()
     own = await lines(ctx.session, trimestre, user_id)
     b = Bordereau(user_id=user_id, trimestre=str(trimestre), total_cents=sum(du(a) for a in own), lignes=len(own),
@@ -377,7 +371,7 @@ async def validate(ctx, user_id: str, trimestre: Trimestre) -> Bordereau:
 
 # --- the professional's own view --------------------------------------------------------------------------
 async def my_lines_text(ctx, user_id: str, trimestre: Trimestre) -> str:
-    await catch_up(ctx.session, ctx.services, ctx.now, trimestre, user_id)
+    await catch_up(ctx.session, ctx.services, ctx.now)
     await ctx.session.flush()
     own = await lines(ctx.session, trimestre, user_id)
     if not own:

@@ -12,6 +12,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
     text,
 )
 from sqlalchemy import false as sa_false
@@ -232,7 +233,16 @@ class Act(Base):
     bordereau_id: Mapped[int | None] = mapped_column(index=True)
 
     __table_args__ = (UniqueConstraint("user_id", "kind", "ref", "correction", name="uq_act_once"),
-                      Index("ix_act_trimestre_user", "trimestre", "user_id", "etat"))
+                      Index("ix_act_trimestre_user", "trimestre", "user_id", "etat"),
+                      # Partial: the lines to price (new, or whose details changed) are few in a big ledger.
+                      Index("ix_act_unpriced", "id", sqlite_where=text("priced_at IS NULL"),
+                            postgresql_where=text("priced_at IS NULL")))
+
+
+@event.listens_for(Act.details, "set", propagate=True)
+def _details_changed(target: Act, value, oldvalue, initiator) -> None:
+    """Whoever rewrites a line's details (criteria met) makes it due for pricing again."""
+    target.priced_at = None
 
 
 class Bordereau(Base):

@@ -11,6 +11,8 @@ down_revision = '0006'
 branch_labels = None
 depends_on = None
 
+UNPRICED = sa.text('priced_at IS NULL')
+
 
 def upgrade() -> None:
     with op.batch_alter_table('act') as batch:
@@ -27,6 +29,7 @@ def upgrade() -> None:
         batch.create_unique_constraint('uq_act_once', ['user_id', 'kind', 'ref', 'correction'])
     op.create_index('ix_act_trimestre_user', 'act', ['trimestre', 'user_id', 'etat'], unique=False)
     op.create_index('ix_act_bordereau_id', 'act', ['bordereau_id'], unique=False)
+    op.create_index('ix_act_unpriced', 'act', ['id'], unique=False, sqlite_where=UNPRICED, postgresql_where=UNPRICED)
     op.create_table(
         'bordereau',
         sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
@@ -43,6 +46,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('bordereau')
+    op.drop_index('ix_act_unpriced', table_name='act')
     op.drop_index('ix_act_bordereau_id', table_name='act')
     op.drop_index('ix_act_trimestre_user', table_name='act')
     with op.batch_alter_table('act') as batch:
