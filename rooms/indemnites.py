@@ -13,7 +13,7 @@ and build the bordereaux for the coordinators (decisions.md 12-15, spec §5).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, time
+from datetime import datetime, time, timezone
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
@@ -29,6 +29,7 @@ from domain.indemnites import (
     Trimestre,
     dernier_trimestre_termine,
     euros,
+    parse_trimestre,
     prochain_debut_de_trimestre,
     prochain_jour_de_semaine,
     tarifer,
@@ -439,9 +440,17 @@ def _next_timers(tz: ZoneInfo, now: datetime):
 async def quarterly(ctx, deadline) -> None:
     """First day of a quarter: the bordereaux of the quarter that ended, then the next timer."""
     room = ctx.services.coordinator_room or deadline.payload.get("room_id")
+    posted = parse_trimestre(deadline.ref.split(":", 1)[1])  # the row's quarter, even when it fires late
     if room:
-        await post_bordereau(ctx, room, dernier_trimestre_termine(ctx.now, ctx.services.tz))
-    await _schedule(ctx.session, ctx.store, ctx.services, ctx.now)
+        await post_bordereau(ctx, room, posted)
+    # The next quarter follows this one (not "now"): a bot down for months posts each one in turn.
+    following = posted.suivant()
+    due = datetime.combine(following.fin(ctx.services.tz).astimezone(ctx.services.tz).date(), POST_HOUR,
+                           tzinfo=ctx.services.tz).astimezone(timezone.utc)
+    ref = f"bordereau:{following}"
+    if await ctx.session.scalar(select(Deadline.id).where(Deadline.kind == QUARTERLY, Deadline.ref == ref)) is None:
+        await ctx.store.add_deadline(QUARTERLY, ref, due, ctx.now, payload={"room_id": room or ""},
+                                     session=ctx.session)
 
 
 async def weekly(ctx, deadline) -> None:

@@ -319,3 +319,14 @@ async def test_migration_0008_matches_the_models(database_url):
         assert mine == []
     finally:
         await engine.dispose()
+
+
+def test_an_unknown_rule_set_stops_the_start_naming_the_key(tmp_path):
+    from bot.config import Config, CptsConfig, MatrixConfig
+    from bot.wiring import compose
+    from domain.indemnites import TarifsError
+
+    config = Config(matrix=MatrixConfig(homeserver="http://127.0.0.1:9", user_id="@cercle:cpts.test", password="x"),
+                    cpts=CptsConfig(tarifs="essonne-2030"))
+    with pytest.raises(TarifsError, match="cpts.tarifs : barème inconnu « essonne-2030 »"):
+        compose(config, None, FakeClock())
