@@ -155,8 +155,7 @@ def tarifer(bareme: Bareme, ligne: Ligne, tz: ZoneInfo) -> Tarif:
             qui = sorted({q for r in visees for q in (r.qui or ())})
             return Tarif(Etat.NON_ELIGIBLE, 0, "acte indemnisé seulement pour : " + ", ".join(qui).replace("_", " "),
                          version=version.nom)
-        return Tarif(Etat.NON_ELIGIBLE, 0, f"pas d'indemnité prévue pour cet acte (barème {version.nom})",
-                     version=version.nom)
+        return Tarif(Etat.NON_ELIGIBLE, 0, "pas d'indemnité prévue pour cet acte", version=version.nom)
     r = pour_lui[0]
     common = dict(regle=r.code, version=version.nom, cpam=r.cpam, critere=r.critere, action=r.action)
     if r.montant_cents == 0:

@@ -9,7 +9,7 @@ import io
 import re
 import unicodedata
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -28,7 +28,7 @@ ACT_LABELS = {"reperage": "repérage", "inclusion": "inclusion", "declenchement"
               "acceptation": "acceptation", "red_flag": "red flag", "alerte_critique": "alerte critique",
               "suivi": "suivi", "tcim_medecin": "TCIM médecin", "tcim_infirmier": "TCIM infirmier·e"}
 CSV_COLUMNS = ["trimestre", "professionnel", "identifiant", "profession", "date", "patient", "reference", "parcours",
-               "acte", "etat", "montant_regle_eur", "montant_du_eur", "cpam_non_compris", "critere", "motif", "regle",
+               "acte", "etat", "montant_regle_eur", "montant_du_eur", "cpam_non_compris", "critere_rempli", "motif", "regle",
                "version", "correction"]
 
 
@@ -76,8 +76,14 @@ def pdf(cpts: str, trimestre: Trimestre, prof, user_id: str, acts: list, refs: d
     doc.cell(0, 6, f"Professionnel : {name}", new_x="LMARGIN", new_y="NEXT")
     doc.set_font("DejaVu", size=9)
     profession = profession_label(prof.profession) if prof else "hors annuaire"
-    cotisation = (f"à jour jusqu'au {prof.cotisation_until.astimezone(tz):%d/%m/%Y}"
-                  if prof and prof.cotisation_until else "non renseignée")
+    last_day = trimestre.fin(tz)
+    if prof and prof.cotisation_until and prof.cotisation_until >= last_day - timedelta(seconds=1):
+        cotisation = f"à jour (jusqu'au {prof.cotisation_until.astimezone(tz):%d/%m/%Y})"
+    elif prof and prof.cotisation_until:
+        cotisation = (f"NON à jour depuis le {prof.cotisation_until.astimezone(tz):%d/%m/%Y} : les actes postérieurs "
+                      "ne sont pas payables")
+    else:
+        cotisation = "NON renseignée : lignes non payables"
     doc.cell(0, 5, f"{profession} · {user_id} · cotisation : {cotisation}", new_x="LMARGIN", new_y="NEXT")
     if validation is not None:
         doc.cell(0, 5, f"Validé (payé) le {validation.valide_le.astimezone(tz):%d/%m/%Y} par {validation.valide_par} : "
@@ -139,7 +145,8 @@ def csv_bytes(trimestre: Trimestre, acts: list, profs: dict, refs: dict[str, str
                     profession_label(p.profession) if p else "", f"{a.at.astimezone(tz):%d/%m/%Y}",
                     a.patient_code or "", refs.get(a.ref or "", ""), a.parcours or "", ACT_LABELS.get(a.kind, a.kind),
                     ETAT_LIBELLE.get(Etat(a.etat), a.etat) if a.etat else "", decimal_fr(a.montant_cents),
-                    decimal_fr(_du(a)), a.cpam or "", _evidence(a), a.motif or "", a.regle or "", a.version or "",
+                    decimal_fr(_du(a)), a.cpam or "", _evidence(a) if a.etat == Etat.ELIGIBLE.value else "",
+                    a.motif or "", a.regle or "", a.version or "",
                     a.correction or ""])
     return ("\ufeff" + out.getvalue()).encode("utf-8")
 
