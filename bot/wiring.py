@@ -6,6 +6,7 @@ from outside its class. A malformed rules file stops the start here, naming file
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from bot.config import Config
 from commands import build_registry
@@ -13,9 +14,9 @@ from commands.registry import CommandRegistry
 from domain.clock import Clock
 from domain.flows import load_flows
 from domain.parcours import load_catalogue
-from rooms import alertes, demandes
+from rooms import alertes, demandes, tcim
 from rooms.directory import Directory
-from rooms.services import Services
+from rooms.services import Services, TcimSettings
 from storage.repositories import Store
 
 
@@ -31,8 +32,13 @@ def compose(config: Config, store: Store, clock: Clock, registry: CommandRegistr
     registry = registry or build_registry()
     services = Services(store=store, clock=clock, directory=Directory(), catalogue=load_catalogue(),
                         flows=load_flows(), tz=config.tz, timezone=config.cpts.timezone, cpts_name=config.cpts.name,
-                        bot_user_id=config.matrix.user_id, registry=registry)
+                        bot_user_id=config.matrix.user_id, registry=registry,
+                        tcim=TcimSettings(video_base=config.tcim.video_base,
+                                          reminder_before=timedelta(minutes=config.tcim.reminder_before_min),
+                                          late_after=timedelta(minutes=config.tcim.late_after_min)),
+                        flow_hooks={**tcim.FLOW_HOOKS})
     # Each use-case module owns its tables (at its bottom); the composition root only merges them.
     return Wiring(services=services, registry=registry,
-                  deadline_handlers={**demandes.DEADLINE_HANDLERS, **alertes.DEADLINE_HANDLERS},
+                  deadline_handlers={**demandes.DEADLINE_HANDLERS, **alertes.DEADLINE_HANDLERS,
+                                     **tcim.DEADLINE_HANDLERS},
                   reaction_handlers={**demandes.REACTION_HANDLERS})

@@ -236,3 +236,19 @@ class Demande(Base):
     # A timer and an answer may touch the same request at once: the later write fails
     # (StaleDataError) and is retried on fresh data, instead of silently undoing the other.
     __mapper_args__ = {"version_id_col": version}
+
+
+class TcimRecord(Base):
+    """What a TCIM adds to its request (issue 12), one row per request. The state (eligibility
+    answers, charter, slot, video link, interruption motif…) is encrypted in `data_enc`; `etat`
+    and the people are plain for lookups and carry no patient identity."""
+
+    __tablename__ = "tcim"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    demande_id: Mapped[int] = mapped_column(unique=True)
+    patient_code: Mapped[str] = mapped_column(String(20), index=True)
+    etat: Mapped[str] = mapped_column(String(20))
+    infirmier: Mapped[str] = mapped_column(String(255))
+    medecin: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    data_enc: Mapped[bytes] = mapped_column(LargeBinary)
