@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
@@ -32,7 +32,7 @@ from domain.tcim import (
     motif_libelle,
     video_link,
 )
-from domain.text import format_clock, format_duree, format_french_datetime
+from domain.text import format_clock, format_french_datetime
 from rooms import demandes
 from rooms.access import actor, authorize
 from rooms.directory import names
@@ -51,7 +51,7 @@ def rules(ctx) -> Tcim:
 def durees(ctx) -> str:
     """« médecin 15 min, infirmier·e 60 min » (data/flows.yaml durees_pec, S000 L1019)."""
     d = ctx.services.flows["tcim"].durees_pec
-    return f"médecin {format_duree(d['medecin_generaliste'])}, infirmier·e {format_duree(d['infirmier'])}"
+    return f"médecin {d['medecin_generaliste'] // timedelta(minutes=1)} min, infirmier·e {d['infirmier'] // timedelta(minutes=1)} min"
 
 
 # --- the record ------------------------------------------------------------------------------------
@@ -180,6 +180,8 @@ async def request(ctx, patient: Patient, *, motif: str, sans_mt: bool, deplaceme
     if failed:
         ctx.refuse("⛔ TCIM impossible : le patient doit " + " ; et ".join(f"« {c} »" for c in failed)
                    + " (critères d'inclusion du protocole TCIM). Rien n'a été créé.", usage=False)
+    probe = Demande(numero=0, flow="tcim", demandeur=ctx.sender, created_at=ctx.now, delai_reponse=None)
+    await authorize(ctx, Action.TCIM_DEMANDE, patient, probe)
     me = await actor(ctx, patient, ctx.sender)
     nurse = ctx.sender if (infirmier is None and me.profession == "infirmier") else infirmier
     if nurse is None:
@@ -194,7 +196,6 @@ async def request(ctx, patient: Patient, *, motif: str, sans_mt: bool, deplaceme
     row, d = await demandes.create(ctx, patient, flow, commentaire=commentaire, motif=motif,
                                    cible_profession=flow.cible_profession,
                                    pour_compte_de=nurse if nurse != ctx.sender else None)
-    await authorize(ctx, Action.TCIM_DEMANDE, patient, d)
     base = ctx.services.tcim.video_base
     st = TcimState(motif=motif, sans_mt=sans_mt, deplacement_possible=deplacement_possible, infirmier=nurse,
                    lien=video_link(base, secrets.token_urlsafe(16)))
@@ -288,6 +289,7 @@ async def start(ctx, patient: Patient, ref, words: str | None) -> None:
     codes = _codes(ctx, words)
     if codes:
         _refuse_if(ctx, tc.st.cocher(codes), tc)
+        tc.log("charte", ", ".join(codes))
     error = tc.st.demarrer(rules(ctx), ctx.now)
     if error == "charte":
         tc.log("debut_refuse", "charte incomplète")
