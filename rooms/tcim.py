@@ -108,7 +108,11 @@ class Tc:
         people = [u for u in dict.fromkeys(users) if u]
         noms = await names(self.ctx.session, people)
         tail = (" " + " ".join(people)) if people else ""
-        self.ctx.send(self.patient.room_id, text + tail, mentions={u: noms[u] for u in people})
+        mentions = {u: noms[u] for u in people}
+        if self.ctx.room_id == self.patient.room_id and self.ctx.room_kind != "timer":
+            self.ctx.reply(text + tail, mentions=mentions)  # the answer to the command typed here
+        else:
+            self.ctx.send(self.patient.room_id, text + tail, mentions=mentions)
 
 
 async def load(ctx, patient: Patient, row: DemandeRow) -> Tc:
@@ -387,13 +391,28 @@ async def show(ctx, patient: Patient, ref) -> None:
         lines.append(f"**{tc.n}** · {ETAT_TEXTE[st.etat]} · médecin : {medecin} · infirmier·e : {noms[st.infirmier]}"
                      + (f" · lien : {st.lien}" if st.etat not in (Etat.CLOSE, Etat.INTERROMPUE) else ""))
         for e in tc.d.journal:
-            if e.action == "sollicitation":
+            label = HISTORY.get(e.action)
+            if label is None:
                 continue
             who = noms.get(e.par, "Cercle") if e.par else "Cercle"
             quand = format_french_datetime(e.at, tz, now=ctx.now)
-            detail = f" : {literal(e.detail)}" if e.detail and e.action.startswith("tcim:") else ""
-            lines.append(f"- {quand} · {who} · {e.action.removeprefix('tcim:').replace('_', ' ')}{detail}")
+            detail = f" : {literal(e.detail)}" if e.detail and e.action.startswith(("tcim:", "rdv")) else ""
+            lines.append(f"- {quand} · {who} · {label}{detail}")
     ctx.reply("\n".join(lines))
+
+
+# The request's history as `!tcim voir` says it (Demande.journal actions; the others are not shown).
+HISTORY = {
+    "creation": "demande créée", "palier:pool": "proposée aux médecins signataires", "palier:relance": "relance",
+    "palier:escalade": "sans médecin : coordinateurs prévenus", "refus": "refus d'un médecin",
+    "acceptation": "acceptée", "rdv": "rendez-vous donné", "rdv_modifie": "rendez-vous déplacé",
+    "cr": "compte-rendu posté", "cloture": "demande clôturée", "annulation": "demande annulée",
+    "tcim:eligibilite": "éligibilité", "tcim:contre_proposition": "autre créneau proposé par l'infirmier·e",
+    "tcim:confirmation": "créneau confirmé", "tcim:charte": "charte cochée", "tcim:debut_refuse": "début refusé",
+    "tcim:debut": "téléconsultation démarrée", "tcim:fin": "téléconsultation terminée",
+    "tcim:interruption": "TCIM interrompue", "tcim:ordonnance_recue": "ordonnance reçue",
+    "tcim:retard": "créneau passé sans début", "tcim:close": "TCIM close",
+}
 
 
 # --- hooks: the request's own steps, for a TCIM (Services.flow_hooks) ---------------------------------
