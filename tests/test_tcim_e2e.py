@@ -152,8 +152,8 @@ async def test_a_tcim_nobody_answers_goes_to_the_coordinators_and_is_interrupted
     await t.fire()
     t.clock.advance(timedelta(hours=24))
     await t.fire()
-    escalade = await t.line("coord", t.code, room=t.coord_room)
-    assert "TCIM sans médecin" in escalade.body and "Dupontel" not in escalade.body
+    escalade = await t.line("coord", "TCIM sans médecin", room=t.coord_room)
+    assert t.code in escalade.body and "Dupontel" not in escalade.body and "toux" not in escalade.body
     interrupted = await t.ask("ide", t.patient_room, "!tcim interrompre la patiente est hospitalisée")
     assert "TCIM n°1 interrompue par Julie Petit" in interrupted.body
     assert "la patiente est hospitalisée" in interrupted.body and "visite à domicile" in interrupted.body
