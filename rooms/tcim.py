@@ -109,7 +109,7 @@ class Tc:
         noms = await names(self.ctx.session, people)
         tail = (" " + " ".join(people)) if people else ""
         mentions = {u: noms[u] for u in people}
-        if self.ctx.room_id == self.patient.room_id and self.ctx.room_kind != "timer":
+        if self.ctx.command is not None and self.ctx.room_id == self.patient.room_id:
             self.ctx.reply(text + tail, mentions=mentions)  # the answer to the command typed here
         else:
             self.ctx.send(self.patient.room_id, text + tail, mentions=mentions)

@@ -44,7 +44,19 @@ def text(sent) -> str:
 
 @pytest.fixture
 async def uc(tmp_path):
-    uc = await UseCases.open(tmp_path / "bot", clock=FakeClock())
+    async for world in _world(tmp_path, None):
+        yield world
+
+
+@pytest.fixture
+async def uc_any_db(tmp_path, database_url):
+    """The same world on SQLite and on PostgreSQL (tests/conftest.py database_url)."""
+    async for world in _world(tmp_path, database_url):
+        yield world
+
+
+async def _world(tmp_path, database_url):
+    uc = await UseCases.open(tmp_path / "bot", database_url=database_url, clock=FakeClock())
     await uc.enrol(IDE, "infirmier", name="Julie Petit")
     await uc.enrol(DR_A, "medecin_generaliste", name="Anne Abel", roles=["tcim"])
     await uc.enrol(DR_B, "medecin_generaliste", name="Bruno Blanc", roles=["tcim"])
@@ -223,7 +235,8 @@ async def test_an_unknown_charter_item_is_named(uc):
 
 
 # --- the whole walk --------------------------------------------------------------------------------
-async def test_from_the_request_to_the_prescription_received(uc):
+async def test_from_the_request_to_the_prescription_received(uc_any_db):
+    uc = uc_any_db
     await confirmed(uc)
     await uc.say(DR_A, ROOM, "!tcim debut tout")
     assert (await uc.say(DR_A, ROOM, "!cr 1 examen rassurant"))[0].body.startswith("⚠️ TCIM n°1 : le compte-rendu")
