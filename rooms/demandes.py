@@ -502,7 +502,15 @@ async def on_pool_reached(ctx, patient: Patient, row: DemandeRow, d: Demande, fl
                           commune: str | None) -> None:
     new = solliciter(d, await pool_targets(ctx, d, commune), ctx.now)
     text = outcome.texte()
-    if new:
+    if d.role_requis:  # TCIM: not the whole profession, the protocol's signatories
+        protocole = f"du protocole {d.role_requis.upper()} de la CPTS"
+        text = (f"📣 Demande n°{d.numero} proposée à {len(new)} signataire{'s' if len(new) > 1 else ''} {protocole} "
+                "(sans identité)." if new else
+                f"⏳ Demande n°{d.numero} : aucun autre signataire {protocole} dans l'annuaire ; les coordinateurs "
+                "seront prévenus à l'échéance.")
+        if new:
+            await notify(ctx, patient, row, d, flow, sorted(new), pool=True)
+    elif new:
         text += (f"\nDemande élargie à {len(new)} {profession_label(d.cible_profession, pluriel=len(new) > 1)} "
                  "de la CPTS (sans identité).")
         await notify(ctx, patient, row, d, flow, sorted(new), pool=True)

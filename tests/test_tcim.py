@@ -392,3 +392,37 @@ async def _deadline_rows(uc):
 async def _demande_rows(uc):
     async with uc.bot.store.session() as session:
         return (await session.scalars(select(DemandeRow))).all()
+
+
+async def test_a_check_mark_on_a_notice_accepts_a_tcim_too(uc):
+    await uc.enrol(DR_B, "medecin_generaliste", name="Bruno Blanc", roles=["tcim"])
+    await uc.say(IDE, ROOM, ASK)
+    await uc.fire_due()
+    notice = await uc.event_id_of("notice:")
+    sent = await uc.react(DR_B, uc.direct_room(DR_B), "✅", notice)
+    line = next(s for s in sent if "TCIM n°1 acceptée" in s.body)
+    assert line.room_id == ROOM and "m.relates_to" not in line.content  # a line of the room, not a reply
+    assert (await state(uc))[1].medecin == DR_B
+
+
+async def test_cancelling_the_request_interrupts_the_tcim(uc):
+    await confirmed(uc)
+    await uc.say(IDE, ROOM, "!annuler 1 patiente hospitalisée")
+    d, st, _ = await state(uc)
+    assert d.etat == "annulee" and st.etat == "interrompue" and st.motif_interruption == "patiente hospitalisée"
+    assert not await uc.pending_deadlines()
+
+
+def test_the_subcommands_are_advertised_in_patient_rooms():
+    from commands import build_registry
+
+    syntaxes = [c["syntax"] for c in build_registry().msc4332_content(scope="patient")["commands"]]
+    assert "tcim demande {motif} {commentaire}" in syntaxes and "tcim debut {tcim} {elements}" in syntaxes
+    assert not [s for s in syntaxes if s.split()[0] == "tcim" and len(s.split()) == 1]
+
+
+async def test_the_room_is_told_how_many_signatories_were_asked(uc):
+    await uc.say(IDE, ROOM, ASK)
+    sent = await uc.fire_due()
+    told = [s.body for s in sent if s.room_id == ROOM]
+    assert told == ["📣 Demande n°1 proposée à 2 signataires du protocole TCIM de la CPTS (sans identité)."]
