@@ -172,6 +172,10 @@ class Demande:
     def _log(self, at: datetime, par: str | None, action: str, detail: str = "") -> None:
         self.journal.append(Evenement(at, par, action, detail))
 
+    def noter(self, at: datetime, par: str | None, action: str, detail: str = "") -> None:
+        """An entry in the request's history from a flow built on it (TCIM steps: `tcim:<step>`)."""
+        self._log(_utc(at), par, action, detail)
+
 
 # --- formatting --------------------------------------------------------------------------------
 

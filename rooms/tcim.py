@@ -97,7 +97,7 @@ class Tc:
 
     def log(self, action: str, detail: str = "") -> None:
         """The request's history (Demande.journal) gets every TCIM step."""
-        self.d._log(self.ctx.now, self.ctx.sender if self.ctx.room_kind != "timer" else None, f"tcim:{action}", detail)
+        self.d.noter(self.ctx.now, self.ctx.sender if self.ctx.room_kind != "timer" else None, f"tcim:{action}", detail)
 
     def save(self) -> None:
         write(self.ctx, self.rec, self.st)
