@@ -179,13 +179,13 @@ async def request(ctx, patient: Patient, *, motif: str, sans_mt: bool, deplaceme
                   commentaire: str, infirmier: str | None) -> None:
     """`!tcim demande`: eligibility asked and recorded (S000 L1000-1002), then a request of flow
     `tcim` to the protocol's médecins. A failed criterion creates nothing."""
+    probe = Demande(numero=0, flow="tcim", demandeur=ctx.sender, created_at=ctx.now, delai_reponse=None)
+    await authorize(ctx, Action.TCIM_DEMANDE, patient, probe)  # who may ask does not depend on the request
     r = rules(ctx)
     failed = eligibility_failures(r, sans_mt=sans_mt, deplacement_possible=deplacement_possible)
     if failed:
         ctx.refuse("⛔ TCIM impossible : le patient doit " + " ; et ".join(f"« {c} »" for c in failed)
                    + " (critères d'inclusion du protocole TCIM). Rien n'a été créé.", usage=False)
-    probe = Demande(numero=0, flow="tcim", demandeur=ctx.sender, created_at=ctx.now, delai_reponse=None)
-    await authorize(ctx, Action.TCIM_DEMANDE, patient, probe)
     me = await actor(ctx, patient, ctx.sender)
     nurse = ctx.sender if (infirmier is None and me.profession == "infirmier") else infirmier
     if nurse is None:
