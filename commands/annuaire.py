@@ -29,7 +29,7 @@ def _roles(text: str | None) -> list[str] | None:
     for r in roles:
         if r.split(":")[0] not in allowed:
             raise ValueError(f"rôle inconnu « {literal(r)} » (rôles : coordinateur, referent:<parcours>, vigie_referent, "
-                             "structure:<sport_sante|maison_des_femmes|etp>, operateur_snp, secretaire:<@professionnel>)")
+                             "structure:<sport_sante|maison_des_femmes|etp>, operateur_snp, secretaire:<@professionnel>, tcim)")
     return roles
 
 
@@ -89,7 +89,7 @@ async def absence(ctx, debut, fin=None):
     options=[Option("nom", Word(placeholder='"<nom>"'), "nom affiché, entre guillemets"),
              Option("profession", Word(placeholder="<profession>"), "profession : " + ", ".join(professions())),
              Option("communes", ListOfWords(), "communes d'exercice, séparées par des virgules"),
-             Option("roles", ListOfWords(), "coordinateur, referent:<parcours>, operateur_snp, secretaire:<@pro>"),
+             Option("roles", ListOfWords(), "coordinateur, referent:<parcours>, operateur_snp, secretaire:<@pro>, tcim"),
              Option("cotisation", CalendarDate(), "cotisation à jour jusqu'au JJ/MM/AAAA"),
              Option("tcim", Choice({"oui": ["o", "signe", "signé"], "non": ["n"]}),
                     "oui : médecin signataire du protocole TCIM de la CPTS (sollicité pour les TCIM)")],
