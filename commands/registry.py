@@ -64,7 +64,7 @@ class Option:
         return f"{self.key}={self.type.placeholder}" if self.required else f"[{self.key}={self.type.placeholder}]"
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a family and its subcommands point at each other
 class Command:
     name: str
     aliases: tuple[str, ...]
@@ -84,18 +84,14 @@ class Command:
     # A family (`!tcim`): its first word picks one of these; each is a full command named
     # "<family> <word>" (e.g. "tcim demande"), with its own parameters, help and examples.
     subcommands: dict = field(default_factory=dict)  # normalized word -> Command
-    parent: "Command | None" = None
+    parent: "Command | None" = field(default=None, repr=False)
 
     @property
     def family(self) -> bool:
         return self.handler is None
 
     def children(self) -> list["Command"]:
-        out: list[Command] = []
-        for sub in self.subcommands.values():
-            if not any(sub is c for c in out):
-                out.append(sub)
-        return out
+        return list(dict.fromkeys(self.subcommands.values()))
 
     def usage(self, sigil: str = "!") -> str:
         if self.family:
