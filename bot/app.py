@@ -54,6 +54,8 @@ class Bot:
         self.services: Services = wiring.services  # what every handler gets (bot/wiring.py)
         self.registry: CommandRegistry = wiring.registry
         self.reaction_handlers: dict[str, object] = wiring.reaction_handlers
+        self.poll_handlers: dict[str, object] = wiring.poll_handlers
+        self.reply_handlers: dict[str, object] = wiring.reply_handlers
         self.homeserver = HomeserverWatch()  # shared by the three parts: one log line per change
         self._wake_worker = asyncio.Event()  # the inbox worker's doorbell
         self._stop = asyncio.Event()

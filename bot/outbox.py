@@ -8,7 +8,9 @@ covered; the trust policy (bot.trust) decides which devices get it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import io
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -29,7 +31,9 @@ from nio import (
     RoomPutStateResponse,
     RoomRedactResponse,
     RoomSendResponse,
+    UploadResponse,
 )
+from nio.crypto.attachments import encrypt_attachment
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -40,6 +44,7 @@ from bot.sync import HomeserverWatch, homeserver_unreachable
 from bot.trust import TrustCache
 from bot.trust import apply as apply_trust_policy
 from domain.clock import Clock, wall_ms, wall_now
+from domain.polls import POLL_END, poll_end_content
 from rooms import patients
 from rooms.messages import render
 from rooms.patients import PENDING_ROOM
@@ -93,7 +98,8 @@ class OutboxSender:
         self.senders: dict[str, Sender] = {
             "message": self._send_message, "direct": self._send_direct, "state": self._send_state,
             "pin": self._send_pin, "invite": self._send_invite, "kick": self._send_kick,
-            "leave": self._send_leave, "redact": self._send_redact, "create_room": self._send_create_room}
+            "leave": self._send_leave, "redact": self._send_redact, "create_room": self._send_create_room,
+            "event": self._send_event, "poll_end": self._send_poll_end, "file": self._send_file}
 
     def rooms_changed(self, room_ids: set[str]) -> None:
         """A sync changed these rooms' membership: their waiting items are tried at the next flush."""
@@ -247,6 +253,45 @@ class OutboxSender:
                                                tx_id=item.txn_id, ignore_unverified_devices=True)
         return await self._done(item, response, RoomSendResponse)
 
+    async def _send_event(self, item, content: dict):
+        """Any room event type (polls: domain.polls), encrypted like a message."""
+        await self._prepare_room_keys(item.room_id)
+        response = await self.client.room_send(item.room_id, content["type"], content["content"],
+                                               tx_id=item.txn_id, ignore_unverified_devices=True)
+        return await self._done(item, response, RoomSendResponse)
+
+    async def _send_poll_end(self, item, content: dict):
+        event_ids = await self.store.outbox_event_ids(content["poll_ref"])
+        if not event_ids:
+            return Later("sondage à clore pas encore envoyé")
+        await self._prepare_room_keys(item.room_id)
+        response = await self.client.room_send(item.room_id, POLL_END, poll_end_content(event_ids[0], content["text"]),
+                                               tx_id=item.txn_id, ignore_unverified_devices=True)
+        return await self._done(item, response, RoomSendResponse)
+
+    async def _send_file(self, item, content: dict):
+        message = await self._upload_encrypted(content)
+        if not isinstance(message, dict):
+            return message
+        await self._prepare_room_keys(item.room_id)
+        response = await self.client.room_send(item.room_id, "m.room.message", message,
+                                               tx_id=item.txn_id, ignore_unverified_devices=True)
+        return await self._done(item, response, RoomSendResponse)
+
+    async def _upload_encrypted(self, payload: dict):
+        """Encrypt the attachment (AES-CTR, key in the `file` object, itself inside the encrypted
+        event) and upload only ciphertext, without its name: the homeserver learns a size. A send
+        retried after the upload uploads again; the orphan costs storage, not privacy."""
+        data = base64.b64decode(payload["data"])
+        ciphertext, keys = encrypt_attachment(data)
+        response, _ = await self.client.upload(io.BytesIO(ciphertext), content_type="application/octet-stream",
+                                               filesize=len(ciphertext))
+        if not isinstance(response, UploadResponse):
+            return response
+        return {"msgtype": payload["msgtype"], "body": payload["body"], "filename": payload["filename"],
+                "info": {"mimetype": payload["mimetype"], "size": len(data)},
+                "file": {**keys, "url": response.content_uri, "mimetype": payload["mimetype"]}}
+
     async def _send_direct(self, item, content: dict):
         user_id = content["user_id"]
         try:
@@ -275,8 +320,11 @@ class OutboxSender:
                 return Later("membre annoncé présent mais introuvable")
         if user_id in room.invited_users:
             return Later(INVITED)  # keys shared before they join would not reach their devices
+        message = content.get("content") or await self._upload_encrypted(content["file"])
+        if not isinstance(message, dict):
+            return message
         await self._prepare_room_keys(room_id)
-        response = await self.client.room_send(room_id, "m.room.message", content["content"],
+        response = await self.client.room_send(room_id, "m.room.message", message,
                                                tx_id=item.txn_id, ignore_unverified_devices=True)
         return await self._done(item, response, RoomSendResponse)
 

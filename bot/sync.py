@@ -33,6 +33,7 @@ from nio import (
 from bot.config import Config
 from bot.dispatch import request_key_from_sender, tell_undecryptable
 from domain.clock import Clock, wall_ms
+from domain.polls import poll_response
 from rooms.services import Services
 from storage.repositories import IncomingEvent, Store
 
@@ -294,6 +295,10 @@ class SyncIntake:
             # Someone left: the bot must not stay alone with people outside the directory.
             return IncomingEvent(ev.event_id, room_id, ev.sender, "membership", ev.server_timestamp,
                                  {"user_id": ev.state_key, "membership": ev.membership})
+        vote = poll_response(ev.type, ev.source.get("content", {})) if isinstance(ev, UnknownEvent) else None
+        if vote is not None:
+            return IncomingEvent(ev.event_id, room_id, ev.sender, "poll_response", ev.server_timestamp,
+                                 {"poll": vote[0], "answers": vote[1]})
         if isinstance(ev, UnknownEvent) and ev.type == "m.reaction":
             rel = ev.source.get("content", {}).get("m.relates_to", {})
             return IncomingEvent(ev.event_id, room_id, ev.sender, "reaction", ev.server_timestamp,

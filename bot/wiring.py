@@ -5,7 +5,7 @@ from outside its class. A malformed rules file stops the start here, naming file
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bot.config import Config
 from commands import build_registry
@@ -25,6 +25,8 @@ class Wiring:
     registry: CommandRegistry
     deadline_handlers: dict  # deadline kind -> async handler(ctx, deadline)
     reaction_handlers: dict  # reaction key -> async handler(ctx, target_event_id)
+    poll_handlers: dict = field(default_factory=dict)  # poll ref prefix -> async handler(ctx, ref, answer_ids)
+    reply_handlers: dict = field(default_factory=dict)  # ref prefix -> async handler(ctx, ref, text) -> handled?
 
 
 def compose(config: Config, store: Store, clock: Clock, registry: CommandRegistry | None = None) -> Wiring:

@@ -141,7 +141,8 @@ class OutboxItem(Base):
     last_error: Mapped[str | None] = mapped_column(String(200))  # why it waits (no content, no identity)
     stuck_reported_at: Mapped[datetime | None]  # reported once as stuck (log and `cercle status`)
 
-    __table_args__ = (Index("ix_outbox_status_id", "status", "id"),)
+    # event_id: a vote or a reply names the bot's message it answers (rooms: POLL/REPLY_HANDLERS).
+    __table_args__ = (Index("ix_outbox_status_id", "status", "id"), Index("ix_outbox_event_id", "event_id"))
 
 
 class Professional(Base):

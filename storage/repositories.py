@@ -361,6 +361,11 @@ class Store:
                                     .order_by(OutboxItem.id).limit(first))).all()
             return pending or 0, n_stuck or 0, list(rows)
 
+    async def ref_of_sent_event(self, session: AsyncSession, event_id: str) -> str | None:
+        """The `ref` of the outbox item the homeserver answered with `event_id`: what a vote or
+        a reply answers."""
+        return await session.scalar(select(OutboxItem.ref).where(OutboxItem.event_id == event_id).limit(1))
+
     async def outbox_event_ids(self, ref: str) -> list[str]:
         async with self.session() as s:
             return list((await s.scalars(select(OutboxItem.event_id).where(
