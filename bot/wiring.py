@@ -13,7 +13,7 @@ from commands.registry import CommandRegistry
 from domain.clock import Clock
 from domain.flows import load_flows
 from domain.parcours import load_catalogue
-from rooms import alertes, demandes
+from rooms import alertes, demandes, indicateurs
 from rooms.directory import Directory
 from rooms.services import Services
 from storage.repositories import Store
@@ -36,5 +36,6 @@ def compose(config: Config, store: Store, clock: Clock, registry: CommandRegistr
                         bot_user_id=config.matrix.user_id, registry=registry)
     # Each use-case module owns its tables (at its bottom); the composition root only merges them.
     return Wiring(services=services, registry=registry,
-                  deadline_handlers={**demandes.DEADLINE_HANDLERS, **alertes.DEADLINE_HANDLERS},
+                  deadline_handlers={**demandes.DEADLINE_HANDLERS, **alertes.DEADLINE_HANDLERS,
+                                     **indicateurs.DEADLINE_HANDLERS},
                   reaction_handlers={**demandes.REACTION_HANDLERS})
