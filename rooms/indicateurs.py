@@ -105,7 +105,7 @@ def csv_bytes(services, r: Rapport) -> bytes:
     def row(cells) -> str:
         return ";".join(_csv_cell(c) for c in cells)
 
-    out = [row(["Indicateur", "Détail", *mois, r.periode.code]),
+    out = [row(["Indicateur", "Détail", *mois, f"Total {r.periode.code}"]),
            row([f"Période : {r.periode.libelle}", f"Parcours : {_nom_parcours(services, r.parcours)}",
                 *[""] * len(mois), ""])]
     for res in r.resultats:
@@ -132,8 +132,8 @@ def _csv_cell(value: str) -> str:
 def _cible_label(cible: str) -> str:
     if cible.startswith("structure:"):
         return cible.split(":", 1)[1].replace("_", " ")
-    label = profession_label(cible)
-    return label if label else cible.replace("_", " ")
+    label = profession_label(cible) or cible.replace("_", " ")
+    return label[:1].upper() + label[1:]
 
 
 def _detail_label(services, code: str, detail: str) -> str:
