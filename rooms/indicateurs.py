@@ -8,17 +8,14 @@ Aggregates only: no identity and no patient code, counts of 1 to 4 shown « < 5 
 """
 from __future__ import annotations
 
+import asyncio
 import io
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import matplotlib
 from sqlalchemy import select
 
-matplotlib.use("Agg")  # no display: files only (before pyplot is imported)
-import matplotlib.pyplot as plt  # noqa: E402
-
-from domain.indicateurs import (  # noqa: E402
+from domain.indicateurs import (
     Catalogue,
     Ligne,
     Mois,
@@ -34,10 +31,10 @@ from domain.indicateurs import (  # noqa: E402
     trimestre_de,
     valeur,
 )
-from domain.text import format_duree  # noqa: E402
-from rooms.directory import profession_label  # noqa: E402
-from storage.indicateurs import Requetes, activite  # noqa: E402
-from storage.models import Deadline  # noqa: E402
+from domain.text import format_duree
+from rooms.directory import profession_label
+from storage.indicateurs import Requetes, activite
+from storage.models import Deadline
 
 CATALOGUE: Catalogue = load_indicateurs()
 REPORT_KIND = "indicateurs.rapport"
@@ -144,42 +141,53 @@ def _detail_label(services, code: str, detail: str) -> str:
 
 
 def chart_png(services, r: Rapport) -> bytes:
-    """One panel per family, months on the axis; a masked figure is a gap, never a guess."""
+    """One panel per family, months on the axis; a masked figure is a gap, never a guess.
+
+    matplotlib's object API (a Figure of its own, the Agg canvas, no pyplot state): safe in a worker
+    thread, and imported here so that the bot's start does not pay for it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     familles = [(f, [res for res in r.resultats if res.indicateur.famille == f]) for f in CATALOGUE.familles]
     familles = [(f, rs) for f, rs in familles if rs]
-    fig, axes = plt.subplots(len(familles), 1, figsize=(8, 2.6 * len(familles)), squeeze=False)
+    fig = Figure(figsize=(10, 2.4 * len(familles)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(familles), 1, squeeze=False)
     labels = [m.libelle_court for m in r.fenetre]
     x = list(range(len(labels)))
-    try:
-        for ax, (famille, rs) in zip(axes[:, 0], familles):
-            twin = None
-            for res in rs:
-                ys = [res.par_mois[m.cle].tracee() for m in r.fenetre]
-                ys = [float("nan") if y is None else y for y in ys]
-                target = ax
-                if res.indicateur.mesure == "taux" and any(o.indicateur.mesure != "taux" for o in rs):
-                    twin = twin or ax.twinx()
-                    twin.set_ylim(0, 105)
-                    twin.set_ylabel("%")
-                    target = twin
-                target.plot(x, ys, marker="o", linestyle="--" if target is twin else "-", label=res.indicateur.libelle)
-            ax.set_title(CATALOGUE.familles[famille], fontsize=10, loc="left")
-            ax.set_xticks(x, labels, fontsize=8)
-            ax.set_ylim(bottom=0)
-            ax.grid(alpha=0.3)
-            handles, names = ax.get_legend_handles_labels()
-            if twin is not None:
-                h2, n2 = twin.get_legend_handles_labels()
-                handles, names = handles + h2, names + n2
-            ax.legend(handles, names, fontsize=7, loc="upper left")
-        fig.suptitle(f"{services.cpts_name} · {r.periode.libelle} · {_nom_parcours(services, r.parcours)} "
-                     "(« < 5 » non tracé)", fontsize=10)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        return buf.getvalue()
-    finally:
-        plt.close(fig)
+    for ax, (famille, rs) in zip(axes[:, 0], familles):
+        twin = None
+        for k, res in enumerate(rs):
+            ys = [res.par_mois[m.cle].tracee() for m in r.fenetre]
+            ys = [float("nan") if y is None else y for y in ys]
+            target = ax
+            if res.indicateur.mesure == "taux" and any(o.indicateur.mesure != "taux" for o in rs):
+                twin = twin or ax.twinx()
+                twin.set_ylim(0, 105)
+                twin.set_ylabel("%")
+                target = twin
+            target.plot(x, ys, marker="o", linestyle="--" if target is twin else "-", color=f"C{k}",
+                        label=res.indicateur.libelle)
+        ax.set_title(CATALOGUE.familles[famille], fontsize=10, loc="left")
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        handles, names = ax.get_legend_handles_labels()
+        if twin is not None:
+            h2, n2 = twin.get_legend_handles_labels()
+            handles, names = handles + h2, names + n2
+        ax.legend(handles, names, fontsize=7, loc="upper left", bbox_to_anchor=(1.09 if twin else 1.01, 1),
+                  frameon=False)
+    fig.suptitle(f"{services.cpts_name} · {r.periode.libelle} · {_nom_parcours(services, r.parcours)} "
+                 "(« < 5 » non tracé)", fontsize=10)
+    # Fixed margins rather than tight_layout: it measures every label, and cost as much as the
+    # drawing itself (bench/indicateurs.py).
+    height = 2.4 * len(familles)
+    fig.subplots_adjust(left=0.06, right=0.66, top=1 - 0.75 / height, bottom=0.3 / height,
+                        hspace=0.55)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return buf.getvalue()
 
 
 def _nom_fichier(r: Rapport, ext: str) -> str:
@@ -195,7 +203,9 @@ async def publier(ctx, periode: Periode, parcours: str | None = None, *, room_id
         room_id = ctx.room_id
     else:
         ctx.send(room_id, text)
-    ctx.send_file(room_id, _nom_fichier(r, "png"), chart_png(ctx.services, r), PNG, msgtype="m.image",
+    # Drawing takes about a second of CPU: in a worker thread, the bot keeps serving meanwhile.
+    png = await asyncio.to_thread(chart_png, ctx.services, r)
+    ctx.send_file(room_id, _nom_fichier(r, "png"), png, PNG, msgtype="m.image",
                   body=f"Graphique des indicateurs · {r.periode.libelle}")
     ctx.send_file(room_id, _nom_fichier(r, "csv"), csv_bytes(ctx.services, r), CSV,
                   body=f"Indicateurs · {r.periode.libelle} (CSV, tableur)")

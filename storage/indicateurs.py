@@ -31,6 +31,16 @@ def _ref_demande():
     return literal("demande:") + cast(Demande.id, String)
 
 
+def _first_acceptances(since: datetime, user_id: str | None = None):
+    """Each request's first acceptance since `since`, as a derived table keyed by ref. Joining the
+    ledger to the requests through it, rather than Act directly, keeps the join linear: the ref is
+    an expression of demande.id, which no index serves (SQLite indexes the derived table)."""
+    stmt = select(Act.ref.label("ref"), func.min(Act.at).label("at")).where(Act.kind == "acceptation", Act.at >= since)
+    if user_id is not None:
+        stmt = stmt.where(Act.user_id == user_id)
+    return stmt.group_by(Act.ref).subquery()
+
+
 class Requetes:
     """The queries for one window of months (and one parcours, or all). Indicators of one family
     share one SQL pass (memoized), so `!indicateurs` costs a handful of queries whatever the number
@@ -82,8 +92,7 @@ class Requetes:
     # --- requests: one pass, every request of the window with its acceptance and escalation ----
     async def _demandes_rows(self) -> list:
         if self._demandes is None:
-            acc = (select(Act.ref.label("ref"), func.min(Act.at).label("at"))
-                   .where(Act.kind == "acceptation", Act.at >= self.debut).group_by(Act.ref).subquery())
+            acc = _first_acceptances(self.debut)
             esc = Deadline.__table__.alias("esc")
             ref = _ref_demande()
             m = self._bucket(Demande.created_at).label("m")
@@ -129,8 +138,7 @@ class Requetes:
         """(month, flow, created_at, first acceptance) of the accepted requests: the quantiles
         need the durations themselves (PostgreSQL has percentile_cont, SQLite has none)."""
         if self._durees_cache is None:
-            acc = (select(Act.ref.label("ref"), func.min(Act.at).label("at"))
-                   .where(Act.kind == "acceptation", Act.at >= self.debut).group_by(Act.ref).subquery())
+            acc = _first_acceptances(self.debut)
             m = self._bucket(Demande.created_at).label("m")
             stmt = (select(m, Demande.flow, Demande.created_at, acc.c.at)
                     .select_from(Demande).join(acc, acc.c.ref == _ref_demande())
@@ -168,11 +176,12 @@ class Requetes:
 
     async def mt_trouves(self) -> list[Ligne]:
         """Recherche MT requests accepted in the month (the month of the acceptance)."""
-        m = self._bucket(Act.at).label("m")
-        stmt = (select(m, func.count(func.distinct(Act.ref)))
-                .select_from(Act).join(Demande, Act.ref == _ref_demande())
-                .where(Act.kind == "acceptation", Demande.flow == RECHERCHE_MT, self._within(Act.at),
-                       self._in_parcours(Act.patient_code, Act.at))
+        acc = _first_acceptances(self.debut)
+        m = self._bucket(acc.c.at).label("m")
+        stmt = (select(m, func.count())
+                .select_from(Demande).join(acc, acc.c.ref == _ref_demande())
+                .where(Demande.flow == RECHERCHE_MT, self._within(acc.c.at),
+                       self._in_parcours(Demande.patient_code, acc.c.at))
                 .group_by(m))
         return [Ligne(mois, n) for mois, n in await self._rows(stmt)]
 
@@ -200,14 +209,14 @@ def _aware(dt: datetime) -> datetime:
 async def activite(session: AsyncSession, user_id: str, debut: datetime, fin: datetime) -> dict[str, object]:
     """The sender's own figures: requests made and their fate, requests accepted and how fast,
     red flags, inclusions. Nothing about anyone else."""
-    acc = (select(Act.ref.label("ref"), func.min(Act.at).label("at"), func.min(Act.user_id).label("par"))
-           .where(Act.kind == "acceptation", Act.at >= debut).group_by(Act.ref).subquery())
+    acc = _first_acceptances(debut)
     ref = _ref_demande()
     faites = (await session.execute(
         select(func.count(), func.count(acc.c.at)).select_from(Demande).outerjoin(acc, acc.c.ref == ref)
         .where(Demande.demandeur == user_id, Demande.created_at >= debut, Demande.created_at < fin))).one()
-    mine = (select(Demande.created_at, Act.at).select_from(Act).join(Demande, Act.ref == ref)
-            .where(Act.kind == "acceptation", Act.user_id == user_id, Act.at >= debut, Act.at < fin))
+    by_me = _first_acceptances(debut, user_id)
+    mine = (select(Demande.created_at, by_me.c.at).select_from(Demande).join(by_me, by_me.c.ref == ref)
+            .where(by_me.c.at < fin))
     durees = [(_aware(a) - _aware(c)).total_seconds() for c, a in (await session.execute(mine)).all()]
     kinds = dict((await session.execute(
         select(Act.kind, func.count()).where(Act.user_id == user_id, Act.at >= debut, Act.at < fin,
