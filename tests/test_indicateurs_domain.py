@@ -2,12 +2,14 @@
 small-count rule, quantiles, report dates, and the indicators' data file."""
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from domain.indicateurs import (
+    DATA_PATH,
     MASQUE,
     IndicateursError,
     Ligne,
@@ -28,6 +30,7 @@ from domain.indicateurs import (
     valeur,
 )
 from storage.indicateurs import REQUETES
+from tests.test_parcours import _CITATION, _plain, _seed_lines
 
 PARIS = ZoneInfo("Europe/Paris")
 NOW = datetime(2026, 12, 2, 7, 0, tzinfo=timezone.utc)
@@ -135,3 +138,24 @@ def test_a_malformed_indicator_is_refused_with_its_name(tmp_path):
                    "mesure: effectif, petit_effectif: montrer, source: s}\n", encoding="utf-8")
     with pytest.raises(IndicateursError, match="x: petit_effectif"):
         load_indicateurs(bad)
+
+
+def test_citations_of_the_indicators_file_point_at_the_quoted_seed_lines():
+    """`S004 L844 « … »` in data/indicateurs.yaml: the line exists and the quoted words are on it."""
+    seeds = _seed_lines()
+    problems, checked = [], 0
+    for number, line in enumerate(DATA_PATH.read_text(encoding="utf-8").splitlines(), 1):
+        for m in _CITATION.finditer(line):
+            src, first, last, _, quotes = m.groups()
+            lo, hi = int(first), int(last or first)
+            lines = seeds[src]
+            if not 1 <= lo <= hi <= len(lines):
+                problems.append(f"{number}: {src} L{lo}-{hi} hors du fichier")
+                continue
+            checked += 1
+            cited = _plain(" ".join(lines[lo - 1:hi]))
+            for fragment in re.split(r"…|»\s*«", quotes.strip()[1:-1]) if quotes.strip() else []:
+                if len(_plain(fragment)) >= 4 and _plain(fragment) not in cited:
+                    problems.append(f"{number}: « {fragment} » absent de {src} L{lo}-{hi}")
+    assert checked >= 8
+    assert not problems, "\n".join(problems)
