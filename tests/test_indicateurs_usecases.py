@@ -7,9 +7,11 @@ import csv
 import io
 from datetime import datetime, timedelta, timezone
 
+from sqlalchemy import select
+
 from domain.clock import FakeClock
 from rooms import indicateurs
-from storage.models import Inclusion
+from storage.models import Act, Inclusion
 from tests.usecase import COORDINATION_ROOM, UseCases
 
 MT = "@mt:cpts.test"
@@ -152,5 +154,20 @@ async def test_the_monthly_report_is_a_deadline_row_on_the_first_working_day(tmp
         bodies = [s.body for s in quarter if s.action == "message"]
         assert any("décembre 2026" in b for b in bodies) and any("4e trimestre 2026" in b for b in bodies)
         assert "indicateurs-2026-T4.csv" in files(quarter)
+    finally:
+        await uc.close()
+
+
+async def test_the_ledger_records_a_requests_target_as_a_profession_never_a_person(tmp_path):
+    uc = await _world(tmp_path)
+    try:
+        room = await uc.patient("P-CC22", [MT, IDE], mt=MT)
+        await uc.say(MT, room, f"!dec {IDE2} consultation pansement")
+        await uc.say(MT, room, "!dec infirmier vad pansement")
+        async with uc.bot.store.session() as session:
+            lines = (await session.scalars(select(Act).where(Act.kind == "declenchement").order_by(Act.id))).all()
+        assert [(a.details["flow"], a.details["cible"]) for a in lines] == [
+            ("consultation", "infirmier"), ("visite_domicile", "infirmier")]
+        assert all(IDE2 not in str(a.details) for a in lines)
     finally:
         await uc.close()
