@@ -116,6 +116,10 @@ def csv_bytes(services, r: Rapport) -> bytes:
         f = services.flows.get(flow)
         out.append(row(["Déclenchements par type et cible", f"{f.libelle if f else flow} → {_cible_label(cible)}",
                         *[""] * len(mois), Valeur(n=n).affichee()]))
+    out.append("")
+    out += [row(["Définition", res.indicateur.libelle, res.indicateur.definition]) for res in r.resultats]
+    out.append(row(["Définition", "« < 5 »", "effectif de 1 à 4, ou valeur calculée sur moins de 5 lignes : "
+                                          "masqué pour qu'aucun patient ne soit identifiable"]))
     return ("\ufeff" + "\r\n".join(out) + "\r\n").encode("utf-8")
 
 

@@ -77,11 +77,12 @@ async def test_indicateurs_posts_a_table_a_png_and_a_french_csv(tmp_path):
         assert data.content["msgtype"] == "m.file" and all(s.room_id == COORDINATION_ROOM for s in got.values())
         rows = read_csv(data)
         assert rows[0] == ["Indicateur", "Détail", "2026-10", "Total 2026-10"]
-        by = {(r[0], r[1]): r[2:] for r in rows[2:]}
+        by = {(r[0], r[1]): r[2:] for r in rows[2:] if len(r) > 2}
         assert by[("Déclenchements", "")] == ["6", "6"]
         assert by[("Déclenchements", "Consultation")] == ["6", "6"]
         assert by[("Délai d'acceptation médian (h)", "")] == ["2,0", "2,0"]
         assert by[("Déclenchements par type et cible", "Consultation → Infirmier·e")][-1] == "6"
+        assert by[("Définition", "Taux d'acceptation (%)")] == ["Demandes acceptées ÷ demandes créées pendant le mois."]
         # No identity and no patient code anywhere.
         blob = table.body + base64.b64decode(data.content["data"]).decode("utf-8")
         assert "P-" not in blob and "Dupont" not in blob and "@" not in blob
