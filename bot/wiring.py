@@ -13,7 +13,8 @@ from commands.registry import CommandRegistry
 from domain.clock import Clock
 from domain.flows import load_flows
 from domain.parcours import load_catalogue
-from rooms import alertes, demandes, indicateurs
+from domain.questionnaires import load_questionnaires
+from rooms import alertes, demandes, indicateurs, questionnaires, suivi
 from rooms.directory import Directory
 from rooms.services import Services
 from storage.repositories import Store
@@ -33,9 +34,24 @@ def compose(config: Config, store: Store, clock: Clock, registry: CommandRegistr
     registry = registry or build_registry()
     services = Services(store=store, clock=clock, directory=Directory(), catalogue=load_catalogue(),
                         flows=load_flows(), tz=config.tz, timezone=config.cpts.timezone, cpts_name=config.cpts.name,
-                        bot_user_id=config.matrix.user_id, registry=registry)
+                        bot_user_id=config.matrix.user_id, registry=registry,
+                        questionnaires=load_questionnaires())
     # Each use-case module owns its tables (at its bottom); the composition root only merges them.
+    modules = (demandes, alertes, suivi, questionnaires, indicateurs)
     return Wiring(services=services, registry=registry,
-                  deadline_handlers={**demandes.DEADLINE_HANDLERS, **alertes.DEADLINE_HANDLERS,
-                                     **indicateurs.DEADLINE_HANDLERS},
-                  reaction_handlers={**demandes.REACTION_HANDLERS})
+                  deadline_handlers=merge_tables(modules, "DEADLINE_HANDLERS"),
+                  reaction_handlers=merge_tables(modules, "REACTION_HANDLERS"),
+                  poll_handlers=merge_tables(modules, "POLL_HANDLERS"),
+                  reply_handlers=merge_tables(modules, "REPLY_HANDLERS"))
+
+
+def merge_tables(modules, name: str) -> dict:
+    """One table from the modules' tables of that name; a key claimed twice stops the start
+    (two flows answering the same deadline kind or ref prefix would be a silent bug)."""
+    merged: dict = {}
+    for module in modules:
+        for key, handler in getattr(module, name, {}).items():
+            if key in merged:
+                raise ValueError(f"{name} : « {key} » déclaré deux fois ({module.__name__})")
+            merged[key] = handler
+    return merged

@@ -8,6 +8,7 @@ from commands.people import BirthDate, PatientCode, PersonList, PersonRef, Phone
 from commands.registry import COORDINATION, DIRECT, PATIENT, CommandGroup, Option, Param
 from domain.markup import literal
 from domain.parcours import find_parcours, load_catalogue
+from rooms import questionnaires, suivi
 from rooms.advertise import advertise_commands
 from rooms.directory import direct_room_of, has_role, profession_label
 from rooms.patients import (
@@ -256,8 +257,11 @@ async def inclure(ctx, parcours, carte=None):
     if needs_card and carte != "oui":
         ctx.refuse(f"confirmez que {p.inclusion.document_integration} a été remis(e) au patient : "
                    f"`!inclure {p.code} carte=oui`")
-    ctx.session.add(Inclusion(patient_code=patient.code, parcours=p.code, included_by=ctx.sender,
-                              included_at=ctx.now, attestation="remise" if carte == "oui" else None))
+    inclusion = Inclusion(patient_code=patient.code, parcours=p.code, included_by=ctx.sender,
+                          included_at=ctx.now, attestation="remise" if carte == "oui" else None)
+    ctx.session.add(inclusion)
+    await ctx.session.flush()  # inclusion.id for the questionnaires' rows
+    planned = await questionnaires.on_inclusion(ctx, patient, inclusion)
     # Ledger: the repérage belongs to whoever identified the patient (created the cercle),
     # the inclusion to whoever includes; the tariff rules price them later.
     ctx.session.add(Act(user_id=patient.created_by, kind="reperage", patient_code=patient.code, parcours=p.code,
@@ -268,9 +272,16 @@ async def inclure(ctx, parcours, carte=None):
     ctx.queue("state", patient.room_id, {"type": "m.room.name", "state_key": "",
                                          "content": {"name": room_name(patient.code, names)}})
     base = "\n".join(f"- {d.libelle}" + (f" ({d.unite})" if d.unite else "") for d in p.donnees_de_base)
-    ctx.reply(f"✅ Patient **{patient.code}** inclus dans le parcours **{p.nom}**.\n\n"
-              f"Données de base à renseigner :\n\n{base}")
+    text = f"✅ Patient **{patient.code}** inclus dans le parcours **{p.nom}**."
+    if base:
+        text += f"\n\nDonnées de base à renseigner (`!donnees élément=valeur`) :\n\n{base}"
+    if planned:
+        text += "\n\nQuestionnaires prévus : " + ", ".join(
+            f"{q.questionnaire} ({'dès maintenant' if q.jour == 0 else f'J+{q.jour}'})"
+            for q in questionnaires.for_parcours(ctx.services, p.code)) + "."
+    ctx.reply(text)
     ctx.to_coordinators(f"📥 Inclusion de **{patient.code}** dans le parcours {p.nom} par {ctx.sender}.")
+    await suivi.replan(ctx, patient)  # reminders counted from the inclusion (plaie, gynécologie), digests
 
 
 @group.command(
@@ -291,6 +302,7 @@ async def sortir(ctx, parcours, raison):
     inclusion = inclusions[0]
     inclusion.ended_at = ctx.now
     inclusion.end_reason_enc = ctx.services.store.cipher.encrypt_text(raison, f"inclusion:{inclusion.id}")
+    await questionnaires.on_exit(ctx, inclusion)
     await ctx.session.flush()
     names = await _parcours_names(ctx, patient)
     if names:

@@ -180,12 +180,17 @@ class Inclusion(_Strict):
 class DonneeBase(_Strict):
     code: Code
     libelle: Texte
-    type: Literal["nombre", "texte", "date", "oui_non", "choix"]
+    type: Literal["nombre", "entier", "tension", "texte", "date", "oui_non", "choix"]
     unite: str | None = None
     options: list[Texte] = []
     note: str | None = None
     defaut_configurable: bool = False            # decisions.md 17: not listed in the seeds
     hors_livret: bool = False                    # added by Cercle (e.g. an anchor date), not in the seed
+    aliases: list[Texte] = []                    # other names a clinician may type (ddr, accouchement…)
+    min: float | None = None                     # plausible range of a typed number (notation check,
+    max: float | None = None                     # not a clinical threshold: those are red_flags.mesures)
+    futur_permis: bool = False                   # a date may lie ahead (otherwise: today or before)
+    grandeur: Code | None = None                 # the red-flag quantity this value measures (GRANDEURS)
 
     @model_validator(mode="after")
     def _options(self) -> "DonneeBase":
@@ -193,8 +198,16 @@ class DonneeBase(_Strict):
             raise _KeyedError("options", "une donnée de type choix demande des options")
         if self.type != "choix" and self.options:
             raise _KeyedError("options", f"options réservées au type choix (type : {self.type})")
-        if self.unite is not None and self.type != "nombre" and self.type != "texte":
+        if self.unite is not None and self.type not in ("nombre", "entier", "tension", "texte"):
             raise _KeyedError("unite", f"unité sans objet pour le type {self.type}")
+        if (self.min is not None or self.max is not None) and self.type not in ("nombre", "entier", "tension"):
+            raise _KeyedError("min", f"bornes sans objet pour le type {self.type}")
+        if self.min is not None and self.max is not None and self.min >= self.max:
+            raise _KeyedError("max", f"max ({self.max}) doit dépasser min ({self.min})")
+        if self.futur_permis and self.type != "date":
+            raise _KeyedError("futur_permis", "réservé au type date")
+        if self.grandeur is not None and self.grandeur not in GRANDEURS:
+            raise _KeyedError("grandeur", f"grandeur inconnue « {self.grandeur} » (connues : {', '.join(GRANDEURS)})")
         return self
 
 
@@ -263,6 +276,8 @@ class ActionConditionnelle(_Strict):
 class ElementSuivi(_Strict):
     code: Code
     libelle: Texte
+    aliases: list[Texte] = []                    # other names a clinician may type (« echo t1 », « frottis »)
+    concerne: list[Code] = []                    # professions / roles reminded; empty: the whole cercle
     rappel: Rappel | None = None                 # None: no interval in the documents (decisions.md 16)
     si_positif: list[ActionConditionnelle] = []  # périnatalité: suggested déclenchements
     champs: list[DonneeBase] = []                # fields of a named form (plaie: fiche suivi de pansement)
@@ -694,13 +709,16 @@ def load_parcours_file(path: Path, *, known_codes: set[str] | None = None) -> Pa
         if parcours.alerte_critique:
             checks.append(("alerte_critique.mentionner", parcours.alerte_critique.mentionner))
         for i, e in enumerate(parcours.elements_de_suivi):
+            if e.concerne:
+                checks.append((f"elements_de_suivi[{i}].concerne", e.concerne))
             for j, a in enumerate(e.si_positif):
                 if a.declencher:
                     checks.append((f"elements_de_suivi[{i}].si_positif[{j}].declencher", [a.declencher]))
         for key, values in checks:
             for i, value in enumerate(values):
                 if value not in codes:
-                    where = f"{key}[{i}]" if key in ("inclusion.qui", "alerte_critique.mentionner") else key
+                    where = f"{key}[{i}]" if key in ("inclusion.qui", "alerte_critique.mentionner") \
+                        or key.endswith(".concerne") else key
                     raise _error(file, where, f"profession ou rôle inconnu « {value} » (professions de "
                                               "data/professions.yaml ou rôles : " + ", ".join(sorted(_ROLES)) + ")")
     return parcours

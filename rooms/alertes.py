@@ -12,12 +12,14 @@ from domain.markup import literal
 from domain.parcours import Parcours, find_parcours
 from domain.redflags import ValeurError, check_valeurs, explain_not_applicable, parse_valeur
 from domain.text import format_duree, format_french_datetime, normalize
-from rooms import demandes
+from rooms import demandes, suivi
 from rooms.directory import names
 from rooms.patients import active_inclusions, cercle_members
 from storage.models import Act, Patient, Professional
 
 VALEUR_TOKEN = re.compile(r"^[^\s=]+=\S+$")
+# An absolute weight (poids=84, pds=84kg): compared with the weights recorded by `!donnees`.
+ABSOLUTE_WEIGHT = re.compile(r"^(?:poids|pds)=(\d+(?:[.,]\d+)?)(?:kg)?$", re.I)
 
 
 async def active_parcours(ctx, patient: Patient, *, needs: str) -> list[Parcours]:
@@ -58,10 +60,19 @@ def pick_signs(signes: str | None, constates) -> tuple[list[str], list[str]]:
 async def red_flag(ctx, patient: Patient, texte: str, *, signes: str | None, parcours: str | None,
                    confirme: bool) -> None:
     """`!redflag`: check the values against the parcours' thresholds, then ask the MT (8 h)."""
-    valeurs, comment = split_input(ctx, texte)
+    weights = [w for w in texte.split() if ABSOLUTE_WEIGHT.match(w)]
+    valeurs, comment = split_input(ctx, " ".join(w for w in texte.split() if w not in weights))
     if not comment:
         ctx.refuse("le commentaire est obligatoire : décrivez votre inquiétude après les valeurs")
     candidates = await active_parcours(ctx, patient, needs="red_flags")
+    for w in weights:
+        kg = float(ABSOLUTE_WEIGHT.match(w).group(1).replace(",", "."))
+        found = [v for p in candidates for d in p.donnees_de_base if d.grandeur == "poids"
+                 for v in await suivi.measures_from_history(ctx, patient, p, d.code, kg)]
+        if not found:
+            ctx.refuse(f"« {w} » : aucun poids antérieur enregistré (`!donnees poids=…`) pour calculer la "
+                       "variation ; écrivez-la : poids=+2.4kg/4j ou poids=-12%")
+        valeurs += found
     if parcours:
         chosen = find_parcours(ctx.services.catalogue, parcours)
         if chosen is None or chosen not in candidates:

@@ -6,13 +6,14 @@ here only through the few methods the use cases call.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from domain.clock import Clock
 from domain.flows import Flow
 from domain.parcours import Parcours
+from domain.questionnaires import Questionnaire
 from rooms.directory import Directory
 from storage.repositories import Store
 
@@ -40,3 +41,4 @@ class Services:
     bot_user_id: str
     registry: CommandCatalogue
     coordinator_room: str | None = None  # the coordinators' room, known once the bot has started
+    questionnaires: dict[str, Questionnaire] = field(default_factory=dict)  # data/questionnaires, by code

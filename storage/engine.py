@@ -59,5 +59,5 @@ async def migrate(engine: AsyncEngine) -> None:
         await conn.run_sync(lambda sync_conn: command.upgrade(_alembic_config(sync_conn), "head"))
 
 
-def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def sessionmaker(engine: AsyncEngine, **kwargs) -> async_sessionmaker:
+    return async_sessionmaker(engine, expire_on_commit=False, **kwargs)

@@ -237,3 +237,54 @@ class Demande(Base):
     # A timer and an answer may touch the same request at once: the later write fails
     # (StaleDataError) and is retried on fresh data, instead of silently undoing the other.
     __mapper_args__ = {"version_id_col": version}
+
+
+
+class Observation(Base):
+    """A donnée de base or an élément de suivi recorded for a patient (`!donnees`, `!suivi`).
+
+    Append-only: a new value is a new row pointing at the one it replaces (`previous_id`), so each
+    value keeps who, when and the previous value. The value and the date it refers to are health
+    data: only as ciphertext (`value_enc`, storage.suivi)."""
+
+    __tablename__ = "observation"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    patient_code: Mapped[str] = mapped_column(String(20))
+    parcours: Mapped[str] = mapped_column(String(50))
+    kind: Mapped[str] = mapped_column(String(10))  # donnee | suivi
+    element: Mapped[str] = mapped_column(String(60))
+    value_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    recorded_by: Mapped[str] = mapped_column(String(255))
+    recorded_at: Mapped[datetime]
+    previous_id: Mapped[int | None]
+
+    __table_args__ = (Index("ix_observation_patient", "patient_code", "parcours", "kind", "element"),)
+
+
+class QuestionnaireRun(Base):
+    """One questionnaire (vigie J0/J7/J30…) for one inclusion: who answers it, where it stands.
+
+    status: programme (waiting for its day or for the addressee's notification hours) → en_cours
+    ↔ en_pause → termine. The answers are clinical: encrypted JSON in `answers_enc`. `current` is
+    the question asked now (its poll or message carries the ref `questionnaire:<id>:<n>`).
+    """
+
+    __tablename__ = "questionnaire"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    patient_code: Mapped[str] = mapped_column(String(20), index=True)
+    room_id: Mapped[str] = mapped_column(String(255))
+    inclusion_id: Mapped[int]
+    code: Mapped[str] = mapped_column(String(50))  # file code: vigie-j7
+    status: Mapped[str] = mapped_column(String(20), default="programme")
+    addressee: Mapped[str | None] = mapped_column(String(255))
+    current: Mapped[int | None]
+    current_ref: Mapped[str | None] = mapped_column(String(100))  # the outbox ref of the question asked now
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    answers_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Who answered what, when: [{"q": 1, "par": "@u", "at": iso, "via": "vote|texte"}] (no clinical content)
+    trail: Mapped[list] = mapped_column(JSON, default=list)
+    told: Mapped[list] = mapped_column(JSON, default=list)  # "<question ref> <user>" told once their vote does not count
+
+    __table_args__ = (UniqueConstraint("inclusion_id", "code", name="uq_questionnaire_inclusion_code"),)
