@@ -20,7 +20,7 @@ from sqlalchemy import String, and_, case, cast, exists, func, literal, or_, sel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.indicateurs import Ligne, Mois
-from storage.models import Act, Deadline, Demande, Inclusion, Patient
+from storage.models import Act, Deadline, Demande, Inclusion, Patient, QuestionnaireRun
 
 RED_FLAG = "red_flag"  # the flow of data/flows.yaml a !redflag creates
 RECHERCHE_MT = "recherche_mt"
@@ -184,6 +184,16 @@ class Requetes:
                        self._in_parcours(Demande.patient_code, acc.c.at))
                 .group_by(m))
         return [Ligne(mois, n) for mois, n in await self._rows(stmt)]
+
+    # --- questionnaires (issue 15) ---------------------------------------------------------------
+    async def questionnaires_completes(self) -> list[Ligne]:
+        """Questionnaires finished in the month, by questionnaire (vigie-j0, vigie-j7…)."""
+        m = self._bucket(QuestionnaireRun.finished_at).label("m")
+        stmt = (select(m, QuestionnaireRun.code, func.count())
+                .where(QuestionnaireRun.status == "termine", self._within(QuestionnaireRun.finished_at),
+                       self._in_parcours(QuestionnaireRun.patient_code, QuestionnaireRun.finished_at))
+                .group_by(m, QuestionnaireRun.code))
+        return [Ligne(mois, n, detail=code) for mois, code, n in await self._rows(stmt)]
 
     # --- déclenchements by type and target (breakdown for the CSV) ------------------------------
     async def declenchements_par_cible(self) -> list[tuple[str, str, str | None, int]]:

@@ -11,7 +11,7 @@ import pytest
 from domain.indicateurs import Mois, lire_periode, resultat
 from domain.indicateurs import load_indicateurs as load
 from storage.indicateurs import Requetes, activite
-from storage.models import Act, Deadline, Demande, Inclusion, Patient
+from storage.models import Act, Deadline, Demande, Inclusion, Patient, QuestionnaireRun
 from storage.repositories import open_store
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -90,6 +90,12 @@ async def store(database_url, tmp_path):
         for after in (2 * H, 9 * H, None):
             await h.demande("P-B", "red_flag", utc(2026, 11, 3, 10), delai=8 * H, accepted_after=after, act="red_flag")
         await h.demande("P-A", "consultation", utc(2026, 11, 20, 10), delai=4 * D)
+        # Questionnaires: five finished in October (3 J0, 2 J7), one still running, one in November.
+        for i, (code, status, finished) in enumerate(
+                [("vigie-j0", "termine", utc(2026, 10, 3, 9))] * 3 + [("vigie-j7", "termine", utc(2026, 10, 9, 9))] * 2
+                + [("vigie-j30", "en_cours", None), ("vigie-j30", "termine", utc(2026, 11, 3, 9))]):
+            session.add(QuestionnaireRun(patient_code=in_ic[i % 6], room_id="!q", inclusion_id=100 + i, code=code,
+                                         status=status, created_at=utc(2026, 10, 1, 9), finished_at=finished))
         for day in (4, 5):
             session.add(Act(user_id=IDE, kind="alerte_critique", patient_code="P-N", parcours="perinatalite",
                             at=utc(2026, 11, day, 10), details={}))
@@ -118,7 +124,7 @@ async def test_each_indicator_on_a_known_history(store):
         "inclusions": "0", "sorties": "0", "declenchements": "0", "acceptees": "0", "escaladees": "0",
         "taux_acceptation": "–", "acceptees_dans_le_delai": "–", "delai_acceptation_median": "–",
         "delai_acceptation_p90": "–", "red_flags": "0", "red_flags_dans_le_delai": "–", "alertes_critiques": "0",
-        "patients_sans_mt": "0", "mt_trouves": "0"}
+        "patients_sans_mt": "0", "mt_trouves": "0", "questionnaires_completes": "0"}
     assert f["inclusions"][oct_] == "8"  # 6 in IC, 2 in BPCO
     assert f["sorties"][nov] == "< 5"  # one exit
     # October: 10 consultations + the visit of the 31st + 5 recherches MT.
@@ -136,6 +142,7 @@ async def test_each_indicator_on_a_known_history(store):
     assert f["alertes_critiques"][nov] == "< 5"
     assert f["patients_sans_mt"][oct_] == "5" and f["patients_sans_mt"][nov] == "< 5"  # 00:30 on 1 Nov in Paris
     assert f["mt_trouves"][nov] == "5" and f["mt_trouves"][oct_] == "0"
+    assert f["questionnaires_completes"][oct_] == "5" and f["questionnaires_completes"][nov] == "< 5"
     # The quarter adds its months up.
     assert f["declenchements"]["T4"] == "20" and f["red_flags"]["T4"] == "< 5"
     assert f["taux_acceptation"]["T4"] == "80,0"  # (14 + 2) / 20
@@ -155,6 +162,8 @@ async def test_a_parcours_counts_its_patients_while_they_are_in_it(store):
     assert f["red_flags"][nov] == "< 5"
     # P-A left IC on 15 November: her request of the 20th is not IC's.
     assert f["declenchements"][nov] == "< 5"  # the 3 red flags of P-B only
+    # P-A (index 0, 6) left IC on 15 November: her J30 of the 3rd still counts, it was before.
+    assert f["questionnaires_completes"][oct_] == "5"
     b = await figures(store, parcours=BPCO)
     assert b["inclusions"][oct_] == "< 5" and b["declenchements"][oct_] == "6"  # P-A 1, P-G 4 + the visit
 
