@@ -168,6 +168,8 @@ class Requetes:
         return [Ligne(mois, n) for mois, n in await self._rows(stmt)]
 
     async def patients_sans_mt(self) -> list[Ligne]:
+        """Cercles made in the month without a médecin traitant. With a parcours: the patients in it
+        at the end of the window (nobody is included at the instant their cercle is made)."""
         m = self._bucket(Patient.created_at).label("m")
         stmt = (select(m, func.count()).where(Patient.medecin_traitant.is_(None), self._within(Patient.created_at),
                                               self._in_parcours(Patient.code, self.fin))
