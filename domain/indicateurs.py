@@ -348,7 +348,10 @@ class Resultat:
 
 def resultat(ind: Indicateur, lignes: Sequence[Ligne], fenetre: Sequence[Mois], periode: Periode) -> Resultat:
     cles = {m.cle for m in periode.mois}
-    par_mois = {m.cle: valeur(ind.mesure, [x for x in lignes if x.mois == m.cle]) for m in fenetre}
+    by_month: dict[str, list[Ligne]] = {}
+    for x in lignes:
+        by_month.setdefault(x.mois, []).append(x)
+    par_mois = {m.cle: valeur(ind.mesure, by_month.get(m.cle, [])) for m in fenetre}
     dans = [x for x in lignes if x.mois in cles]
     details = sorted({x.detail for x in dans if x.detail})
     return Resultat(ind, par_mois, valeur(ind.mesure, dans),

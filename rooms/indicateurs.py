@@ -57,13 +57,16 @@ async def calculer(session, services, periode: Periode, parcours: str | None = N
     fenetre = periode.fenetre()
     q = Requetes(session, fenetre, services.tz, parcours)
     resultats, details = [], {}
+    cles = [m.cle for m in periode.mois]
     for ind in catalogue.indicateurs:
         lignes: list[Ligne] = await getattr(q, ind.requete)()
         resultats.append(resultat(ind, lignes, fenetre, periode))
-        noms = sorted({x.detail for x in lignes if x.detail})
-        details[ind.code] = {d: {m.cle: valeur(ind.mesure, [x for x in lignes if x.detail == d and x.mois == m.cle])
-                                 for m in periode.mois} for d in noms}
-    cles = {m.cle for m in periode.mois}
+        groupes: dict[str, dict[str, list[Ligne]]] = {}
+        for x in lignes:
+            if x.detail:
+                groupes.setdefault(x.detail, {}).setdefault(x.mois, []).append(x)
+        details[ind.code] = {d: {k: valeur(ind.mesure, by_month.get(k, [])) for k in cles}
+                             for d, by_month in sorted(groupes.items())}
     par_cible: dict[tuple[str, str], int] = {}
     for mois, flow, cible, n in await q.declenchements_par_cible():
         if mois in cles:

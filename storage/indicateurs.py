@@ -55,6 +55,7 @@ class Requetes:
         self.fin = self.mois[-1].suivant().debut(tz)
         self._demandes: list | None = None
         self._durees_cache: list | None = None
+        self._durees_lignes: list[Ligne] | None = None
 
     # --- helpers ------------------------------------------------------------------------------
     def _bucket(self, col):
@@ -148,10 +149,13 @@ class Requetes:
         return self._durees_cache
 
     async def _durees(self) -> list[Ligne]:
+        if self._durees_lignes is not None:
+            return self._durees_lignes
         by: dict[tuple[str, str], list[float]] = {}
         for m, flow, created, accepted in await self._durees_rows():
             by.setdefault((m, flow), []).append((_aware(accepted) - _aware(created)).total_seconds())
-        return [Ligne(m, len(d), base=len(d), durees=tuple(d), detail=flow) for (m, flow), d in by.items()]
+        self._durees_lignes = [Ligne(m, len(d), base=len(d), durees=tuple(d), detail=flow) for (m, flow), d in by.items()]
+        return self._durees_lignes
 
     async def delai_acceptation_median(self) -> list[Ligne]:
         return await self._durees()
