@@ -1,6 +1,7 @@
 """Tier 1: the questionnaire files (data/questionnaires/*.yaml) and the pure engine (domain/questionnaires.py)."""
 from __future__ import annotations
 
+import os
 import re
 from datetime import date
 from pathlib import Path
@@ -8,7 +9,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from domain.parcours import load_parcours_file
 from domain.questionnaires import Questionnaire as Qn
 from domain.questionnaires import QuestionnaireError as Err
 from domain.questionnaires import (
@@ -24,7 +24,8 @@ from domain.questionnaires import (
 
 ROOT = Path(__file__).resolve().parent.parent
 QDIR = ROOT / "data" / "questionnaires"
-SEED = ROOT.parent.parent / "shared" / "seeds" / "002_68f8954f03a3cc31.txt"
+SEEDS = Path(os.environ.get("CERCLE_SEEDS", Path(__file__).resolve().parents[2] / "shared" / "seeds"))  # as test_parcours
+SEED = SEEDS / "002_68f8954f03a3cc31.txt"
 
 
 @pytest.fixture(scope="module")
@@ -61,19 +62,6 @@ def test_every_question_is_verbatim_at_its_cited_lines(qns):
                 assert f"({q.type_imprime})" in cited, (qn.code, q.numero)
             for c in q.choix:
                 assert c in cited, (qn.code, q.numero, c)
-
-
-def test_the_files_agree_with_the_parcours_file():
-    """The parcours file still lists the questionnaires (spec §2.11): both must say the same."""
-    vigie = load_parcours_file(ROOT / "data" / "parcours" / "vigie_senior.yaml")
-    qns = load_questionnaires()
-    for old in vigie.questionnaires:
-        new = next(q for q in qns.values() if q.parcours == "vigie_senior" and q.questionnaire == old.code)
-        assert old.jour == new.jour
-        for a, b in zip(old.questions, new.questions, strict=True):
-            assert (a.texte, a.type, a.options, a.type_imprime) == (b.texte, b.type, b.choix, b.type_imprime)
-            assert (a.condition and (a.condition.question, a.condition.egal, a.condition.sauf)) == \
-                   (b.condition and (b.condition.question, b.condition.egal, b.condition.sauf))
 
 
 def test_the_indicators_are_the_ones_of_the_issue(qns):
@@ -184,3 +172,21 @@ def test_votes_are_positions_in_the_choices(qns):
     assert reponse_au_vote(q1, ["2"]).choix == ("Non",)
     assert reponse_au_vote(q1, ["1", "2"]) is None and reponse_au_vote(q1, []) is None
     assert reponse_au_vote(q1, ["3"]) is None and reponse_au_vote(q1, ["oui"]) is None
+
+
+def test_the_vigie_questionnaires_as_the_seed_prints_them(qns):
+    """S002 L198-380 (spec §6): 12, 6 and 12 questions at J0, J7, J30, with their conditions."""
+    j0, j7, j30 = (qns[f"vigie-{c}"] for c in ("j0", "j7", "j30"))
+    assert [len(q.questions) for q in (j0, j7, j30)] == [12, 6, 12]
+    assert [q.jour for q in (j0, j7, j30)] == [0, 7, 30]
+    assert j0.questions[0].texte == ("Dans le cadre de cette PEC, le patient donne son accord pour être rappelé "
+                                     "par le service.")
+    assert j0.questions[5].texte == "Si oui, pouvez-vous précisez son nom et prénom ?"  # sic
+    assert (j0.questions[5].condition.question, j0.questions[5].condition.egal) == (5, "Oui")
+    assert (j0.questions[11].type, j0.questions[11].type_imprime) == ("choix_unique", "Condition - Choix unique")
+    assert j7.questions[3].type == "choix_multiple"
+    assert j7.questions[3].choix == ["Coordination CPTS", "DAC", "Médecin", "Infirmière", "Pas de ressource", "Autre"]
+    assert j7.questions[4].condition.sauf == ["Pas de ressource"]
+    assert [q.texte for q in j30.questions[:5]] == [q.texte for q in j7.questions[:5]]
+    assert j30.questions[11].texte == "Le patient est-il décédé ?"
+    assert (j30.questions[6].condition.question, j30.questions[6].condition.egal) == (6, "Oui")

@@ -13,6 +13,7 @@ and M_TEXT, max_selections, the text fallback « question\\n1. answer »), PollR
 """
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import re
@@ -20,10 +21,12 @@ from datetime import datetime, timedelta, timezone
 
 import pypdf
 import pytest
+from sqlalchemy import select
 
 from bot.coordination import ensure_coordinator_room
 from domain.clock import FakeClock
-from storage.models import Professional
+from rooms.questionnaires import KIND_SETTLE
+from storage.models import Deadline, Professional
 from tests.bot_harness import BotHarness
 from tests.clinician import Clinician
 
@@ -80,6 +83,17 @@ async def test_j7_by_polls_typed_and_reply_then_the_journal_export(synapse, regi
         async def fire():
             await harness.bot.fire_due_deadlines()
             await harness.idle()
+
+        async def settle_timer_armed(timeout: float = 20):
+            loop = asyncio.get_running_loop()
+            end = loop.time() + timeout
+            while loop.time() < end:
+                async with harness.bot.store.session() as s:
+                    if await s.scalar(select(Deadline.id).where(Deadline.kind == KIND_SETTLE,
+                                                                Deadline.status == "pending")):
+                        return
+                await asyncio.sleep(0.1)
+            raise AssertionError("le vote à choix multiple n'a pas armé son délai")
 
         dm = await mt.create_room(invite=[bot_user], is_direct=True)
         await mt.wait_joined(dm, bot_user)
@@ -143,7 +157,7 @@ async def test_j7_by_polls_typed_and_reply_then_the_journal_export(synapse, regi
         assert not [m for m in ref.events_of_type(room, POLL_START) if _question(m).startswith("Q3/6")]
         # Multiple choice: the selection counts once unchanged for 2 minutes. « Pas de ressource »: Q5 skipped.
         await ref.vote(room, q4.event_id, ["5"])
-        await harness.idle()
+        await settle_timer_armed()  # the vote has reached the bot (idle() alone may look too early)
         clock.advance(timedelta(minutes=2))
         await fire()
         q6 = await ref.wait_for_event(room, POLL_START, predicate=lambda m: _question(m).startswith("Q6/6"))
