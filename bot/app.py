@@ -30,7 +30,7 @@ from bot.sync import HomeserverWatch, SyncIntake, homeserver_unreachable
 from bot.wiring import Wiring, compose
 from commands.registry import CommandRegistry
 from domain.clock import Clock
-from rooms import indicateurs
+from rooms import indemnites, indicateurs
 from rooms.context import CommandContext
 from rooms.messages import render
 from rooms.services import Services
@@ -130,6 +130,7 @@ class Bot:
             await ensure_coordinator_room(self)
         async with self.store.session.begin() as session:  # the next monthly report (issue 18)
             await indicateurs.planifier(session, self.services, self.clock.now())
+        await indemnites.ensure_schedule(self.store, self.services, self.clock.now())  # quarterly post, digest
         self.deadlines.start()
         self._tasks = [asyncio.create_task(self.intake.run(self._stop), name="sync"),
                        asyncio.create_task(self._worker_loop(), name="worker"),

@@ -12,10 +12,11 @@ from commands import build_registry
 from commands.registry import CommandRegistry
 from domain.clock import Clock
 from domain.flows import load_flows
+from domain.indemnites import TarifsError, load_baremes
 from domain.parcours import load_catalogue
 from domain.questionnaires import load_questionnaires
-from rooms import alertes, demandes, indicateurs, questionnaires, suivi
-from rooms.directory import Directory
+from rooms import alertes, demandes, indemnites, indicateurs, questionnaires, suivi
+from rooms.directory import Directory, professions
 from rooms.services import Services
 from storage.repositories import Store
 
@@ -32,12 +33,16 @@ class Wiring:
 
 def compose(config: Config, store: Store, clock: Clock, registry: CommandRegistry | None = None) -> Wiring:
     registry = registry or build_registry()
-    services = Services(store=store, clock=clock, directory=Directory(), catalogue=load_catalogue(),
-                        flows=load_flows(), tz=config.tz, timezone=config.cpts.timezone, cpts_name=config.cpts.name,
-                        bot_user_id=config.matrix.user_id, registry=registry,
+    catalogue, flows = load_catalogue(), load_flows()
+    baremes = load_baremes(parcours=set(catalogue), flux=set(flows), professions=set(professions()))
+    if config.cpts.tarifs not in baremes:
+        raise TarifsError(f"cpts.tarifs : barème inconnu « {config.cpts.tarifs} » (barèmes : {', '.join(baremes)})")
+    services = Services(store=store, clock=clock, directory=Directory(), catalogue=catalogue,
+                        flows=flows, tz=config.tz, timezone=config.cpts.timezone, cpts_name=config.cpts.name,
+                        bot_user_id=config.matrix.user_id, registry=registry, bareme=baremes[config.cpts.tarifs],
                         questionnaires=load_questionnaires())
     # Each use-case module owns its tables (at its bottom); the composition root only merges them.
-    modules = (demandes, alertes, suivi, questionnaires, indicateurs)
+    modules = (demandes, alertes, suivi, questionnaires, indemnites, indicateurs)
     return Wiring(services=services, registry=registry,
                   deadline_handlers=merge_tables(modules, "DEADLINE_HANDLERS"),
                   reaction_handlers=merge_tables(modules, "REACTION_HANDLERS"),

@@ -8,7 +8,7 @@ from commands.people import BirthDate, PatientCode, PersonList, PersonRef, Phone
 from commands.registry import COORDINATION, DIRECT, PATIENT, CommandGroup, Option, Param
 from domain.markup import literal
 from domain.parcours import find_parcours, load_catalogue
-from rooms import questionnaires, suivi
+from rooms import indemnites, questionnaires, suivi
 from rooms.advertise import advertise_commands
 from rooms.directory import direct_room_of, has_role, profession_label
 from rooms.patients import (
@@ -26,7 +26,7 @@ from rooms.patients import (
     require_room,
     room_name,
 )
-from storage.models import Act, BotState, CercleMember, Inclusion, Patient, Professional
+from storage.models import BotState, CercleMember, Inclusion, Patient, Professional
 
 SEXES = {"F": ["f", "femme", "feminin", "féminin"], "M": ["m", "h", "homme", "masculin"], "X": ["x", "autre", "nd"]}
 
@@ -260,14 +260,16 @@ async def inclure(ctx, parcours, carte=None):
     inclusion = Inclusion(patient_code=patient.code, parcours=p.code, included_by=ctx.sender,
                           included_at=ctx.now, attestation="remise" if carte == "oui" else None)
     ctx.session.add(inclusion)
-    await ctx.session.flush()  # inclusion.id for the questionnaires' rows
+    await ctx.session.flush()  # its id names the ledger lines and the questionnaires' rows
     planned = await questionnaires.on_inclusion(ctx, patient, inclusion)
-    # Ledger: the repérage belongs to whoever identified the patient (created the cercle),
-    # the inclusion to whoever includes; the tariff rules price them later.
-    ctx.session.add(Act(user_id=patient.created_by, kind="reperage", patient_code=patient.code, parcours=p.code,
-                        at=ctx.now, details={"consentement_oral": "attesté à la création du cercle"}))
-    ctx.session.add(Act(user_id=ctx.sender, kind="inclusion", patient_code=patient.code, parcours=p.code,
-                        at=ctx.now, details={"attestation": carte == "oui"}))
+    # Ledger: the repérage belongs to whoever identified the patient (created the cercle, whose
+    # administrative part `!patient nouveau` requires), the inclusion to whoever includes.
+    await indemnites.record(ctx, user_id=patient.created_by, kind="reperage", ref=f"inclusion:{inclusion.id}",
+                            patient_code=patient.code, parcours=p.code, criteres=("administratif",),
+                            consentement_oral="attesté à la création du cercle")
+    await indemnites.record(ctx, user_id=ctx.sender, kind="inclusion", ref=f"inclusion:{inclusion.id}",
+                            patient_code=patient.code, parcours=p.code,
+                            criteres=("carte",) if carte == "oui" else (), attestation=carte == "oui")
     names = await _parcours_names(ctx, patient, extra=p.nom)
     ctx.queue("state", patient.room_id, {"type": "m.room.name", "state_key": "",
                                          "content": {"name": room_name(patient.code, names)}})

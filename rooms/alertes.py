@@ -12,10 +12,10 @@ from domain.markup import literal
 from domain.parcours import Parcours, find_parcours
 from domain.redflags import ValeurError, check_valeurs, explain_not_applicable, parse_valeur
 from domain.text import format_duree, format_french_datetime, normalize
-from rooms import demandes, suivi
+from rooms import demandes, indemnites, suivi
 from rooms.directory import names
 from rooms.patients import active_inclusions, cercle_members
-from storage.models import Act, Patient, Professional
+from storage.models import Patient, Professional
 
 VALEUR_TOKEN = re.compile(r"^[^\s=]+=\S+$")
 # An absolute weight (poids=84, pds=84kg): compared with the weights recorded by `!donnees`.
@@ -98,9 +98,10 @@ async def red_flag(ctx, patient: Patient, texte: str, *, signes: str | None, par
                    "Pour lever le red flag quand même, ajoutez `confirme=oui`", usage=False)
     flow = ctx.services.flows["red_flag"]
     row, d = await demandes.create(ctx, patient, flow, commentaire=comment)
-    ctx.session.add(Act(user_id=ctx.sender, kind="red_flag", patient_code=patient.code,
-                        parcours=candidates[0].code if candidates else None, ref=f"demande:{row.id}",
-                        at=ctx.now, details={"seuils": [h.code for h in hits], "signes": known + free}))
+    await indemnites.record(ctx, user_id=ctx.sender, kind="red_flag", ref=f"demande:{row.id}",
+                            patient_code=patient.code, parcours=candidates[0].code if candidates else None,
+                            criteres=("commentaire",), flow=flow.code, seuils=[h.code for h in hits],
+                            signes=known + free)
     mt = patient.medecin_traitant
     ctx.reply(_red_flag_notice(ctx, patient, d, flow, candidates, hits, known + free, notes),
               mentions=await names(ctx.session, [mt] if mt else []))
@@ -155,9 +156,9 @@ async def alerte_critique(ctx, patient: Patient, texte: str, *, signes: str | No
     if mention:
         lines.append("\n" + " ".join(sorted(mention)))
     ctx.reply("\n".join(lines), mentions=noms)
-    ctx.session.add(Act(user_id=ctx.sender, kind="alerte_critique", patient_code=patient.code,
-                        parcours=p.code, at=ctx.now, details={"signes": known + free,
-                                                              "seuils": [h.code for h in hits]}))
+    await indemnites.record(ctx, user_id=ctx.sender, kind="alerte_critique", ref=f"alerte:{ctx.event_id}",
+                            patient_code=patient.code, parcours=p.code, criteres=("commentaire",),
+                            signes=known + free, seuils=[h.code for h in hits])
     await ctx.services.store.add_deadline("alerte.suivi", f"alerte:{patient.code}:{ctx.event_id}", due, ctx.now,
                                           payload={"room_id": patient.room_id, "auteur": ctx.sender,
                                                    "mention": sorted(mention)}, session=ctx.session)

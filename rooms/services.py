@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 from domain.clock import Clock
 from domain.flows import Flow
+from domain.indemnites import Bareme
 from domain.parcours import Parcours
 from domain.questionnaires import Questionnaire
 from rooms.directory import Directory
@@ -42,3 +43,4 @@ class Services:
     registry: CommandCatalogue
     coordinator_room: str | None = None  # the coordinators' room, known once the bot has started
     questionnaires: dict[str, Questionnaire] = field(default_factory=dict)  # data/questionnaires, by code
+    bareme: Bareme | None = None  # the CPTS's indemnity tariff, with its versions (cpts.tarifs)

@@ -22,6 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from domain.indicateurs import Ligne, Mois
 from storage.models import Act, Deadline, Demande, Inclusion, Patient, QuestionnaireRun
 
+# The act itself, not a correction line of a frozen bordereau (rooms.indemnites): counted once.
+ORIGINAL = Act.correction == 0
 RED_FLAG = "red_flag"  # the flow of data/flows.yaml a !redflag creates
 RECHERCHE_MT = "recherche_mt"
 
@@ -35,7 +37,8 @@ def _first_acceptances(since: datetime, user_id: str | None = None):
     """Each request's first acceptance since `since`, as a derived table keyed by ref. Joining the
     ledger to the requests through it, rather than Act directly, keeps the join linear: the ref is
     an expression of demande.id, which no index serves (SQLite indexes the derived table)."""
-    stmt = select(Act.ref.label("ref"), func.min(Act.at).label("at")).where(Act.kind == "acceptation", Act.at >= since)
+    stmt = select(Act.ref.label("ref"), func.min(Act.at).label("at")).where(Act.kind == "acceptation", Act.at >= since,
+                                                                          ORIGINAL)
     if user_id is not None:
         stmt = stmt.where(Act.user_id == user_id)
     return stmt.group_by(Act.ref).subquery()
@@ -166,7 +169,7 @@ class Requetes:
     # --- alertes, access to a médecin traitant ------------------------------------------------
     async def alertes_critiques(self) -> list[Ligne]:
         m = self._bucket(Act.at).label("m")
-        stmt = (select(m, func.count()).where(Act.kind == "alerte_critique", self._within(Act.at),
+        stmt = (select(m, func.count()).where(Act.kind == "alerte_critique", ORIGINAL, self._within(Act.at),
                                               self._in_parcours(Act.patient_code, Act.at))
                 .group_by(m))
         return [Ligne(mois, n) for mois, n in await self._rows(stmt)]
@@ -210,7 +213,7 @@ class Requetes:
         flow = Act.details["flow"].as_string()
         cible = Act.details["cible"].as_string()
         stmt = (select(m, Act.kind, flow, cible, func.count())
-                .where(Act.kind.in_(("declenchement", "red_flag")), self._within(Act.at),
+                .where(Act.kind.in_(("declenchement", "red_flag")), ORIGINAL, self._within(Act.at),
                        self._in_parcours(Act.patient_code, Act.at))
                 .group_by(m, Act.kind, flow, cible))
         return [(mois, RED_FLAG if kind == "red_flag" else f, "medecin_generaliste" if kind == "red_flag" else c, n)
@@ -235,7 +238,7 @@ async def activite(session: AsyncSession, user_id: str, debut: datetime, fin: da
             .where(by_me.c.at < fin))
     durees = [(_aware(a) - _aware(c)).total_seconds() for c, a in (await session.execute(mine)).all()]
     kinds = dict((await session.execute(
-        select(Act.kind, func.count()).where(Act.user_id == user_id, Act.at >= debut, Act.at < fin,
+        select(Act.kind, func.count()).where(Act.user_id == user_id, ORIGINAL, Act.at >= debut, Act.at < fin,
                                              Act.kind.in_(("red_flag", "alerte_critique", "inclusion")))
         .group_by(Act.kind))).all())
     return {"demandes_faites": faites[0], "demandes_faites_acceptees": faites[1],
