@@ -98,7 +98,12 @@ async def store(database_url, tmp_path):
                                          status=status, created_at=utc(2026, 10, 1, 9), finished_at=finished))
         for day in (4, 5):
             session.add(Act(user_id=IDE, kind="alerte_critique", patient_code="P-N", parcours="perinatalite",
-                            at=utc(2026, 11, day, 10), details={}))
+                            ref=f"alerte:{day}", at=utc(2026, 11, day, 10), details={}))
+        # Correction lines of a frozen bordereau (rooms.indemnites) repeat an act: never counted again.
+        session.add(Act(user_id=IDE, kind="alerte_critique", patient_code="P-N", ref="alerte:4", correction=1,
+                        at=utc(2026, 11, 20, 10), details={}))
+        session.add(Act(user_id=IDE, kind="declenchement", patient_code="P-A", ref="demande:1", correction=1,
+                        at=utc(2026, 10, 20, 10), details={"flow": "consultation", "cible": "infirmier"}))
     yield s
     await s.close()
 
@@ -139,7 +144,7 @@ async def test_each_indicator_on_a_known_history(store):
     # November: 3 red flags and 1 consultation: small counts everywhere.
     assert f["declenchements"][nov] == "< 5" and f["red_flags"][nov] == "< 5"
     assert f["red_flags_dans_le_delai"][nov] == "< 5"  # 1 of 3: computed on fewer than 5
-    assert f["alertes_critiques"][nov] == "< 5"
+    assert f["alertes_critiques"][nov] == "< 5" and f["_raw_alertes_critiques"][nov] == 2
     assert f["patients_sans_mt"][oct_] == "5" and f["patients_sans_mt"][nov] == "< 5"  # 00:30 on 1 Nov in Paris
     assert f["mt_trouves"][nov] == "5" and f["mt_trouves"][oct_] == "0"
     assert f["questionnaires_completes"][oct_] == "5" and f["questionnaires_completes"][nov] == "< 5"
