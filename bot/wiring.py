@@ -6,6 +6,7 @@ from outside its class. A malformed rules file stops the start here, naming file
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from bot.config import Config
 from commands import build_registry
@@ -15,9 +16,9 @@ from domain.flows import load_flows
 from domain.indemnites import TarifsError, load_baremes
 from domain.parcours import load_catalogue
 from domain.questionnaires import load_questionnaires
-from rooms import alertes, demandes, indemnites, indicateurs, questionnaires, suivi
+from rooms import alertes, demandes, indemnites, indicateurs, questionnaires, suivi, tcim
 from rooms.directory import Directory, professions
-from rooms.services import Services
+from rooms.services import Services, TcimSettings
 from storage.repositories import Store
 
 
@@ -40,9 +41,13 @@ def compose(config: Config, store: Store, clock: Clock, registry: CommandRegistr
     services = Services(store=store, clock=clock, directory=Directory(), catalogue=catalogue,
                         flows=flows, tz=config.tz, timezone=config.cpts.timezone, cpts_name=config.cpts.name,
                         bot_user_id=config.matrix.user_id, registry=registry, bareme=baremes[config.cpts.tarifs],
-                        questionnaires=load_questionnaires())
+                        questionnaires=load_questionnaires(),
+                        tcim=TcimSettings(video_base=config.tcim.video_base,
+                                          reminder_before=timedelta(minutes=config.tcim.reminder_before_min),
+                                          late_after=timedelta(minutes=config.tcim.late_after_min)),
+                        flow_hooks={**tcim.FLOW_HOOKS})
     # Each use-case module owns its tables (at its bottom); the composition root only merges them.
-    modules = (demandes, alertes, suivi, questionnaires, indemnites, indicateurs)
+    modules = (demandes, alertes, suivi, questionnaires, indemnites, tcim, indicateurs)
     return Wiring(services=services, registry=registry,
                   deadline_handlers=merge_tables(modules, "DEADLINE_HANDLERS"),
                   reaction_handlers=merge_tables(modules, "REACTION_HANDLERS"),
