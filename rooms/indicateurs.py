@@ -93,7 +93,7 @@ def table(services, r: Rapport) -> str:
     lines += ["", "« < 5 » : effectif de 1 à 4 (ou calculé sur moins de 5 lignes), masqué pour qu'aucun patient "
                   "ne soit identifiable. Détail par mois, par type et par cible dans le CSV."]
     if CATALOGUE.en_attente:
-        lines.append("Pas encore calculés (données à venir) : "
+        lines.append("Pas encore calculés (données non enregistrées sous une forme agrégeable) : "
                      + ", ".join(i.libelle for i in CATALOGUE.en_attente) + ".")
     return "\n".join(lines)
 

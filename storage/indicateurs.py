@@ -20,11 +20,13 @@ from sqlalchemy import String, and_, case, cast, exists, func, literal, or_, sel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.indicateurs import Ligne, Mois
-from storage.models import Act, Deadline, Demande, Inclusion, Patient, QuestionnaireRun
+from storage.models import Act, Deadline, Demande, Inclusion, Patient, QuestionnaireRun, TcimRecord
 
 # The act itself, not a correction line of a frozen bordereau (rooms.indemnites): counted once.
 ORIGINAL = Act.correction == 0
-RED_FLAG = "red_flag"  # the flow of data/flows.yaml a !redflag creates
+RED_FLAG = "red_flag"
+TCIM_REALISEES = ("realisee", "close")  # domain.tcim.Etat: close only follows realisee
+TCIM_INTERROMPUES = ("interrompue",)  # the flow of data/flows.yaml a !redflag creates
 RECHERCHE_MT = "recherche_mt"
 
 
@@ -203,6 +205,22 @@ class Requetes:
                        self._in_parcours(QuestionnaireRun.patient_code, QuestionnaireRun.finished_at))
                 .group_by(m, QuestionnaireRun.code))
         return [Ligne(mois, n, detail=code) for mois, code, n in await self._rows(stmt)]
+
+    # --- TCIM (issue 12): like requests, in the month they were asked ------------------------------
+    async def _tcim(self, etats: tuple[str, ...]) -> list[Ligne]:
+        m = self._bucket(TcimRecord.created_at).label("m")
+        stmt = (select(m, func.count())
+                .where(TcimRecord.etat.in_(etats), self._within(TcimRecord.created_at),
+                       self._in_parcours(TcimRecord.patient_code, TcimRecord.created_at))
+                .group_by(m))
+        return [Ligne(mois, n) for mois, n in await self._rows(stmt)]
+
+    async def tcim_realisees(self) -> list[Ligne]:
+        """Done: `!tcim fin` (realisee), then closed with the CR and the prescription (close)."""
+        return await self._tcim(TCIM_REALISEES)
+
+    async def tcim_interrompues(self) -> list[Ligne]:
+        return await self._tcim(TCIM_INTERROMPUES)
 
     # --- déclenchements by type and target (breakdown for the CSV) ------------------------------
     async def declenchements_par_cible(self) -> list[tuple[str, str, str | None, int]]:

@@ -11,7 +11,7 @@ import pytest
 from domain.indicateurs import Mois, lire_periode, resultat
 from domain.indicateurs import load_indicateurs as load
 from storage.indicateurs import Requetes, activite
-from storage.models import Act, Deadline, Demande, Inclusion, Patient, QuestionnaireRun
+from storage.models import Act, Deadline, Demande, Inclusion, Patient, QuestionnaireRun, TcimRecord
 from storage.repositories import open_store
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -99,6 +99,13 @@ async def store(database_url, tmp_path):
         for day in (4, 5):
             session.add(Act(user_id=IDE, kind="alerte_critique", patient_code="P-N", parcours="perinatalite",
                             ref=f"alerte:{day}", at=utc(2026, 11, day, 10), details={}))
+        # TCIM asked in October: 5 done (3 closed), 2 interrupted, 1 still waiting; one asked on
+        # 30 November done in December still counts in November.
+        for i, etat in enumerate(["close"] * 3 + ["realisee"] * 2 + ["interrompue"] * 2 + ["confirmee"]):
+            session.add(TcimRecord(demande_id=1000 + i, patient_code=in_ic[i % 6], etat=etat, infirmier=IDE,
+                                   created_at=utc(2026, 10, 12 + i, 9), data_enc=b"x"))
+        session.add(TcimRecord(demande_id=1100, patient_code="P-G", etat="realisee", infirmier=IDE,
+                               created_at=utc(2026, 11, 30, 20), data_enc=b"x"))
         # Correction lines of a frozen bordereau (rooms.indemnites) repeat an act: never counted again.
         session.add(Act(user_id=IDE, kind="alerte_critique", patient_code="P-N", ref="alerte:4", correction=1,
                         at=utc(2026, 11, 20, 10), details={}))
@@ -129,7 +136,8 @@ async def test_each_indicator_on_a_known_history(store):
         "inclusions": "0", "sorties": "0", "declenchements": "0", "acceptees": "0", "escaladees": "0",
         "taux_acceptation": "–", "acceptees_dans_le_delai": "–", "delai_acceptation_median": "–",
         "delai_acceptation_p90": "–", "red_flags": "0", "red_flags_dans_le_delai": "–", "alertes_critiques": "0",
-        "patients_sans_mt": "0", "mt_trouves": "0", "questionnaires_completes": "0"}
+        "patients_sans_mt": "0", "mt_trouves": "0", "questionnaires_completes": "0", "tcim_realisees": "0",
+        "tcim_interrompues": "0"}
     assert f["inclusions"][oct_] == "8"  # 6 in IC, 2 in BPCO
     assert f["sorties"][nov] == "< 5"  # one exit
     # October: 10 consultations + the visit of the 31st + 5 recherches MT.
@@ -148,6 +156,8 @@ async def test_each_indicator_on_a_known_history(store):
     assert f["patients_sans_mt"][oct_] == "5" and f["patients_sans_mt"][nov] == "< 5"  # 00:30 on 1 Nov in Paris
     assert f["mt_trouves"][nov] == "5" and f["mt_trouves"][oct_] == "0"
     assert f["questionnaires_completes"][oct_] == "5" and f["questionnaires_completes"][nov] == "< 5"
+    assert f["tcim_realisees"][oct_] == "5" and f["tcim_interrompues"][oct_] == "< 5"
+    assert f["_raw_tcim_interrompues"][oct_] == 2 and f["tcim_realisees"][nov] == "< 5"
     # The quarter adds its months up.
     assert f["declenchements"]["T4"] == "20" and f["red_flags"]["T4"] == "< 5"
     assert f["taux_acceptation"]["T4"] == "80,0"  # (14 + 2) / 20

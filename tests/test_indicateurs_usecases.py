@@ -69,7 +69,8 @@ async def test_indicateurs_posts_a_table_a_png_and_a_french_csv(tmp_path):
         assert "| Déclenchements | 6 |" in table.body and "| Taux d'acceptation (%) | 100,0 |" in table.body
         assert "| Délai d'acceptation médian (h) | 2,0 |" in table.body
         assert "| Red flags | 0 |" in table.body and "| Patients inclus | < 5 |" in table.body
-        assert "TCIM" in table.body  # declared as not computed yet, never faked
+        assert "| TCIM réalisées | 0 |" in table.body and "| Questionnaires complétés | 0 |" in table.body
+        assert "Pas encore calculés (données non enregistrées sous une forme agrégeable) : Éléments de suivi en retard" in table.body  # never faked
         got = files(sent)
         png, data = got["indicateurs-2026-10.png"], got["indicateurs-2026-10.csv"]
         assert png.content["msgtype"] == "m.image" and png.content["mimetype"] == "image/png"
