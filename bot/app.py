@@ -30,7 +30,7 @@ from bot.sync import HomeserverWatch, SyncIntake, homeserver_unreachable
 from bot.wiring import Wiring, compose
 from commands.registry import CommandRegistry
 from domain.clock import Clock
-from rooms import indemnites
+from rooms import indemnites, indicateurs
 from rooms.context import CommandContext
 from rooms.messages import render
 from rooms.services import Services
@@ -128,6 +128,8 @@ class Bot:
         self._stop.clear()
         if self.config.cpts.coordinator_room or await self.store.get_state("coordinator_room"):
             await ensure_coordinator_room(self)
+        async with self.store.session.begin() as session:  # the next monthly report (issue 18)
+            await indicateurs.planifier(session, self.services, self.clock.now())
         await indemnites.ensure_schedule(self.store, self.services, self.clock.now())  # quarterly post, digest
         self.deadlines.start()
         self._tasks = [asyncio.create_task(self.intake.run(self._stop), name="sync"),

@@ -16,7 +16,7 @@ from domain.flows import load_flows
 from domain.indemnites import TarifsError, load_baremes
 from domain.parcours import load_catalogue
 from domain.questionnaires import load_questionnaires
-from rooms import alertes, demandes, indemnites, questionnaires, suivi, tcim
+from rooms import alertes, demandes, indemnites, indicateurs, questionnaires, suivi, tcim
 from rooms.directory import Directory, professions
 from rooms.services import Services, TcimSettings
 from storage.repositories import Store
@@ -47,7 +47,7 @@ def compose(config: Config, store: Store, clock: Clock, registry: CommandRegistr
                                           late_after=timedelta(minutes=config.tcim.late_after_min)),
                         flow_hooks={**tcim.FLOW_HOOKS})
     # Each use-case module owns its tables (at its bottom); the composition root only merges them.
-    modules = (demandes, alertes, suivi, questionnaires, indemnites, tcim)
+    modules = (demandes, alertes, suivi, questionnaires, indemnites, tcim, indicateurs)
     return Wiring(services=services, registry=registry,
                   deadline_handlers=merge_tables(modules, "DEADLINE_HANDLERS"),
                   reaction_handlers=merge_tables(modules, "REACTION_HANDLERS"),
