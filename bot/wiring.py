@@ -30,6 +30,7 @@ class Wiring:
     reaction_handlers: dict  # reaction key -> async handler(ctx, target_event_id)
     poll_handlers: dict = field(default_factory=dict)  # poll ref prefix -> async handler(ctx, ref, answer_ids)
     reply_handlers: dict = field(default_factory=dict)  # ref prefix -> async handler(ctx, ref, text) -> handled?
+    at_start: list = field(default_factory=list)  # async hook(session, services, now): timers planned at each start
 
 
 def compose(config: Config, store: Store, clock: Clock, registry: CommandRegistry | None = None) -> Wiring:
@@ -52,7 +53,8 @@ def compose(config: Config, store: Store, clock: Clock, registry: CommandRegistr
                   deadline_handlers=merge_tables(modules, "DEADLINE_HANDLERS"),
                   reaction_handlers=merge_tables(modules, "REACTION_HANDLERS"),
                   poll_handlers=merge_tables(modules, "POLL_HANDLERS"),
-                  reply_handlers=merge_tables(modules, "REPLY_HANDLERS"))
+                  reply_handlers=merge_tables(modules, "REPLY_HANDLERS"),
+                  at_start=[hook for module in modules for hook in getattr(module, "AT_START", ())])
 
 
 def merge_tables(modules, name: str) -> dict:

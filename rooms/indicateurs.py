@@ -277,3 +277,4 @@ def format_duree_h(seconds: float | None) -> str:
 
 # --- what answers what (merged by bot/wiring.compose) -------------------------------------------------
 DEADLINE_HANDLERS = {REPORT_KIND: rapport_automatique}
+AT_START = [planifier]  # the next monthly report, planned at each start (bot/wiring.py)
