@@ -122,6 +122,12 @@ class DeliveryConfig(_Section):
     stuck_after_s: float = Field(600.0, gt=0)
 
 
+class DialogueConfig(_Section):
+    # A command completed by questions (commands.dialogue) is dropped after this long without an
+    # answer: long enough for a phone call between two answers, short enough not to surprise.
+    expire_after_min: float = Field(30.0, gt=0)
+
+
 class Config(_Section):
     matrix: MatrixConfig
     storage: StorageConfig = StorageConfig()
@@ -129,6 +135,7 @@ class Config(_Section):
     trust: TrustConfig = TrustConfig()
     sync: SyncConfig = SyncConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    dialogue: DialogueConfig = DialogueConfig()
 
     @property
     def tz(self) -> ZoneInfo:

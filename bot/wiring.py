@@ -6,9 +6,10 @@ from outside its class. A malformed rules file stops the start here, naming file
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from bot.config import Config
-from commands import build_registry
+from commands import build_registry, dialogue
 from commands.registry import CommandRegistry
 from domain.clock import Clock
 from domain.flows import load_flows
@@ -33,8 +34,32 @@ def compose(config: Config, store: Store, clock: Clock, registry: CommandRegistr
     registry = registry or build_registry()
     services = Services(store=store, clock=clock, directory=Directory(), catalogue=load_catalogue(),
                         flows=load_flows(), tz=config.tz, timezone=config.cpts.timezone, cpts_name=config.cpts.name,
-                        bot_user_id=config.matrix.user_id, registry=registry)
+                        bot_user_id=config.matrix.user_id, registry=registry,
+                        dialogue_timeout=timedelta(minutes=config.dialogue.expire_after_min))
     # Each use-case module owns its tables (at its bottom); the composition root only merges them.
     return Wiring(services=services, registry=registry,
-                  deadline_handlers={**demandes.DEADLINE_HANDLERS, **alertes.DEADLINE_HANDLERS},
-                  reaction_handlers={**demandes.REACTION_HANDLERS})
+                  deadline_handlers={**demandes.DEADLINE_HANDLERS, **alertes.DEADLINE_HANDLERS,
+                                     **dialogue.DEADLINE_HANDLERS},
+                  reaction_handlers=merge_reactions(demandes.REACTION_HANDLERS, dialogue.REACTION_HANDLERS),
+                  poll_handlers={**dialogue.POLL_HANDLERS},
+                  reply_handlers={**dialogue.REPLY_HANDLERS})
+
+
+def merge_reactions(*tables: dict) -> dict:
+    """One handler per key; a key several modules answer (✅: accept a request, confirm a dialogue)
+    calls each in turn, and each acts only on its own messages (by the reacted event's ref)."""
+    merged: dict[str, list] = {}
+    for table in tables:
+        for key, handler in table.items():
+            merged.setdefault(key, []).append(handler)
+
+    def chain(handlers):
+        if len(handlers) == 1:
+            return handlers[0]
+
+        async def each(ctx, target_event_id):
+            for handler in handlers:
+                await handler(ctx, target_event_id)
+        return each
+
+    return {key: chain(handlers) for key, handlers in merged.items()}

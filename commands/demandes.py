@@ -47,6 +47,9 @@ class FlowName(ArgType):
     description = "type de demande (consultation, vad, teleconsultation, conseil, snp, sport_sante…)"
     examples = ["vad"]
 
+    def choices(self, ctx=None):
+        return [(code, flow.libelle) for code, flow in (ctx.flows if ctx else {}).items()] or None
+
     def parse(self, tokens, pos, ctx=None):
         text = tokens[pos].text
         if tokens[pos].quoted or ctx is None or find_flow(ctx.flows, text) is None:

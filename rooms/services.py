@@ -7,6 +7,7 @@ here only through the few methods the use cases call.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -40,3 +41,4 @@ class Services:
     bot_user_id: str
     registry: CommandCatalogue
     coordinator_room: str | None = None  # the coordinators' room, known once the bot has started
+    dialogue_timeout: timedelta = timedelta(minutes=30)  # an unanswered guided command expires (dialogue.*)

@@ -1,0 +1,152 @@
+"""Guided commands (commands/dialogue.py, issue 17) in the middle tier: the real dispatch, parser and
+handlers on a real store with a fake clock; what the bot asks is read back from the outbox."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import func, select
+
+from domain.clock import FakeClock
+from domain.polls import POLL_START
+from storage.models import Demande, Dialogue, Patient
+from tests.usecase import UseCases
+
+CODE = "P-GUID"
+MT = "@mt:cpts.test"
+IDE = "@ide:cpts.test"
+IDE2 = "@ide2:cpts.test"
+COORD = "@coord:cpts.test"
+
+
+async def _world(tmp_path) -> UseCases:
+    uc = await UseCases.open(tmp_path / "bot", clock=FakeClock())
+    await uc.enrol(MT, "medecin_generaliste", name="Paul Martin")
+    await uc.enrol(IDE, "infirmier", name="Julie Petit")
+    await uc.enrol(IDE2, "infirmier", name="Marc Durand")
+    await uc.enrol(COORD, "autre", name="Claire Coord", roles=["coordinateur"])
+    uc.room = await uc.patient(CODE, [MT, IDE], mt=MT)
+    return uc
+
+
+async def count(uc, stmt) -> int:
+    async with uc.bot.store.session() as s:
+        return await s.scalar(stmt)
+
+
+def polls(sent):
+    return [s for s in sent if s.action == "event" and s.content["type"] == POLL_START]
+
+
+def texts(sent):
+    return "\n".join(s.body for s in sent)
+
+
+async def test_a_bare_dec_is_asked_in_a_thread_then_runs_as_typed_after_confirmation(tmp_path):
+    uc = await _world(tmp_path)
+    sent = await uc.say(MT, uc.room, "!dec")
+    command_event = uc.last_event
+    assert "je vous pose 3 questions" in texts(sent)
+    question = sent[-1]
+    assert question.content["m.relates_to"]["rel_type"] == "m.thread"
+    assert question.content["m.relates_to"]["event_id"] == command_event
+    assert "1/3 · Cible" in question.body and "Exemple : infirmier" in question.body
+    thread = {"rel_type": "m.thread", "event_id": command_event}
+
+    sent = await uc.say(MT, uc.room, "infirmier", relates_to=thread)
+    poll = polls(sent)[0]
+    assert poll.ref.endswith(":soins")
+    answers = poll.content["content"]["org.matrix.msc3381.poll.start"]["answers"]
+    assert answers[-1]["org.matrix.msc1767.text"] == "passer (facultatif)"
+    visite = next(a["id"] for a in answers if a["org.matrix.msc1767.text"] == "Visite à domicile")
+    poll_event = await uc.event_id_of(poll.ref, latest=True)
+    sent = await uc.vote(IDE, uc.room, poll_event, [visite])  # someone else's vote: ignored
+    assert sent == []
+    sent = await uc.vote(MT, uc.room, poll_event, [visite])
+    assert "3/3 · Commentaire" in texts(sent)
+    sent = await uc.say(MT, uc.room, "pansement quotidien talon gauche", relates_to=thread)
+    assert "Récapitulatif" in texts(sent) and "visite_domicile" in texts(sent)
+    assert await count(uc, select(func.count()).select_from(Demande)) == 0  # nothing before ✅
+
+    sent = await uc.say(MT, uc.room, "✅", relates_to=thread)
+    assert "Demande n°1 créée (Visite à domicile → infirmier·e)" in texts(sent)
+    assert await count(uc, select(func.count()).select_from(Demande)) == 1
+    async with uc.bot.store.session() as s:
+        row = await s.scalar(select(Dialogue))
+        assert row.status == "done"
+        assert b"pansement" not in row.answers_enc  # encrypted at rest
+
+
+async def test_a_wrong_value_is_a_usage_error_not_a_dialogue(tmp_path):
+    uc = await _world(tmp_path)
+    sent = await uc.say(MT, uc.room, "!dec infirmier reponse=4x")
+    assert "Usage" in texts(sent) and "je vous pose" not in texts(sent)
+    assert await count(uc, select(func.count()).select_from(Dialogue)) == 0
+
+
+async def test_a_wrong_answer_is_explained_and_asked_again(tmp_path):
+    uc = await _world(tmp_path)
+    await uc.say(MT, uc.room, "!rdv")
+    sent = await uc.say(MT, uc.room, "hier soir")
+    assert "⚠️" in texts(sent) and "Horaire" in texts(sent)
+    sent = await uc.say(MT, uc.room, "demain 14h")
+    assert polls(sent) and polls(sent)[0].ref.endswith(":lieu")
+    sent = await uc.say(MT, uc.room, "2")  # the poll's numbered fallback, typed
+    assert "Récapitulatif" in texts(sent) and "domicile" in texts(sent)
+
+
+async def test_annuler_stops_and_expiry_says_so_and_nothing_is_written(tmp_path):
+    uc = await _world(tmp_path)
+    await uc.say(MT, uc.room, "!dec")
+    sent = await uc.say(MT, uc.room, "annuler")
+    assert "annulé : rien n'a été enregistré" in texts(sent)
+    sent = await uc.say(MT, uc.room, "infirmier")  # the dialogue is over: conversation again
+    assert sent == []
+
+    await uc.say(MT, uc.room, "!dec")
+    await uc.say(MT, uc.room, "infirmier")
+    uc.clock.advance(timedelta(minutes=29))
+    await uc.say(MT, uc.room, "passer")  # an answer gives the full time again
+    sent = await uc.fire_due(timedelta(minutes=29))
+    assert sent == []
+    sent = await uc.fire_due(timedelta(minutes=2))
+    assert "j'abandonne !declenchement" in texts(sent)
+    assert await count(uc, select(func.count()).select_from(Demande)) == 0
+
+
+async def test_two_rooms_do_not_mix_and_only_the_starter_answers(tmp_path):
+    uc = await _world(tmp_path)
+    dm = uc.direct_room(MT)
+    await uc.say(MT, uc.room, "!rdv")
+    sent = await uc.say(MT, dm, "refuser")  # bare in the direct chat: its own dialogue (motif)
+    assert "Motif" in texts(sent)
+    sent = await uc.say(IDE, uc.room, "demain 14h")  # not hers
+    assert sent == []
+    sent = await uc.say(MT, dm, "pas disponible")
+    assert "Récapitulatif" in texts(sent) and "pas disponible" in texts(sent)
+    sent = await uc.say(MT, uc.room, "demain 14h")
+    assert polls(sent)  # the room's dialogue got it, at its own question
+
+
+async def test_identity_typed_in_a_shared_room_is_redacted_and_the_summary_is_private(tmp_path):
+    uc = await _world(tmp_path)
+    from tests.usecase import COORDINATION_ROOM
+    sent = await uc.say(COORD, COORDINATION_ROOM, "!patient nouveau")
+    assert "1/7 · Nom" in texts(sent) and "Exemple : Dupont" in texts(sent)
+    for answer in ("Dupontel", "Marielle", "31/02/1950"):
+        sent = await uc.say(COORD, COORDINATION_ROOM, answer)
+        assert any(s.action == "redact" for s in sent)
+    assert "n'est pas une date qui existe" in texts(sent)
+    for answer in ("12/03/1950",):
+        await uc.say(COORD, COORDINATION_ROOM, answer)
+    sent = await uc.say(COORD, COORDINATION_ROOM, "F")
+    for answer in ("0612345678", "3 rue des Lilas"):
+        sent = await uc.say(COORD, COORDINATION_ROOM, answer)
+    assert polls(sent)  # consentement: oui
+    sent = await uc.say(COORD, COORDINATION_ROOM, "oui")
+    shared = [s for s in sent if s.room_id == COORDINATION_ROOM]
+    assert "Dupontel" not in texts(shared) and "conversation directe" in texts(shared)
+    private = [s for s in sent if s.action == "direct"]
+    assert "Dupontel" in texts(private) and "3 rue des Lilas" in texts(private)
+    sent = await uc.say(COORD, COORDINATION_ROOM, "oui")
+    assert all("Dupontel" not in s.body for s in sent if s.room_id == COORDINATION_ROOM)
+    assert await count(uc, select(func.count()).select_from(Patient)) == 2
