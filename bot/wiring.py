@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from bot.config import Config
-from commands import build_registry, dialogue
+from commands import build_registry, dialogue, replies
 from commands.registry import CommandRegistry
 from domain.clock import Clock
 from domain.flows import load_flows
@@ -42,7 +42,7 @@ def compose(config: Config, store: Store, clock: Clock, registry: CommandRegistr
                                      **dialogue.DEADLINE_HANDLERS},
                   reaction_handlers=merge_reactions(demandes.REACTION_HANDLERS, dialogue.REACTION_HANDLERS),
                   poll_handlers={**dialogue.POLL_HANDLERS},
-                  reply_handlers={**dialogue.REPLY_HANDLERS})
+                  reply_handlers={**replies.REPLY_HANDLERS, **dialogue.REPLY_HANDLERS})
 
 
 def merge_reactions(*tables: dict) -> dict:

@@ -26,6 +26,7 @@ class Action(StrEnum):
     CR = "cr"
     CLOTURER = "cloturer"
     ANNULER = "annuler"
+    COMMENTER = "commenter"
 
 
 def holds_role(roles, role: str) -> bool:
@@ -184,6 +185,15 @@ def may_cancel(d: Demande, actor: Actor, profession_label=str) -> Permission:
                demandeur=demandeur)
 
 
+def may_comment(d: Demande, actor: Actor, profession_label=str) -> Permission:
+    """Who takes part in the request: its requesters, its acceptor, anyone the ladder asked, the
+    cercle, a coordinator (issue 17: a reply to its notice adds to its history)."""
+    if actor.user_id in (d.acceptee_par, *d.demandeurs, *d.sollicites) or actor.cercle_member or actor.coordinateur:
+        return ALLOWED
+    return _no(f"vous ne participez pas à la demande n°{d.numero} : seuls ses demandeurs, les personnes "
+               "sollicitées et le cercle peuvent la commenter")
+
+
 RULES = {
     Action.ACCEPTER: may_accept,
     Action.REFUSER: may_decline,
@@ -191,6 +201,7 @@ RULES = {
     Action.CR: may_post_cr,
     Action.CLOTURER: may_close,
     Action.ANNULER: may_cancel,
+    Action.COMMENTER: may_comment,
 }
 
 

@@ -11,11 +11,12 @@ from domain.polls import POLL_START
 from storage.models import Demande, Dialogue, Patient
 from tests.usecase import UseCases
 
-CODE = "P-GUID"
+CODE = "P-G7DQ"
 MT = "@mt:cpts.test"
 IDE = "@ide:cpts.test"
 IDE2 = "@ide2:cpts.test"
 COORD = "@coord:cpts.test"
+KINE = "@kine:cpts.test"
 
 
 async def _world(tmp_path) -> UseCases:
@@ -24,6 +25,7 @@ async def _world(tmp_path) -> UseCases:
     await uc.enrol(IDE, "infirmier", name="Julie Petit")
     await uc.enrol(IDE2, "infirmier", name="Marc Durand")
     await uc.enrol(COORD, "autre", name="Claire Coord", roles=["coordinateur"])
+    await uc.enrol(KINE, "masseur_kinesitherapeute", name="Kim Kiné")
     uc.room = await uc.patient(CODE, [MT, IDE], mt=MT)
     return uc
 
@@ -150,3 +152,90 @@ async def test_identity_typed_in_a_shared_room_is_redacted_and_the_summary_is_pr
     sent = await uc.say(COORD, COORDINATION_ROOM, "oui")
     assert all("Dupontel" not in s.body for s in sent if s.room_id == COORDINATION_ROOM)
     assert await count(uc, select(func.count()).select_from(Patient)) == 2
+
+
+async def test_replies_act_on_the_request_they_answer_with_the_typed_command_s_checks(tmp_path):
+    uc = await _world(tmp_path)
+    await uc.say(MT, uc.room, "!dec infirmier vad reponse=4h pansement quotidien")
+    notice = await uc.event_id_of("notice:", latest=True)
+    reply_to = {"m.in_reply_to": {"event_id": notice}}
+    # A kiné may not take a nurse's request: refused exactly as `!accepter` typed.
+    sent = await uc.say(KINE, uc.direct_room(KINE), "ok", relates_to=reply_to)
+    typed = await uc.say(KINE, uc.direct_room(KINE), f"accepter {CODE}/1")
+    assert texts(sent) == texts(typed) and "⛔" in texts(sent)
+
+    sent = await uc.say(IDE, uc.room, "ok", relates_to=reply_to)
+    assert "prise en charge" in texts(sent) or "accept" in texts(sent)
+    async with uc.bot.store.session() as s:
+        assert (await s.scalar(select(Demande))).acceptee_par == IDE
+
+    accepted = await uc.event_id_of("demande:1:acceptee", latest=True)
+    sent = await uc.say(IDE, uc.room, "rdv demain 14h domicile", relates_to={"m.in_reply_to": {"event_id": accepted}})
+    assert "rendez-vous fixé" in texts(sent)
+    sent = await uc.say(MT, uc.room, "la patiente préfère le matin", relates_to=reply_to)
+    assert "💬 Demande n°1, Paul Martin : la patiente préfère le matin" in texts(sent)
+    sent = await uc.say(KINE, uc.direct_room(KINE), "je passe", relates_to=reply_to)
+    assert "⛔" in texts(sent)  # not part of the request: no comment either
+
+
+def _room_for(uc, cmd):
+    from commands.registry import COORDINATION, DIRECT, PATIENT
+    from tests.usecase import COORDINATION_ROOM
+    if PATIENT in cmd.scopes:
+        return uc.room
+    if DIRECT in cmd.scopes:
+        return uc.direct_room(COORD)
+    assert COORDINATION in cmd.scopes
+    return COORDINATION_ROOM
+
+
+async def test_every_command_with_required_arguments_completes_by_dialogue(tmp_path):
+    """Issue 17.4: the declarations are the single source. Each command typed bare opens a dialogue
+    whose questions cover its required arguments; a generated answer (the poll's first choice, or the
+    example the declarations give) is accepted at each step; ✅ then runs the command, which may
+    refuse on the facts (no such request…) but never for its syntax."""
+    from commands.arguments import ParseContext
+    from commands.dialogue import choices_of, example
+    from commands.registry import Option, Param
+
+    uc = await _world(tmp_path)
+    registry = uc.bot.registry
+    walked = []
+    for cmd in registry.commands:
+        required = [p.name for p in cmd.params if not p.optional] + [o.key for o in cmd.options if o.required]
+        if not required:
+            continue
+        room = _room_for(uc, cmd)
+        sent = await uc.say(COORD, room, f"!{cmd.name}")
+        assert "je vous pose" in texts(sent), (cmd.name, texts(sent))
+        asked = []
+        for _ in range(20):
+            last = sent[-1]
+            assert last.ref and last.ref.startswith("dialogue:"), (cmd.name, texts(sent))
+            name = last.ref.split(":")[2]
+            if name == "resume":
+                break
+            assert "⚠️" not in texts(sent), (cmd.name, asked, texts(sent))
+            item = next(i for i in (*cmd.params, *cmd.options)
+                        if (i.name if isinstance(i, Param) else i.key) == name)
+            pctx = ParseContext(now=uc.now(), tz=uc.bot.services.tz, flows=uc.bot.services.flows)
+            if choices_of(item, pctx) is not None:
+                assert polls(sent), (cmd.name, name)
+                answer = "1"
+            else:
+                answer = example(cmd, item, pctx)
+                assert answer, (cmd.name, name)
+                assert isinstance(item, (Param, Option))
+            asked.append(name)
+            sent = await uc.say(COORD, room, answer)
+        else:
+            raise AssertionError(f"{cmd.name}: no summary after 20 answers")
+        assert set(required) <= set(asked), (cmd.name, required, asked)
+        sent = await uc.say(COORD, room, "✅")
+        assert "Usage" not in texts(sent), (cmd.name, texts(sent))
+        async with uc.bot.store.session() as s:
+            status = (await s.scalar(select(Dialogue).order_by(Dialogue.id.desc()))).status
+        assert status in ("done", "refused"), (cmd.name, status)
+        walked.append(cmd.name)
+    assert {"patient", "declenchement", "rdv", "refuser", "cr", "annuler", "inclure", "sortir", "redflag",
+            "alerte", "commentaire", "acces", "annuaire", "absence"} <= set(walked)
