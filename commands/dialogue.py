@@ -150,27 +150,32 @@ def _must_redact(cmd: Command, row: Dialogue, ctx: CommandContext) -> bool:
 
 
 # --- sending in the dialogue's thread -------------------------------------------------------------
-def _relation(ctx: CommandContext, row: Dialogue) -> dict:
+def _relation(ctx: CommandContext, row: Dialogue, anchor: str | None) -> dict | None:
     """In a shared room, the thread on the command (with the reply fallback for clients without
-    threads); in a direct chat, a plain reply to what the person just sent."""
+    threads); in a direct chat, a plain reply to what the person just sent. `anchor` is that
+    message, None after a vote (a reply to a vote event shows as « message introuvable »)."""
     if ctx.room_kind == "direct":
-        return {"m.in_reply_to": {"event_id": ctx.event_id}}
+        return {"m.in_reply_to": {"event_id": anchor}} if anchor else None
     return {"rel_type": "m.thread", "event_id": row.thread_root, "is_falling_back": True,
-            "m.in_reply_to": {"event_id": ctx.event_id}}
+            "m.in_reply_to": {"event_id": anchor or row.thread_root}}
 
 
-def _say(ctx: CommandContext, row: Dialogue, md_text: str, *, ref: str | None = None) -> str:
+def _say(ctx: CommandContext, row: Dialogue, md_text: str, *, ref: str | None = None,
+         anchor: str | None = None) -> str:
     content = render(md_text)
-    content["m.relates_to"] = _relation(ctx, row)
+    relation = _relation(ctx, row, anchor)
+    if relation:
+        content["m.relates_to"] = relation
     return ctx.queue("message", row.room_id, content, ref=ref or f"dialogue:{row.id}:texte")
 
 
-def _ask(ctx: CommandContext, row: Dialogue, cmd: Command, answers: dict, *, intro: str = "") -> None:
+def _ask(ctx: CommandContext, row: Dialogue, cmd: Command, answers: dict, *, intro: str = "",
+         anchor: str | None = None) -> None:
     """The next question: a poll when the argument has a closed set of values, else a message."""
     items = _items(cmd)
     pending = [q for q in row.questions if q not in answers]
     if not pending:
-        _summary(ctx, row, cmd, answers, intro=intro)
+        _summary(ctx, row, cmd, answers, intro=intro, anchor=anchor)
         return
     item = items[pending[0]]
     pctx = _parse_ctx(ctx)
@@ -179,9 +184,9 @@ def _ask(ctx: CommandContext, row: Dialogue, cmd: Command, answers: dict, *, int
     choices = choices_of(item, pctx)
     if choices is not None and len(choices) <= 20:
         if intro:
-            _say(ctx, row, intro)
+            _say(ctx, row, intro, anchor=anchor)
         question = f"{head} : {label(item)} (votez, ou tapez le numéro ou la valeur)"
-        content = poll_start_content(question, [text for _, text in choices], relates_to=_relation(ctx, row))
+        content = poll_start_content(question, [text for _, text in choices], relates_to=_relation(ctx, row, anchor))
         ctx.queue("event", row.room_id, {"type": POLL_START, "content": content},
                   ref=f"dialogue:{row.id}:{pending[0]}")
         return
@@ -192,10 +197,11 @@ def _ask(ctx: CommandContext, row: Dialogue, cmd: Command, answers: dict, *, int
     optional = item.optional if isinstance(item, Param) else not item.required
     if optional:
         text += "\n(facultatif : `passer`)"
-    _say(ctx, row, (intro + "\n\n" if intro else "") + text, ref=f"dialogue:{row.id}:{pending[0]}")
+    _say(ctx, row, (intro + "\n\n" if intro else "") + text, ref=f"dialogue:{row.id}:{pending[0]}", anchor=anchor)
 
 
-def _summary(ctx: CommandContext, row: Dialogue, cmd: Command, answers: dict, *, intro: str = "") -> None:
+def _summary(ctx: CommandContext, row: Dialogue, cmd: Command, answers: dict, *, intro: str = "",
+             anchor: str | None = None) -> None:
     given = [(name, value) for name, value in answers.items() if value is not None]
     lines = [f"**Récapitulatif · `!{cmd.name}`**", ""]
     lines += [f"- {title(_items(cmd)[name])} : {literal(value)}" for name, value in given]
@@ -206,10 +212,10 @@ def _summary(ctx: CommandContext, row: Dialogue, cmd: Command, answers: dict, *,
         ctx.queue("direct", "", {"user_id": row.sender, "content": render("\n".join(lines))})
         _say(ctx, row, (intro + "\n\n" if intro else "") + "🔒 Récapitulatif envoyé dans votre conversation "
                        "directe avec moi (il contient l'identité du patient).\n\n" + confirm,
-             ref=f"dialogue:{row.id}:resume")
+             ref=f"dialogue:{row.id}:resume", anchor=anchor)
         return
     _say(ctx, row, (intro + "\n\n" if intro else "") + "\n".join(lines) + "\n\n" + confirm,
-         ref=f"dialogue:{row.id}:resume")
+         ref=f"dialogue:{row.id}:resume", anchor=anchor)
 
 
 # --- starting -------------------------------------------------------------------------------------
@@ -234,9 +240,11 @@ async def start(ctx: CommandContext, body: str, content: dict, *, direct: bool) 
         ctx.reply(refusal)
         return True
     root = thread_root_of(ctx, content)
+    replaced = []
     for old in await rows.active_dialogues(ctx.session, ctx.sender, ctx.room_id):
-        if old.thread_root == root or direct or root == ctx.event_id:
+        if old.thread_root == root or direct or root == ctx.event_id:  # one per person, room and thread
             await rows.end(ctx.session, old, "cancelled", ctx.now)
+            replaced.append(f"`!{old.command}`")
     row = await rows.open_dialogue(ctx.session, ctx.store.cipher, sender=ctx.sender, room_id=ctx.room_id,
                                    thread_root=root, command=cmd.name, questions=[argument_name(i) for i in asked],
                                    body=body, now=ctx.now, expires_at=ctx.now + ctx.services.dialogue_timeout)
@@ -244,7 +252,9 @@ async def start(ctx: CommandContext, body: str, content: dict, *, direct: bool) 
     plural = "s" if len(asked) > 1 else ""
     intro = (f"🧭 `!{cmd.name}` : je vous pose {len(asked)} question{plural}, une par une. Répondez ici ; "
              f"`annuler` pour arrêter (sans réponse, j'abandonne au bout de {minutes} min).")
-    _ask(ctx, row, cmd, {}, intro=intro)
+    if replaced:
+        intro += f"\n(J'abandonne {', '.join(replaced)}, commencé plus tôt ici : rien n'en a été enregistré.)"
+    _ask(ctx, row, cmd, {}, intro=intro, anchor=ctx.event_id)
     return True
 
 
@@ -289,6 +299,8 @@ async def take_message(ctx: CommandContext, text: str, content: dict) -> bool:
 
 
 async def answer(ctx: CommandContext, row: Dialogue, text: str, *, typed: bool, choice_id: str | None = None) -> None:
+    """One answer (typed, or a vote when not `typed`): cancel, confirm, or the current question's value."""
+    anchor = ctx.event_id if typed else None
     registry = ctx.services.registry
     cmd = registry.find(row.command)
     if row.expires_at <= ctx.now:
@@ -297,7 +309,7 @@ async def answer(ctx: CommandContext, row: Dialogue, text: str, *, typed: bool, 
     key = normalize(text).strip(" .!")
     if typed and (key in CANCEL or normalize(text) in CANCEL):
         await rows.end(ctx.session, row, "cancelled", ctx.now)
-        _say(ctx, row, f"🛑 `!{cmd.name}` annulé : rien n'a été enregistré.")
+        _say(ctx, row, f"🛑 `!{cmd.name}` annulé : rien n'a été enregistré.", anchor=anchor)
         return
     answers = rows.read_answers(ctx.store.cipher, row)
     pending = [q for q in row.questions if q not in answers]
@@ -305,7 +317,7 @@ async def answer(ctx: CommandContext, row: Dialogue, text: str, *, typed: bool, 
         if key in CONFIRM or text in CONFIRM:
             await confirm(ctx, row, cmd, answers)
         else:
-            _say(ctx, row, "Répondez ✅ (ou « oui ») pour confirmer, ou `annuler` pour abandonner.")
+            _say(ctx, row, "Répondez ✅ (ou « oui ») pour confirmer, ou `annuler` pour abandonner.", anchor=anchor)
         return
     if typed and _must_redact(cmd, row, ctx):
         ctx.queue("redact", ctx.room_id, {"event_id": ctx.event_id, "reason": "identité de patient dans un salon partagé"})
@@ -317,7 +329,8 @@ async def answer(ctx: CommandContext, row: Dialogue, text: str, *, typed: bool, 
         index = choice_id if choice_id is not None else (text if text.isdigit() else None)
         if index is not None:
             if not 1 <= int(index) <= len(choices):
-                _ask(ctx, row, cmd, answers, intro=f"⚠️ « {literal(text)} » : choisissez un numéro entre 1 et {len(choices)}.")
+                _ask(ctx, row, cmd, answers, anchor=anchor,
+                     intro=f"⚠️ « {literal(text)} » : choisissez un numéro entre 1 et {len(choices)}.")
                 return
             value = choices[int(index) - 1][0]
     optional = item.optional if isinstance(item, Param) else not item.required
@@ -328,16 +341,19 @@ async def answer(ctx: CommandContext, row: Dialogue, text: str, *, typed: bool, 
             answer_tokens(item, value, pctx)
         except ArgumentError as e:
             message = e.markup[:1].upper() + e.markup[1:]
-            _ask(ctx, row, cmd, answers, intro=f"⚠️ {message}")
+            _ask(ctx, row, cmd, answers, intro=f"⚠️ {message}", anchor=anchor)
             return
     answers[argument_name(item)] = value
     rows.write_answers(ctx.store.cipher, row, answers)
+    if choices is not None:  # the poll shows the answer kept, and takes no more votes
+        shown = next((shown for v, shown in choices if v == value), value)
+        ctx.end_poll(row.room_id, f"dialogue:{row.id}:{argument_name(item)}", f"Réponse retenue : {shown}")
     await rows.postpone(ctx.session, row, ctx.now + ctx.services.dialogue_timeout)
     intro = ""
     if typed and _must_redact(cmd, row, ctx) and len(answers) == 1:
         intro = ("🔒 J'efface vos réponses de ce salon au fur et à mesure : elles contiennent l'identité du "
                  "patient. La prochaine fois, tapez la commande dans votre conversation directe avec moi.")
-    _ask(ctx, row, cmd, answers, intro=intro)
+    _ask(ctx, row, cmd, answers, intro=intro, anchor=anchor)
 
 
 async def confirm(ctx: CommandContext, row: Dialogue, cmd: Command, answers: dict) -> None:

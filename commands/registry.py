@@ -398,6 +398,7 @@ class CommandRegistry:
                 alias = f" (ou {', '.join('`' + a + '`' for a in cmd.aliases)})" if cmd.aliases else ""
                 lines.append(f"- `!{cmd.name}`{alias} : {cmd.summary}")
         lines.append("\nDétail d'une commande : `!aide <commande>`, par exemple `!aide dec`.")
+        lines.append("Une commande tapée seule (`!dec`, `!rdv`…) : je demande ce qui manque, une question à la fois.")
         return "\n".join(lines)
 
     def help_for(self, cmd: Command) -> str:

@@ -6,10 +6,14 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
+from commands.arguments import ParseContext
+from commands.dialogue import choices_of, example
+from commands.registry import COORDINATION, DIRECT, PATIENT, Option, Param
 from domain.clock import FakeClock
 from domain.polls import POLL_START
+from rooms.demandes import read
 from storage.models import Demande, Dialogue, Patient
-from tests.usecase import UseCases
+from tests.usecase import COORDINATION_ROOM, UseCases
 
 CODE = "P-G7DQ"
 MT = "@mt:cpts.test"
@@ -65,6 +69,10 @@ async def test_a_bare_dec_is_asked_in_a_thread_then_runs_as_typed_after_confirma
     assert sent == []
     sent = await uc.vote(MT, uc.room, poll_event, [visite])
     assert "3/3 · Commentaire" in texts(sent)
+    ended = [s for s in sent if s.action == "poll_end"]
+    assert ended and ended[0].content == {"poll_ref": poll.ref, "text": "Réponse retenue : Visite à domicile"}
+    sent = await uc.vote(MT, uc.room, poll_event, ["1"])  # a second vote on an answered question: ignored
+    assert sent == []
     sent = await uc.say(MT, uc.room, "pansement quotidien talon gauche", relates_to=thread)
     assert "Récapitulatif" in texts(sent) and "visite_domicile" in texts(sent)
     assert await count(uc, select(func.count()).select_from(Demande)) == 0  # nothing before ✅
@@ -131,7 +139,6 @@ async def test_two_rooms_do_not_mix_and_only_the_starter_answers(tmp_path):
 
 async def test_identity_typed_in_a_shared_room_is_redacted_and_the_summary_is_private(tmp_path):
     uc = await _world(tmp_path)
-    from tests.usecase import COORDINATION_ROOM
     sent = await uc.say(COORD, COORDINATION_ROOM, "!patient nouveau")
     assert "1/7 · Nom" in texts(sent) and "Exemple : Dupont" in texts(sent)
     for answer in ("Dupontel", "Marielle", "31/02/1950"):
@@ -176,11 +183,32 @@ async def test_replies_act_on_the_request_they_answer_with_the_typed_command_s_c
     assert "💬 Demande n°1, Paul Martin : la patiente préfère le matin" in texts(sent)
     sent = await uc.say(KINE, uc.direct_room(KINE), "je passe", relates_to=reply_to)
     assert "⛔" in texts(sent)  # not part of the request: no comment either
+    sent = await uc.say(IDE, uc.room, "refuser", relates_to=reply_to)  # incomplete: its dialogue opens
+    assert "je vous pose 1 question" in texts(sent) and "Motif" in texts(sent)
+
+
+async def test_a_text_reply_to_a_red_flag_is_a_comment_in_its_history(tmp_path):
+    uc = await _world(tmp_path)
+    await uc.say(IDE, uc.room, "!redflag confirme=oui dyspnée de repos, oedèmes")
+    flag = await uc.event_id_of("demande:1:red_flag", latest=True)
+    sent = await uc.say(MT, uc.room, "je passe à 18h", relates_to={"m.in_reply_to": {"event_id": flag}})
+    assert "💬 Demande n°1, Paul Martin : je passe à 18h" in texts(sent)
+    async with uc.bot.store.session() as s:
+        d = read(uc.bot.store.cipher, await s.scalar(select(Demande)))
+    assert [(e.par, e.action, e.detail) for e in d.journal if e.action == "commentaire"] == \
+        [(MT, "commentaire", "je passe à 18h")]
+
+
+async def test_a_new_bare_command_replaces_the_open_dialogue_and_says_so(tmp_path):
+    uc = await _world(tmp_path)
+    await uc.say(MT, uc.room, "!dec")
+    sent = await uc.say(MT, uc.room, "!cr")
+    assert "J'abandonne `!declenchement`" in texts(sent) or "J'abandonne !declenchement" in texts(sent)
+    async with uc.bot.store.session() as s:
+        assert sorted((await s.scalars(select(Dialogue.status))).all()) == ["active", "cancelled"]
 
 
 def _room_for(uc, cmd):
-    from commands.registry import COORDINATION, DIRECT, PATIENT
-    from tests.usecase import COORDINATION_ROOM
     if PATIENT in cmd.scopes:
         return uc.room
     if DIRECT in cmd.scopes:
