@@ -222,9 +222,6 @@ async def test_every_command_with_required_arguments_completes_by_dialogue(tmp_p
     whose questions cover its required arguments; a generated answer (the poll's first choice, or the
     example the declarations give) is accepted at each step; ✅ then runs the command, which may
     refuse on the facts (no such request…) but never for its syntax."""
-    from commands.arguments import ParseContext
-    from commands.dialogue import choices_of, example
-    from commands.registry import Option, Param
 
     uc = await _world(tmp_path)
     registry = uc.bot.registry
