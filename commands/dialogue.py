@@ -185,7 +185,8 @@ def _ask(ctx: CommandContext, row: Dialogue, cmd: Command, answers: dict, *, int
     if choices is not None and len(choices) <= 20:
         if intro:
             _say(ctx, row, intro, anchor=anchor)
-        question = f"{head} : {label(item)} (votez, ou tapez le numéro ou la valeur)"
+        # A help text that lists the values for typing is noise above the same values as buttons.
+        question = (f"{head} : {label(item)}" if len(label(item)) <= 90 else head) + " (votez, ou tapez le numéro)"
         content = poll_start_content(question, [text for _, text in choices], relates_to=_relation(ctx, row, anchor))
         ctx.queue("event", row.room_id, {"type": POLL_START, "content": content},
                   ref=f"dialogue:{row.id}:{pending[0]}")
@@ -202,9 +203,14 @@ def _ask(ctx: CommandContext, row: Dialogue, cmd: Command, answers: dict, *, int
 
 def _summary(ctx: CommandContext, row: Dialogue, cmd: Command, answers: dict, *, intro: str = "",
              anchor: str | None = None) -> None:
-    given = [(name, value) for name, value in answers.items() if value is not None]
+    pctx = _parse_ctx(ctx)
     lines = [f"**Récapitulatif · `!{cmd.name}`**", ""]
-    lines += [f"- {title(_items(cmd)[name])} : {literal(value)}" for name, value in given]
+    for name, value in answers.items():
+        if value is None:
+            continue
+        item = _items(cmd)[name]
+        shown = next((text for v, text in choices_of(item, pctx) or () if v == value), value)
+        lines.append(f"- {title(item)} : {literal(shown)}")
     confirm = ("✅ **pour confirmer** : répondez ✅ (ou « oui »), ou réagissez ✅ à ce message. "
                "`annuler` pour abandonner. Rien n'est enregistré avant.")
     if _must_redact(cmd, row, ctx):

@@ -74,7 +74,7 @@ async def test_a_bare_dec_is_asked_in_a_thread_then_runs_as_typed_after_confirma
     sent = await uc.vote(MT, uc.room, poll_event, ["1"])  # a second vote on an answered question: ignored
     assert sent == []
     sent = await uc.say(MT, uc.room, "pansement quotidien talon gauche", relates_to=thread)
-    assert "Récapitulatif" in texts(sent) and "visite_domicile" in texts(sent)
+    assert "Récapitulatif" in texts(sent) and "soins : Visite à domicile" in texts(sent)
     assert await count(uc, select(func.count()).select_from(Demande)) == 0  # nothing before ✅
 
     sent = await uc.say(MT, uc.room, "✅", relates_to=thread)
