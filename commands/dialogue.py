@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 
-from commands.arguments import ArgumentError, Choice, ParseContext, split_options, tokenize
+from commands.arguments import ArgumentError, Choice, ParseContext, Text, split_options, tokenize
 from commands.registry import (
     PATIENT,
     SCOPE_NAMES,
@@ -282,23 +282,36 @@ async def dialogue_for_message(ctx: CommandContext, content: dict) -> Dialogue |
     return active[0]
 
 
-def _is_other_command(ctx: CommandContext, text: str) -> bool:
-    """`!aide` typed during a dialogue is a command; in the dialogue, answers win otherwise."""
+def _is_other_command(ctx: CommandContext, row: Dialogue, text: str) -> bool:
+    """Whether a message typed while a dialogue is open is a command rather than an answer.
+
+    With `!` or `/` it is a command (except `!annuler` alone, which stops the dialogue). In a
+    direct chat, where commands need no prefix, a message starting with a command's name is one
+    too, unless the question expects free text or the word is an answer (« ok », « annuler »)."""
     registry = ctx.services.registry
-    stripped = registry.strip_prefix(text, direct=False)
-    if stripped is None or stripped[0] not in ("!", "/", "//"):
+    if normalize(text) in CANCEL:
         return False
-    words = stripped[1].split()
-    return bool(words) and registry.find(words[0]) is not None and normalize(text) not in CANCEL
+    stripped = registry.strip_prefix(text, direct=False)
+    words = stripped[1].split() if stripped else []
+    if stripped is not None and stripped[0] in ("!", "/", "//"):
+        return bool(words) and registry.find(words[0]) is not None
+    first = text.split()[0] if text.split() else ""
+    if ctx.room_kind != "direct" or registry.find(first) is None or normalize(first) in CONFIRM | CANCEL | SKIP:
+        return False
+    pending = [q for q in row.questions if q not in rows.read_answers(ctx.store.cipher, row)]
+    if not pending:
+        return True
+    item = _items(registry.find(row.command))[pending[0]]
+    return not isinstance(item.type, Text)
 
 
 async def take_message(ctx: CommandContext, text: str, content: dict) -> bool:
     """A message that answers one of the sender's dialogues here is handled as such (True)."""
     text = text.strip()
-    if not text or _is_other_command(ctx, text):
+    if not text:
         return False
     row = await dialogue_for_message(ctx, content)
-    if row is None:
+    if row is None or _is_other_command(ctx, row, text):
         return False
     await answer(ctx, row, text, typed=True)
     return True

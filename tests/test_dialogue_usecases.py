@@ -264,3 +264,21 @@ async def test_every_command_with_required_arguments_completes_by_dialogue(tmp_p
         walked.append(cmd.name)
     assert {"patient", "declenchement", "rdv", "refuser", "cr", "annuler", "inclure", "sortir", "redflag",
             "alerte", "commentaire", "acces", "annuaire", "absence"} <= set(walked)
+
+
+async def test_in_a_direct_chat_a_command_typed_during_a_dialogue_stays_a_command(tmp_path):
+    uc = await _world(tmp_path)
+    dm = uc.direct_room(MT)
+    await uc.say(MT, dm, "patient nouveau nom=Sans prenom=Accord naissance=01/02/1960 sexe=M tel=0600000000 "
+                         'adresse="1 place de la Mairie"')
+    sent = await uc.say(MT, dm, "acces demander P-10")
+    assert "n'est pas un code patient" in texts(sent) and "Usage" in texts(sent)
+    sent = await uc.say(MT, dm, "ok")  # an answer, not the `ok` (accepter) command: consent needs « oui »
+    assert "n'est pas une valeur possible" in texts(sent)
+    sent = await uc.say(MT, dm, "oui")
+    assert "Récapitulatif" in texts(sent)
+    sent = await uc.say(MT, dm, "demandes")  # awaiting ✅: a command word runs the command
+    assert "Aucune demande en cours" in texts(sent)
+    await uc.say(MT, dm, "!refuser")
+    sent = await uc.say(MT, dm, "cr fait hier, rien à signaler")  # free text expected: an answer
+    assert "Récapitulatif" in texts(sent) and "cr fait hier" in texts(sent)

@@ -146,7 +146,11 @@ async def test_access_request_inclusion_exit_and_non_members(harness, people):
     ph_dm = await direct_chat(ph, harness)
     reply = await command(ph, ph_dm, harness, 'patient nouveau nom=Sans prenom=Accord naissance=01/02/1960 sexe=M '
                                               'tel=0600000000 adresse="1 place de la Mairie"')
-    assert "consentement=" in reply.body and "Usage" in reply.body  # no circle without the patient's consent
+    # No circle without the patient's consent: the bot asks for it (issue 17), and nothing is created.
+    assert "je vous pose 1 question" in reply.body
+    consent = await ph.wait_for_event(ph_dm, "org.matrix.msc3381.poll.start",
+                                      predicate=lambda m: "Consentement" in m.body)
+    assert "1. oui" in consent.body
     reply = await command(ph, ph_dm, harness, "acces demander P-10")
     assert "n'est pas un code patient" in reply.body and "Usage" in reply.body
     reply = await command(ph, ph_dm, harness, f"acces demander {code}")
