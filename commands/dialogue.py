@@ -75,6 +75,9 @@ async def command_refusal(ctx: CommandContext, cmd: Command) -> str | None:
 async def run(ctx: CommandContext, invocation: Invocation) -> None:
     cmd = invocation.command
     ctx.sigil, ctx.command = invocation.sigil, cmd
+    for open_row in await rows.active_dialogues(ctx.session, ctx.sender, ctx.room_id):
+        if open_row.command == cmd.name:  # typed in full after all: its dialogue is over
+            await rows.end(ctx.session, open_row, "cancelled", ctx.now)
     try:
         await cmd.handler(ctx, **invocation.arguments)
     except ArgumentError as e:  # a value checked inside the handler: same answer as a parse error

@@ -282,3 +282,13 @@ async def test_in_a_direct_chat_a_command_typed_during_a_dialogue_stays_a_comman
     await uc.say(MT, dm, "!refuser")
     sent = await uc.say(MT, dm, "cr fait hier, rien à signaler")  # free text expected: an answer
     assert "Récapitulatif" in texts(sent) and "cr fait hier" in texts(sent)
+
+
+async def test_the_command_typed_in_full_ends_its_dialogue(tmp_path):
+    uc = await _world(tmp_path)
+    await uc.say(MT, uc.room, "!dec")
+    await uc.say(MT, uc.room, "!dec infirmier pansement quotidien")
+    sent = await uc.say(MT, uc.room, "merci à tous")  # conversation again, not an answer
+    assert sent == []
+    async with uc.bot.store.session() as s:
+        assert (await s.scalars(select(Dialogue.status))).all() == ["cancelled"]
