@@ -30,6 +30,7 @@ from bot.sync import HomeserverWatch, SyncIntake, homeserver_unreachable
 from bot.wiring import Wiring, compose
 from commands.registry import CommandRegistry
 from domain.clock import Clock
+from rooms import indemnites
 from rooms.context import CommandContext
 from rooms.messages import render
 from rooms.services import Services
@@ -127,6 +128,7 @@ class Bot:
         self._stop.clear()
         if self.config.cpts.coordinator_room or await self.store.get_state("coordinator_room"):
             await ensure_coordinator_room(self)
+        await indemnites.ensure_schedule(self.store, self.services, self.clock.now())  # quarterly post, digest
         self.deadlines.start()
         self._tasks = [asyncio.create_task(self.intake.run(self._stop), name="sync"),
                        asyncio.create_task(self._worker_loop(), name="worker"),
@@ -186,7 +188,7 @@ class Bot:
             self._wake_worker.clear()
             try:
                 await self.process_inbox()
-                await self.fire_due_deadlines()  # e.g. a rung due "now" after a decline
+                await self._deadlines_touched()
                 await self.flush_outbox()
             except asyncio.CancelledError:
                 raise
@@ -198,14 +200,29 @@ class Bot:
                 await asyncio.sleep(1)
                 self._wake_worker.set()
 
+    async def _deadlines_touched(self) -> None:
+        """A handler added or moved a deadline: re-arm the wake-up, and fire at once what is
+        already due (e.g. the pool rung after the MT declined). Nothing touched, nothing read."""
+        touched = self.store.take_touched_deadline()
+        if touched is None:
+            return
+        if touched <= self.clock.now():
+            await self.fire_due_deadlines()  # re-arms the wake-up itself
+        else:
+            await self.schedule_wakeup()
+
     async def process_inbox(self) -> None:
+        """Handle pending events until none is left; the inbox is read again only when the sync
+        recorded something meanwhile (or a batch was full)."""
+        limit = 200
         while True:
-            pending = await self.store.pending_events()
-            if not pending:
-                return
+            changes = self.store.inbox_changes
+            pending = await self.store.pending_events(limit=limit)
             for event in pending:
                 await dispatch(self, event)
                 await self.flush_outbox()
+            if len(pending) < limit and self.store.inbox_changes == changes:
+                return
 
     def context(self, session, room_id: str, room_kind: str, sender: str, event_id: str) -> CommandContext:
         return command_context(self.services, session, room_id, room_kind, sender, event_id)

@@ -81,6 +81,7 @@ class CptsConfig(_Section):
     name: str = "CPTS"
     coordinator_room: str | None = None
     timezone: str = "Europe/Paris"
+    tarifs: str = "livret-2022"  # the indemnity rule set, a file of data/tarifs (decisions.md 12)
 
     @field_validator("timezone")
     @classmethod
@@ -154,6 +155,7 @@ ENV_OVERRIDES = {
     "CERCLE_CPTS_NAME": ("cpts", "name"),
     "CERCLE_COORDINATOR_ROOM": ("cpts", "coordinator_room"),
     "CERCLE_TIMEZONE": ("cpts", "timezone"),
+    "CERCLE_TARIFS": ("cpts", "tarifs"),
     "CERCLE_UNVERIFIED_DEVICES": ("trust", "unverified_devices"),
 }
 

@@ -94,6 +94,8 @@ class OutboxSender:
         self._retry_timer: asyncio.TimerHandle | None = None
         self.member_reads = 0  # member lists read from the server (tests check it stays small)
         self.waiting = 0  # items left after the last flush
+        self._backlog_empty = False  # known only after a full read: the first flush reads
+        self._seen_by_full_read: set[int] = set()
         # One small sender per action: a new action is one entry here.
         self.senders: dict[str, Sender] = {
             "message": self._send_message, "direct": self._send_direct, "state": self._send_state,
@@ -115,8 +117,11 @@ class OutboxSender:
             self._retry_timer = None
 
     # --- flush -----------------------------------------------------------------------------------
-    async def flush(self) -> int:
+    async def flush(self, full: bool = False) -> int:
         """Send what can be sent, in order per room; returns how many items are left waiting.
+
+        Reads the outbox back only when something is waiting, at the first flush, and when asked
+        (`full`: the deadline runner's periodic pass, a safety net for rows another process wrote).
 
         An item that cannot go yet (room not synced, recipient not joined, homeserver busy) holds
         back the later items of the same room only, never the other rooms. It is tried again
@@ -124,35 +129,56 @@ class OutboxSender:
         instead of retrying everything in a loop), or at once when a sync shows its room changed.
         """
         async with self._flush_lock:
+            fresh = self.store.take_committed_outbox()
+            if self._backlog_empty and not full:
+                # The usual case: nothing was waiting, so send exactly what was just committed,
+                # in commit order, without reading the outbox back (issue 11).
+                fresh = [(i, c) for i, c in fresh if i.id not in self._seen_by_full_read]
+                self._seen_by_full_read.clear()
+                if not fresh:
+                    return 0
+                if await self._send_batch(fresh, set(), set(), set()) == 0:
+                    return 0
             changed, self._rooms_changed = self._rooms_changed, set()
             tried: set[int] = set()
             blocked: set[str] = set()
-            outage = False
-            while not outage:
+            while True:
                 batch = [(i, c) for i, c in await self.store.pending_outbox(limit=500) if i.id not in tried]
-                if not batch:
+                if not batch or await self._send_batch(batch, tried, blocked, changed) is None:
                     break
-                now = wall_now()
-                for item, content in batch:
-                    tried.add(item.id)
-                    key = self._outbox_key(item, content)
-                    if key in blocked:
-                        continue
-                    if (item.next_attempt_at is not None and item.next_attempt_at > now
-                            and await self._target_room(item, content) not in changed):
-                        blocked.add(key)  # backing off: the later items of this room wait behind it
-                        continue
-                    outcome = await self._send(item, content)
-                    if isinstance(outcome, Later):
-                        blocked.add(key)
-                        await self._note_retry(item, outcome)
-                        if outcome.outage:  # the homeserver is unreachable: no use trying other rooms
-                            outage = True
-                            break
             backlog = await self.store.outbox_backlog()
+            # Items committed while this read ran are in both the read and the memory queue.
+            self._seen_by_full_read = tried
+            self._backlog_empty = not backlog
         self.waiting = len(backlog)
         await self._watch_backlog(backlog)
         return len(backlog)
+
+    async def _send_batch(self, batch, tried: set[int], blocked: set[str], changed: set[str]) -> int | None:
+        """Send in order, an item that must wait holding back the later ones of its room; returns
+        how many were held back, or None when the homeserver is unreachable (stop trying)."""
+        now = wall_now()
+        held = 0
+        for item, content in batch:
+            tried.add(item.id)
+            key = self._outbox_key(item, content)
+            if key in blocked:
+                held += 1
+                continue
+            if (item.next_attempt_at is not None and item.next_attempt_at > now
+                    and await self._target_room(item, content) not in changed):
+                blocked.add(key)  # backing off: the later items of this room wait behind it
+                held += 1
+                continue
+            outcome = await self._send(item, content)
+            if isinstance(outcome, Later):
+                blocked.add(key)
+                held += 1
+                self._backlog_empty = False
+                await self._note_retry(item, outcome)
+                if outcome.outage:  # the homeserver is unreachable: no use trying other rooms
+                    return None
+        return held
 
     @staticmethod
     def _outbox_key(item, content: dict) -> str:

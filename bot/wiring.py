@@ -13,9 +13,11 @@ from commands import build_registry, dialogue, replies
 from commands.registry import CommandRegistry
 from domain.clock import Clock
 from domain.flows import load_flows
+from domain.indemnites import TarifsError, load_baremes
 from domain.parcours import load_catalogue
-from rooms import alertes, demandes
-from rooms.directory import Directory
+from domain.questionnaires import load_questionnaires
+from rooms import alertes, demandes, indemnites, questionnaires, suivi
+from rooms.directory import Directory, professions
 from rooms.services import Services
 from storage.repositories import Store
 
@@ -32,34 +34,43 @@ class Wiring:
 
 def compose(config: Config, store: Store, clock: Clock, registry: CommandRegistry | None = None) -> Wiring:
     registry = registry or build_registry()
-    services = Services(store=store, clock=clock, directory=Directory(), catalogue=load_catalogue(),
-                        flows=load_flows(), tz=config.tz, timezone=config.cpts.timezone, cpts_name=config.cpts.name,
-                        bot_user_id=config.matrix.user_id, registry=registry,
+    catalogue, flows = load_catalogue(), load_flows()
+    baremes = load_baremes(parcours=set(catalogue), flux=set(flows), professions=set(professions()))
+    if config.cpts.tarifs not in baremes:
+        raise TarifsError(f"cpts.tarifs : barème inconnu « {config.cpts.tarifs} » (barèmes : {', '.join(baremes)})")
+    services = Services(store=store, clock=clock, directory=Directory(), catalogue=catalogue,
+                        flows=flows, tz=config.tz, timezone=config.cpts.timezone, cpts_name=config.cpts.name,
+                        bot_user_id=config.matrix.user_id, registry=registry, bareme=baremes[config.cpts.tarifs],
+                        questionnaires=load_questionnaires(),
                         dialogue_timeout=timedelta(minutes=config.dialogue.expire_after_min))
     # Each use-case module owns its tables (at its bottom); the composition root only merges them.
+    modules = (demandes, alertes, suivi, questionnaires, indemnites, dialogue, replies)
     return Wiring(services=services, registry=registry,
-                  deadline_handlers={**demandes.DEADLINE_HANDLERS, **alertes.DEADLINE_HANDLERS,
-                                     **dialogue.DEADLINE_HANDLERS},
-                  reaction_handlers=merge_reactions(demandes.REACTION_HANDLERS, dialogue.REACTION_HANDLERS),
-                  poll_handlers={**dialogue.POLL_HANDLERS},
-                  reply_handlers={**replies.REPLY_HANDLERS, **dialogue.REPLY_HANDLERS})
+                  deadline_handlers=merge_tables(modules, "DEADLINE_HANDLERS"),
+                  reaction_handlers=merge_tables(modules, "REACTION_HANDLERS", shared=True),
+                  poll_handlers=merge_tables(modules, "POLL_HANDLERS"),
+                  reply_handlers=merge_tables(modules, "REPLY_HANDLERS"))
 
 
-def merge_reactions(*tables: dict) -> dict:
-    """One handler per key; a key several modules answer (✅: accept a request, confirm a dialogue)
-    calls each in turn, and each acts only on its own messages (by the reacted event's ref)."""
+def merge_tables(modules, name: str, *, shared: bool = False) -> dict:
+    """One table from the modules' tables of that name; a key claimed twice stops the start
+    (two flows answering the same deadline kind or ref prefix would be a silent bug). Reaction
+    keys are `shared`: ✅ accepts a request and confirms a dialogue, each handler acting only on
+    its own messages (the reacted event's ref), so each is called in turn."""
     merged: dict[str, list] = {}
-    for table in tables:
-        for key, handler in table.items():
+    for module in modules:
+        for key, handler in getattr(module, name, {}).items():
+            if key in merged and not shared:
+                raise ValueError(f"{name} : « {key} » déclaré deux fois ({module.__name__})")
             merged.setdefault(key, []).append(handler)
+    return {key: _chain(handlers) for key, handlers in merged.items()}
 
-    def chain(handlers):
-        if len(handlers) == 1:
-            return handlers[0]
 
-        async def each(ctx, target_event_id):
-            for handler in handlers:
-                await handler(ctx, target_event_id)
-        return each
+def _chain(handlers: list):
+    if len(handlers) == 1:
+        return handlers[0]
 
-    return {key: chain(handlers) for key, handlers in merged.items()}
+    async def each(ctx, target_event_id):
+        for handler in handlers:
+            await handler(ctx, target_event_id)
+    return each

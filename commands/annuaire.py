@@ -8,6 +8,7 @@ from commands.people import CalendarDate, PersonRef
 from commands.registry import COORDINATION, CommandGroup, Option, Param
 from domain.markup import literal
 from domain.text import normalize
+from rooms import indemnites
 from rooms.directory import find_profession, profession_label, professions, upsert_professional
 from storage.models import Professional
 
@@ -124,7 +125,12 @@ async def annuaire(ctx, action, personne=None, nom=None, profession=None, commun
         ctx.reply(f"✅ {literal(existing.display_name)} est retiré·e de l'annuaire (ses actes passés restent au registre).")
         return
     _modify(existing, nom=nom, profession=prof_code, communes=communes, roles=role_list, until=until)
-    ctx.reply(f"✅ Modifié : {describe(existing)}")
+    note = ""
+    if until or prof_code:  # the cotisation or the profession decide indemnities: price the lines again
+        await ctx.session.flush()
+        if await indemnites.reprice_user(ctx, personne):
+            note = "\nIndemnités recalculées (les bordereaux déjà validés reçoivent une correction)."
+    ctx.reply(f"✅ Modifié : {describe(existing)}{note}")
 
 
 async def _voir(ctx, personne: str | None) -> None:

@@ -50,13 +50,14 @@ from domain.ladder import Rung, plan_for_flow
 from domain.markup import literal
 from domain.permissions import Action
 from domain.text import format_french_datetime
+from rooms import indemnites
 from rooms.access import actor, authorize
 from rooms.directory import has_role, names, profession_label
 from rooms.messages import render
 from rooms.patients import add_member, cercle_members, invite_with_identity
 from storage.crypto import FieldCipher
-from storage.models import Act, OutboxItem, Patient, Professional
 from storage.models import Demande as DemandeRow
+from storage.models import OutboxItem, Patient, Professional
 
 LADDER_KINDS = ("demande.pool", "demande.relance", "demande.escalade")
 ACCEPT_REACTIONS = ("✅", "✔️", "☑️", "👍")
@@ -288,9 +289,9 @@ async def declencher(ctx, patient: Patient, flow: Flow, **creation) -> Demande:
     """`!dec`: a secretary's request is made on behalf of her professional (decisions.md 11)."""
     pour = (await actor(ctx, patient, ctx.sender)).delegation_for
     row, d = await create(ctx, patient, flow, pour_compte_de=pour, **creation)
-    ctx.session.add(Act(user_id=pour or ctx.sender, kind="declenchement", patient_code=patient.code,
-                        parcours=flow.parcours, ref=f"demande:{row.id}", at=ctx.now,
-                        details={"flow": flow.code, "par": ctx.sender}))
+    await indemnites.record(ctx, user_id=pour or ctx.sender, kind="declenchement", ref=f"demande:{row.id}",
+                            patient_code=patient.code, parcours=flow.parcours, flow=flow.code, par=ctx.sender,
+                            demandeur=pour or ctx.sender)
     return d
 
 
@@ -340,6 +341,7 @@ async def set_rdv(ctx, patient: Patient, row: DemandeRow, slot, mode: Mode, prec
         d.rdv = dataclasses.replace(d.rdv, texte=precisions)
     await _save(ctx, outcome, row, d)
     await on_rdv_set(ctx, d, outcome, precisions)
+    await indemnites.add_criterion(ctx, f"demande:{row.id}", "rdv")
 
 
 async def post_cr(ctx, patient: Patient, row: DemandeRow, texte: str) -> None:
@@ -348,6 +350,7 @@ async def post_cr(ctx, patient: Patient, row: DemandeRow, texte: str) -> None:
     outcome = poster_cr(d, ctx.sender, texte, ctx.now)
     await _save(ctx, outcome, row, d)
     await on_cr_posted(ctx, row, d, outcome)
+    await indemnites.add_criterion(ctx, f"demande:{row.id}", "cr")  # a pending acceptance becomes éligible
 
 
 async def close(ctx, patient: Patient, row: DemandeRow) -> None:
@@ -356,6 +359,7 @@ async def close(ctx, patient: Patient, row: DemandeRow) -> None:
     outcome = cloturer(d, ctx.sender, ctx.now)
     await _save(ctx, outcome, row, d)
     await on_closed(ctx, row, outcome)
+    await indemnites.add_criterion(ctx, f"demande:{row.id}", "cloture")  # « à condition que la fiche soit close »
 
 
 async def comment(ctx, patient: Patient, row: DemandeRow, texte: str) -> None:
@@ -427,8 +431,9 @@ async def on_accepted(ctx, patient: Patient, row: DemandeRow, d: Demande, outcom
                                   f"notifications closes pour " + " ".join(in_room),
                  mentions={u: noms[u] for u in in_room})
     flow = ctx.services.flows[d.flow]
-    ctx.session.add(Act(user_id=ctx.sender, kind="acceptation", patient_code=patient.code, parcours=flow.parcours,
-                        ref=f"demande:{row.id}", at=ctx.now, details={"flow": flow.code, "tardive": outcome.tardive}))
+    await indemnites.record(ctx, user_id=ctx.sender, kind="acceptation", ref=f"demande:{row.id}",
+                            patient_code=patient.code, parcours=flow.parcours, flow=flow.code,
+                            tardive=outcome.tardive, demandeur=d.demandeur, pour_compte_de=d.pour_compte_de)
     if ctx.room_id != patient.room_id:
         ctx.reply(f"✅ C'est noté : vous prenez en charge la demande {patient.code}/{d.numero}. "
                   f"Vous êtes invité·e dans le cercle {patient.code}, où se trouve la fiche du patient.")

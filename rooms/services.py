@@ -6,14 +6,16 @@ here only through the few methods the use cases call.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from domain.clock import Clock
 from domain.flows import Flow
+from domain.indemnites import Bareme
 from domain.parcours import Parcours
+from domain.questionnaires import Questionnaire
 from rooms.directory import Directory
 from storage.repositories import Store
 
@@ -41,4 +43,6 @@ class Services:
     bot_user_id: str
     registry: CommandCatalogue
     coordinator_room: str | None = None  # the coordinators' room, known once the bot has started
+    questionnaires: dict[str, Questionnaire] = field(default_factory=dict)  # data/questionnaires, by code
+    bareme: Bareme | None = None  # the CPTS's indemnity tariff, with its versions (cpts.tarifs)
     dialogue_timeout: timedelta = timedelta(minutes=30)  # an unanswered guided command expires (dialogue.*)
