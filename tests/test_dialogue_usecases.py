@@ -10,6 +10,10 @@ from commands.arguments import ParseContext
 from commands.dialogue import choices_of, example
 from commands.registry import COORDINATION, DIRECT, PATIENT, Option, Param
 from domain.clock import FakeClock
+from domain.demandes import commenter, creer_demande
+from domain.flows import load_flows
+from domain.markup import unmark
+from domain.permissions import Action, Actor, authorize
 from domain.polls import POLL_START
 from rooms.demandes import read
 from storage.models import Demande, Dialogue, Patient
@@ -23,8 +27,8 @@ COORD = "@coord:cpts.test"
 KINE = "@kine:cpts.test"
 
 
-async def _world(tmp_path) -> UseCases:
-    uc = await UseCases.open(tmp_path / "bot", clock=FakeClock())
+async def _world(tmp_path, database_url: str | None = None) -> UseCases:
+    uc = await UseCases.open(tmp_path / "bot", database_url, clock=FakeClock())
     await uc.enrol(MT, "medecin_generaliste", name="Paul Martin")
     await uc.enrol(IDE, "infirmier", name="Julie Petit")
     await uc.enrol(IDE2, "infirmier", name="Marc Durand")
@@ -47,8 +51,8 @@ def texts(sent):
     return "\n".join(s.body for s in sent)
 
 
-async def test_a_bare_dec_is_asked_in_a_thread_then_runs_as_typed_after_confirmation(tmp_path):
-    uc = await _world(tmp_path)
+async def test_a_bare_dec_is_asked_in_a_thread_then_runs_as_typed_after_confirmation(tmp_path, database_url):
+    uc = await _world(tmp_path, database_url)
     sent = await uc.say(MT, uc.room, "!dec")
     command_event = uc.last_event
     assert "je vous pose 3 questions" in texts(sent)
@@ -137,8 +141,8 @@ async def test_two_rooms_do_not_mix_and_only_the_starter_answers(tmp_path):
     assert polls(sent)  # the room's dialogue got it, at its own question
 
 
-async def test_identity_typed_in_a_shared_room_is_redacted_and_the_summary_is_private(tmp_path):
-    uc = await _world(tmp_path)
+async def test_identity_typed_in_a_shared_room_is_redacted_and_the_summary_is_private(tmp_path, database_url):
+    uc = await _world(tmp_path, database_url)
     sent = await uc.say(COORD, COORDINATION_ROOM, "!patient nouveau")
     assert "1/7 · Nom" in texts(sent) and "Exemple : Dupont" in texts(sent)
     for answer in ("Dupontel", "Marielle", "31/02/1950"):
@@ -292,3 +296,19 @@ async def test_the_command_typed_in_full_ends_its_dialogue(tmp_path):
     assert sent == []
     async with uc.bot.store.session() as s:
         assert (await s.scalars(select(Dialogue.status))).all() == ["cancelled"]
+
+
+def test_who_may_comment_a_request():
+    """Tier 1: those who take part in the request, the cercle and coordinators; nobody else."""
+    now = FakeClock().now()
+    d = creer_demande(1, load_flows()["consultation"], MT, now, commentaire="x", cible_profession="infirmier")
+    d.sollicites = {IDE}
+    assert authorize(Action.COMMENTER, d, Actor(MT))
+    assert authorize(Action.COMMENTER, d, Actor(IDE, profession="infirmier"))
+    assert authorize(Action.COMMENTER, d, Actor(KINE, cercle_member=True))
+    assert authorize(Action.COMMENTER, d, Actor(COORD, roles=frozenset({"coordinateur"})))
+    refused = authorize(Action.COMMENTER, d, Actor(IDE2, profession="infirmier"))
+    assert not refused and "ne participez pas" in refused.reason
+    assert not authorize(Action.COMMENTER, d, Actor(IDE, in_directory=False))
+    outcome = commenter(d, IDE, "clés chez la voisine", now)
+    assert d.journal[-1].action == "commentaire" and unmark(outcome.texte({IDE: "Julie"})) == "💬 Demande n°1, Julie : clés chez la voisine"
