@@ -123,6 +123,21 @@ class DeliveryConfig(_Section):
     stuck_after_s: float = Field(600.0, gt=0)
 
 
+class TcimConfig(_Section):
+    # One unguessable room per teleconsultation under this base (a Jitsi server, or an Element
+    # Call URL ending in « #/room/ » or similar): the bot appends « tcim-<random> » (issue 12).
+    video_base: str = "https://meet.jit.si/"
+    reminder_before_min: int = Field(30, gt=0)  # reminder to doctor and nurse before the slot
+    late_after_min: int = Field(15, gt=0)  # no `!tcim debut` this long after the slot: escalation
+
+    @field_validator("video_base")
+    @classmethod
+    def _https(cls, v: str) -> str:
+        if not v.startswith("https://"):
+            raise ValueError("adresse https:// attendue (serveur de visio)")
+        return v
+
+
 class DialogueConfig(_Section):
     # A command completed by questions (commands.dialogue) is dropped after this long without an
     # answer: long enough for a phone call between two answers, short enough not to surprise.
@@ -136,6 +151,7 @@ class Config(_Section):
     trust: TrustConfig = TrustConfig()
     sync: SyncConfig = SyncConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    tcim: TcimConfig = TcimConfig()
     dialogue: DialogueConfig = DialogueConfig()
 
     @property
@@ -157,6 +173,7 @@ ENV_OVERRIDES = {
     "CERCLE_TIMEZONE": ("cpts", "timezone"),
     "CERCLE_TARIFS": ("cpts", "tarifs"),
     "CERCLE_UNVERIFIED_DEVICES": ("trust", "unverified_devices"),
+    "CERCLE_TCIM_VIDEO_BASE": ("tcim", "video_base"),
 }
 
 

@@ -16,9 +16,9 @@ from domain.flows import load_flows
 from domain.indemnites import TarifsError, load_baremes
 from domain.parcours import load_catalogue
 from domain.questionnaires import load_questionnaires
-from rooms import alertes, demandes, indemnites, questionnaires, suivi
+from rooms import alertes, demandes, indemnites, questionnaires, suivi, tcim
 from rooms.directory import Directory, professions
-from rooms.services import Services
+from rooms.services import Services, TcimSettings
 from storage.repositories import Store
 
 
@@ -42,9 +42,13 @@ def compose(config: Config, store: Store, clock: Clock, registry: CommandRegistr
                         flows=flows, tz=config.tz, timezone=config.cpts.timezone, cpts_name=config.cpts.name,
                         bot_user_id=config.matrix.user_id, registry=registry, bareme=baremes[config.cpts.tarifs],
                         questionnaires=load_questionnaires(),
+                        tcim=TcimSettings(video_base=config.tcim.video_base,
+                                          reminder_before=timedelta(minutes=config.tcim.reminder_before_min),
+                                          late_after=timedelta(minutes=config.tcim.late_after_min)),
+                        flow_hooks={**tcim.FLOW_HOOKS},
                         dialogue_timeout=timedelta(minutes=config.dialogue.expire_after_min))
     # Each use-case module owns its tables (at its bottom); the composition root only merges them.
-    modules = (demandes, alertes, suivi, questionnaires, indemnites, dialogue, replies)
+    modules = (demandes, alertes, suivi, questionnaires, indemnites, tcim, dialogue, replies)
     return Wiring(services=services, registry=registry,
                   deadline_handlers=merge_tables(modules, "DEADLINE_HANDLERS"),
                   reaction_handlers=merge_tables(modules, "REACTION_HANDLERS", shared=True),

@@ -443,6 +443,7 @@ class Tcim(_Strict):
     charte_fin: list[ChecklistItem] = Field(min_length=1)
     interruption: list[Texte] = []
     notes: list[Texte] = []
+    cpam: list[Texte] = []                       # CPAM fees, shown for information only (never CPTS amounts)
 
     @model_validator(mode="after")
     def _codes(self) -> "Tcim":

@@ -39,7 +39,7 @@ from domain.markup import literal
 from rooms import bordereaux
 from rooms.directory import profession_label
 from rooms.patients import active_inclusions
-from storage.models import Act, Bordereau, Deadline, Professional
+from storage.models import Act, Bordereau, Deadline, Observation, Professional
 from storage.models import Demande as DemandeRow
 
 POST_HOUR = time(8, 0)  # bordereaux and digests wait for the working day (decisions.md 1)
@@ -114,12 +114,16 @@ async def catch_up(session: AsyncSession, services, now: datetime) -> int:
 
 
 async def _recheck_inclusions(session: AsyncSession, services, suivi: Act, now: datetime) -> None:
-    """A posted item may complete the données de base an inclusion waits for."""
-    if not (suivi.patient_code and suivi.parcours):
-        return
+    if suivi.patient_code and suivi.parcours:
+        await recheck_inclusions(session, services, suivi.patient_code, suivi.parcours, now)
+
+
+async def recheck_inclusions(session: AsyncSession, services, patient_code: str, parcours: str,
+                             now: datetime) -> None:
+    """Données de base or an item just posted may complete what a pending inclusion line waits for."""
     await session.flush()
     waiting = (await session.scalars(select(Act).where(
-        Act.kind == "inclusion", Act.patient_code == suivi.patient_code, Act.parcours == suivi.parcours,
+        Act.kind == "inclusion", Act.patient_code == patient_code, Act.parcours == parcours,
         Act.etat == Etat.EN_ATTENTE.value, Act.correction == 0))).all()
     for act in waiting:
         await price(session, services, act, now)
@@ -209,15 +213,15 @@ async def _cached(session, cache: dict, model, key):
 
 
 async def _donnees_de_base(session, services, patient_code: str, parcours: str, cache: dict) -> bool:
-    """Every item of the parcours' données de base was posted (suivi lines, details.element)."""
+    """Every donnée de base of the parcours is recorded (`!donnees`: storage.suivi observations)."""
     p = services.catalogue.get(parcours)
     if p is None or not p.donnees_de_base:
         return False
     key = ("ddb", patient_code, parcours)
     if key not in cache:
-        rows = await session.scalars(select(Act.details).where(Act.kind == "suivi", Act.patient_code == patient_code,
-                                                               Act.parcours == parcours))
-        cache[key] = {str(d.get("element")) for d in rows.all() if d}
+        cache[key] = set((await session.scalars(select(Observation.element).where(
+            Observation.patient_code == patient_code, Observation.parcours == parcours,
+            Observation.kind == "donnee").distinct())).all())
     return {d.code for d in p.donnees_de_base} <= cache[key]
 
 

@@ -30,6 +30,15 @@ class CommandCatalogue(Protocol):
     def digest(self, content: dict) -> str: ...
 
 
+@dataclass(frozen=True)
+class TcimSettings:
+    """From the `[tcim]` configuration section (bot/config.py TcimConfig)."""
+
+    video_base: str = "https://meet.jit.si/"
+    reminder_before: timedelta = timedelta(minutes=30)
+    late_after: timedelta = timedelta(minutes=15)
+
+
 @dataclass
 class Services:
     store: Store
@@ -45,4 +54,8 @@ class Services:
     coordinator_room: str | None = None  # the coordinators' room, known once the bot has started
     questionnaires: dict[str, Questionnaire] = field(default_factory=dict)  # data/questionnaires, by code
     bareme: Bareme | None = None  # the CPTS's indemnity tariff, with its versions (cpts.tarifs)
+    tcim: TcimSettings = TcimSettings()
+    # (flow code, step) -> async hook(ctx, patient, row, d): what a flow adds to a request's step
+    # ("accepted", "rdv", "cr"), e.g. rooms.tcim; merged by bot/wiring.compose.
+    flow_hooks: dict = field(default_factory=dict)
     dialogue_timeout: timedelta = timedelta(minutes=30)  # an unanswered guided command expires (dialogue.*)

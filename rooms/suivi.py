@@ -35,11 +35,11 @@ from domain.suivi import (
     show_value,
 )
 from domain.text import format_french_date, format_french_datetime, normalize
-from rooms import demandes
+from rooms import demandes, indemnites
 from rooms.directory import names
 from rooms.patients import active_inclusions, cercle_members, identity_of
 from storage import suivi as observations
-from storage.models import Act, BotState, CercleMember, Deadline, Inclusion, Patient, Professional
+from storage.models import BotState, CercleMember, Deadline, Inclusion, Patient, Professional
 
 RAPPEL, RETARD = "suivi.rappel", "suivi.retard"
 DIGEST_PATIENT, DIGEST_PRO = "suivi.digest_patient", "suivi.digest_pro"
@@ -157,6 +157,8 @@ async def donnees(ctx, patient: Patient, entries: list[str]) -> None:
                   + ". Rien n'est levé automatiquement : si la situation le justifie, envoyez",
                   f"`{command}`"]
     ctx.reply("\n".join(lines))
+    for p, _ in with_data:  # the données de base may now be complete: a pending inclusion line becomes éligible
+        await indemnites.recheck_inclusions(ctx.session, ctx.services, patient.code, p.code, ctx.now)
     await replan(ctx, patient)
 
 
@@ -321,8 +323,8 @@ async def _record(ctx, patient: Patient, keys: list[str], day: date | None, valu
             stored, signs = _fiche(ctx, p, e, value)
         row = await observations.record(ctx.session, ctx.store.cipher, patient_code=patient.code, parcours=p.code,
                                         kind="suivi", element=e.code, value=stored, at=at, by=ctx.sender, now=ctx.now)
-        ctx.session.add(Act(user_id=ctx.sender, kind="suivi", patient_code=patient.code, parcours=p.code,
-                            ref=f"observation:{row.id}", at=ctx.now, details={"element": e.code}))
+        await indemnites.record(ctx, user_id=ctx.sender, kind="suivi", ref=f"observation:{row.id}",
+                                patient_code=patient.code, parcours=p.code, element=e.code)
         lines.append(f"✅ **{e.libelle}** ({p.nom}) noté : {_day(ctx, at)}"
                      + (f", {literal(show_fait(e, stored))}" if stored else "") + ".")
         if signs:

@@ -336,6 +336,22 @@ class QuestionnaireRun(Base):
     __table_args__ = (UniqueConstraint("inclusion_id", "code", name="uq_questionnaire_inclusion_code"),)
 
 
+class TcimRecord(Base):
+    """What a TCIM adds to its request (issue 12), one row per request. The state (eligibility
+    answers, charter, slot, video link, interruption motif…) is encrypted in `data_enc`; `etat`
+    and the people are plain for lookups and carry no patient identity."""
+
+    __tablename__ = "tcim"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    demande_id: Mapped[int] = mapped_column(unique=True)
+    patient_code: Mapped[str] = mapped_column(String(20), index=True)
+    etat: Mapped[str] = mapped_column(String(20))
+    infirmier: Mapped[str] = mapped_column(String(255))
+    medecin: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    data_enc: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class Dialogue(Base):
     """A command typed without all its required arguments, being completed by questions (issue 17).
 

@@ -290,14 +290,12 @@ async def test_lines_other_modules_insert_are_priced_and_rechecked(tmp_path):
         tcim = _one(await _acts(uc), "tcim_medecin", MT)
         assert (tcim.etat, tcim.montant_cents, tcim.cpam) == ("eligible", 2500, "+ CPAM (TCG 25 €)")
 
-        items = [d.code for d in uc.bot.services.catalogue["insuffisance_cardiaque"].donnees_de_base]
-        async with uc.bot.store.session.begin() as session:
-            for item in items:
-                session.add(Act(user_id=IDE, kind="suivi", patient_code=CODE, parcours="insuffisance_cardiaque",
-                                ref=f"suivi:{item}", at=uc.now(), details={"element": item}))
-        await uc.say(IDE, uc.direct_room(IDE), "indemnites")
+        # The données de base recorded with `!donnees` (rooms.suivi) complete the inclusion: éligible in
+        # the same transaction, after a first partial entry that leaves it pending.
+        await uc.say(IDE, uc.ic, "!donnees poids=82.5 fc=64 dfg=58")
+        assert _one(await _acts(uc), "inclusion", MT).etat == "en_attente"
+        await uc.say(IDE, uc.ic, "!donnees hb=12.5 arythmie=non nyha=2")
         assert _one(await _acts(uc), "inclusion", MT).etat == "eligible"
-        assert {a.etat for a in await _acts(uc, kind="suivi")} == {"eligible"}
     finally:
         await uc.close()
 

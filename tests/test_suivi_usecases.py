@@ -114,8 +114,9 @@ async def test_suivi_records_an_act_matches_forgivingly_and_asks_when_ambiguous(
         assert "DPNI" in positive and "!dec laboratoire" in positive
         async with uc.bot.store.session() as s:
             acts = (await s.scalars(select(Act).where(Act.kind == "suivi"))).all()
-        assert [(a.user_id, a.details) for a in acts] == [(SF, {"element": "echographie_t1"}),
-                                                          (SF, {"element": "depistage_combine"})]
+        # One priced ledger line per item posted (rooms.indemnites: livret-2022, « suivi » 15 €).
+        assert [(a.user_id, a.details["element"], a.etat) for a in acts] == [
+            (SF, "echographie_t1", "eligible"), (SF, "depistage_combine", "eligible")]
         checklist = _bodies(await uc.say(MT, uc.room, "!suivi"))
         assert "✅ Échographie T1 : fait le" in checklist and "debut_grossesse" in checklist
     finally:
@@ -238,8 +239,8 @@ async def test_an_ambiguous_name_asks_with_a_poll_and_the_vote_records_it(tmp_pa
         assert any(s.action == "poll_end" for s in voted)
         assert await _event(uc, SF, "poll_response", {"poll": poll_id, "answers": ["3"]}, 3) == []  # once
         async with uc.bot.store.session() as s:
-            assert [a.details for a in (await s.scalars(select(Act).where(Act.kind == "suivi"))).all()] == \
-                [{"element": "echographie_t2"}]
+            assert [a.details["element"] for a in (await s.scalars(select(Act).where(Act.kind == "suivi"))).all()] == \
+                ["echographie_t2"]
     finally:
         await uc.close()
 
