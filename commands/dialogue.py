@@ -93,7 +93,7 @@ def title(item: Param | Option) -> str:
     inner = item.type.placeholder.strip("<>\"' ")
     if not isinstance(item.type, Choice) and _WORDS.fullmatch(inner):
         return inner
-    return argument_name(item)
+    return argument_name(item).replace("_", " ")
 
 
 def label(item: Param | Option) -> str:
@@ -105,7 +105,7 @@ def example(cmd: Command, item: Param | Option, ctx: ParseContext) -> str | None
     name = argument_name(item)
     for text in cmd.examples:
         try:
-            tokens = tokenize(text.lstrip("!/"))[1:]
+            tokens = tokenize(text.lstrip("!/"))[len(cmd.name.split()):]
             if isinstance(item, Option):
                 for token in tokens:
                     key, _, value = token.text.partition("=")
@@ -189,7 +189,8 @@ def _ask(ctx: CommandContext, row: Dialogue, cmd: Command, answers: dict, *, int
         if intro:
             _say(ctx, row, intro, anchor=anchor)
         # A help text that lists the values for typing is noise above the same values as buttons.
-        question = (f"{head} : {label(item)}" if len(label(item)) <= 90 else head) + " (votez, ou tapez le numéro)"
+        listed = sum(1 for value, _ in choices if value and len(value) > 2 and normalize(value) in normalize(label(item)))
+        question = (head if listed >= 2 else f"{head} : {label(item)}") + " (votez, ou tapez le numéro)"
         content = poll_start_content(question, [text for _, text in choices], relates_to=_relation(ctx, row, anchor))
         ctx.queue("event", row.room_id, {"type": POLL_START, "content": content},
                   ref=f"dialogue:{row.id}:{pending[0]}")
@@ -304,7 +305,7 @@ def _is_other_command(ctx: CommandContext, row: Dialogue, text: str) -> bool:
     pending = [q for q in row.questions if q not in rows.read_answers(ctx.store.cipher, row)]
     if not pending:
         return True
-    item = _items(registry.find(row.command))[pending[0]]
+    item = _items(registry.named(row.command))[pending[0]]
     return not isinstance(item.type, Text)
 
 
@@ -324,7 +325,7 @@ async def answer(ctx: CommandContext, row: Dialogue, text: str, *, typed: bool, 
     """One answer (typed, or a vote when not `typed`): cancel, confirm, or the current question's value."""
     anchor = ctx.event_id if typed else None
     registry = ctx.services.registry
-    cmd = registry.find(row.command)
+    cmd = registry.named(row.command)
     if row.expires_at <= ctx.now:
         await expire_row(ctx, row)
         return
@@ -450,7 +451,7 @@ async def on_reaction(ctx: CommandContext, target_event_id: str | None) -> None:
     if found is None:
         return
     row, _ = found
-    cmd = ctx.services.registry.find(row.command)
+    cmd = ctx.services.registry.named(row.command)
     answers = rows.read_answers(ctx.store.cipher, row)
     if all(q in answers for q in row.questions):
         await confirm(ctx, row, cmd, answers)

@@ -259,6 +259,14 @@ class CommandRegistry:
     def find(self, word: str) -> Command | None:
         return self._index.get(normalize(word))
 
+    def named(self, name: str) -> Command | None:
+        """A runnable command by its full name: « rdv », or a family's « tcim demande »."""
+        family, _, word = name.partition(" ")
+        cmd = self.find(family)
+        if cmd is not None and word:
+            return cmd.subcommands.get(normalize(word)) if cmd.family else None
+        return cmd
+
     def suggestions(self, word: str) -> list[str]:
         import difflib
 
@@ -394,8 +402,13 @@ class CommandRegistry:
         cmd = self.find(tokens[0].text) if tokens else None
         if cmd is None:
             return None
+        rest = tokens[1:]
+        if cmd.family:  # `!tcim demande`: the subcommand's own arguments
+            if not rest or normalize(rest[0].text) not in cmd.subcommands:
+                return None
+            cmd, rest = cmd.subcommands[normalize(rest[0].text)], rest[1:]
         try:
-            arguments, missing = self.bind_partial(cmd, tokens[1:], ctx)
+            arguments, missing = self.bind_partial(cmd, rest, ctx)
         except ArgumentError:
             return None
         if not missing:
@@ -419,7 +432,7 @@ class CommandRegistry:
         typed in full (same parser, same checks); raises UsageError like parse()."""
         sigil, text = self.strip_prefix(body, direct=direct) or ("!", cmd.name)
         try:
-            tokens = tokenize(text)[1:]
+            tokens = tokenize(text)[len(cmd.name.split()):]  # after « rdv », or « tcim demande »
             for item in ordered_arguments(cmd):
                 answer = answers.get(argument_name(item))
                 if answer is None:
