@@ -30,7 +30,6 @@ from bot.sync import HomeserverWatch, SyncIntake, homeserver_unreachable
 from bot.wiring import Wiring, compose
 from commands.registry import CommandRegistry
 from domain.clock import Clock
-from rooms import indemnites
 from rooms.context import CommandContext
 from rooms.messages import render
 from rooms.services import Services
@@ -57,6 +56,7 @@ class Bot:
         self.reaction_handlers: dict[str, object] = wiring.reaction_handlers
         self.poll_handlers: dict[str, object] = wiring.poll_handlers
         self.reply_handlers: dict[str, object] = wiring.reply_handlers
+        self._at_start = wiring.at_start  # what the use-case modules plan at each start (their AT_START)
         self.homeserver = HomeserverWatch()  # shared by the three parts: one log line per change
         self._wake_worker = asyncio.Event()  # the inbox worker's doorbell
         self._stop = asyncio.Event()
@@ -128,7 +128,9 @@ class Bot:
         self._stop.clear()
         if self.config.cpts.coordinator_room or await self.store.get_state("coordinator_room"):
             await ensure_coordinator_room(self)
-        await indemnites.ensure_schedule(self.store, self.services, self.clock.now())  # quarterly post, digest
+        async with self.store.session.begin() as session:  # e.g. the next monthly report, the quarterly post
+            for hook in self._at_start:
+                await hook(session, self.services, self.clock.now())
         self.deadlines.start()
         self._tasks = [asyncio.create_task(self.intake.run(self._stop), name="sync"),
                        asyncio.create_task(self._worker_loop(), name="worker"),

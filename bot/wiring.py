@@ -16,7 +16,7 @@ from domain.flows import load_flows
 from domain.indemnites import TarifsError, load_baremes
 from domain.parcours import load_catalogue
 from domain.questionnaires import load_questionnaires
-from rooms import alertes, demandes, indemnites, questionnaires, suivi, tcim
+from rooms import alertes, demandes, indemnites, indicateurs, questionnaires, suivi, tcim
 from rooms.directory import Directory, professions
 from rooms.services import Services, TcimSettings
 from storage.repositories import Store
@@ -30,6 +30,7 @@ class Wiring:
     reaction_handlers: dict  # reaction key -> async handler(ctx, target_event_id)
     poll_handlers: dict = field(default_factory=dict)  # poll ref prefix -> async handler(ctx, ref, answer_ids)
     reply_handlers: dict = field(default_factory=dict)  # ref prefix -> async handler(ctx, ref, text) -> handled?
+    at_start: list = field(default_factory=list)  # async hook(session, services, now): timers planned at each start
 
 
 def compose(config: Config, store: Store, clock: Clock, registry: CommandRegistry | None = None) -> Wiring:
@@ -48,12 +49,13 @@ def compose(config: Config, store: Store, clock: Clock, registry: CommandRegistr
                         flow_hooks={**tcim.FLOW_HOOKS},
                         dialogue_timeout=timedelta(minutes=config.dialogue.expire_after_min))
     # Each use-case module owns its tables (at its bottom); the composition root only merges them.
-    modules = (demandes, alertes, suivi, questionnaires, indemnites, tcim, dialogue, replies)
+    modules = (demandes, alertes, suivi, questionnaires, indemnites, tcim, indicateurs, dialogue, replies)
     return Wiring(services=services, registry=registry,
                   deadline_handlers=merge_tables(modules, "DEADLINE_HANDLERS"),
                   reaction_handlers=merge_tables(modules, "REACTION_HANDLERS", shared=True),
                   poll_handlers=merge_tables(modules, "POLL_HANDLERS"),
-                  reply_handlers=merge_tables(modules, "REPLY_HANDLERS"))
+                  reply_handlers=merge_tables(modules, "REPLY_HANDLERS"),
+                  at_start=[hook for module in modules for hook in getattr(module, "AT_START", ())])
 
 
 def merge_tables(modules, name: str, *, shared: bool = False) -> dict:

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from commands.arguments import Choice, Text, Word
-from commands.cercle import current_patient
 from commands.registry import PATIENT, CommandGroup, Option, Param
 from rooms import alertes
+from rooms.patients import current_patient
 
 group = CommandGroup()
 

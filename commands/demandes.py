@@ -15,14 +15,14 @@ from commands.arguments import (
     TimeSlot,
     Word,
 )
-from commands.cercle import current_patient, resolve_person
 from commands.registry import DIRECT, PATIENT, CommandGroup, Option, Param
 from domain.demandes import Etat
 from domain.flows import Mode, find_flow
 from domain.markup import literal
 from domain.text import format_french_datetime
 from rooms import demandes
-from rooms.directory import find_profession, names, profession_label
+from rooms.directory import find_profession, names, profession_label, resolve_person
+from rooms.patients import current_patient
 
 
 class DemandeRef(ArgType):

@@ -3,9 +3,9 @@ and rooms.journal."""
 from __future__ import annotations
 
 from commands.arguments import Choice, Text
-from commands.cercle import current_patient
 from commands.registry import PATIENT, CommandGroup, Param
 from rooms import journal, questionnaires
+from rooms.patients import current_patient
 
 group = CommandGroup()
 

@@ -4,9 +4,9 @@ Each handler parses and calls its use case in rooms.suivi."""
 from __future__ import annotations
 
 from commands.arguments import ArgType, Text
-from commands.cercle import current_patient
 from commands.registry import PATIENT, CommandGroup, Param
 from rooms import suivi
+from rooms.patients import current_patient
 
 
 class Entries(ArgType):

@@ -294,8 +294,17 @@ async def declencher(ctx, patient: Patient, flow: Flow, **creation) -> Demande:
     row, d = await create(ctx, patient, flow, pour_compte_de=pour, **creation)
     await indemnites.record(ctx, user_id=pour or ctx.sender, kind="declenchement", ref=f"demande:{row.id}",
                             patient_code=patient.code, parcours=flow.parcours, flow=flow.code, par=ctx.sender,
-                            demandeur=pour or ctx.sender)
+                            demandeur=pour or ctx.sender, cible=await _cible(ctx, d))
     return d
+
+
+async def _cible(ctx, d: Demande) -> str | None:
+    """The target as a profession or role code (a named person: their profession), for the
+    indicators' « déclenchements par cible » (no person's name in the ledger line)."""
+    if d.cible_personne:
+        prof = await ctx.session.get(Professional, d.cible_personne)
+        return prof.profession if prof else None
+    return d.cible_profession or d.cible_role
 
 
 async def accept(ctx, patient: Patient, row: DemandeRow) -> None:

@@ -60,6 +60,21 @@ async def names(session: AsyncSession, users) -> dict[str, str]:
     return out
 
 
+async def resolve_person(ctx, ref: str) -> Professional:
+    """A directory member from an @id or a name; refuses (French) when none or several match."""
+    try:
+        found = await ctx.services.directory.search(ctx.session, ref)
+    except ValueError as e:
+        ctx.refuse(f"« {literal(ref)} » : {e}")
+    if not found:
+        ctx.refuse(f"personne dans l'annuaire ne correspond à « {literal(ref)} »")
+    if len(found) > 1:
+        names = "\n".join(f"- {literal(p.display_name)} ({profession_label(p.profession)}) : `{p.user_id}`" for p in found[:10])
+        ctx.refuse(f"plusieurs professionnels correspondent à « {literal(ref)} » ; précisez avec l'identifiant :\n{names}",
+                   usage=False)
+    return found[0]
+
+
 async def direct_room_of(session: AsyncSession, user_id: str) -> str | None:
     """The user's direct chat with the bot, if there is one yet."""
     return await session.scalar(select(RoomRecord.room_id).where(

@@ -419,10 +419,9 @@ async def ref_of(ctx, code: str, numero: int) -> str | None:
 
 
 # --- timers: the quarterly post and the weekly digest -----------------------------------------------------
-async def ensure_schedule(store, services, now: datetime) -> None:
-    """At start: one pending quarterly post and one weekly digest (rows, like every timer)."""
-    async with store.session.begin() as session:
-        await _schedule(session, store, services, now)
+async def ensure_schedule(session, services, now: datetime) -> None:
+    """At start (AT_START): one pending quarterly post and one weekly digest (rows, like every timer)."""
+    await _schedule(session, services.store, services, now)
 
 
 async def _schedule(session, store, services, now: datetime) -> None:
@@ -493,3 +492,4 @@ async def digest_text(ctx) -> str | None:
 
 # --- what answers what (merged by bot/wiring.compose) -------------------------------------------------
 DEADLINE_HANDLERS = {QUARTERLY: quarterly, WEEKLY: weekly}
+AT_START = [ensure_schedule]  # run by the bot at each start, in one transaction (bot/wiring.py)

@@ -22,10 +22,13 @@ from sqlalchemy import select
 
 from domain.markup import literal, unmark
 from domain.parcours import find_parcours
+from domain.suivi import show_value
 from domain.text import normalize
-from rooms import demandes
+from rooms import demandes, tcim
 from rooms.directory import names
 from rooms.questionnaires import answers_of
+from rooms.suivi import show_fait
+from storage import suivi as observations
 from storage.models import Act, Inclusion, Patient, QuestionnaireRun
 from storage.models import Demande as DemandeRow
 
@@ -86,7 +89,8 @@ async def source_demandes(ctx, patient: Patient) -> list[Entree]:
                 detail = f" : {d.cr}"
             elif ev.action == "sollicitation":
                 detail = f" ({len(ev.detail.split(','))})" if ev.detail else ""
-            out.append(Entree(ev.at, ev.par, f"{what} {_ACTIONS.get(ev.action, ev.action)}{detail}", parcours,
+            action = _ACTIONS.get(ev.action) or tcim.HISTORY.get(ev.action, ev.action)
+            out.append(Entree(ev.at, ev.par, f"{what} {action}{detail}", parcours,
                               "red_flag" if d.flow == "red_flag" else "demande"))
     return out
 
@@ -123,8 +127,27 @@ async def source_questionnaires(ctx, patient: Patient) -> list[Entree]:
     return out
 
 
-# Other features append theirs (suivi, TCIM…): `journal.SOURCES.append(my_source)` in their module.
-SOURCES = [source_inclusions, source_demandes, source_alertes, source_questionnaires]
+async def source_suivi(ctx, patient: Patient) -> list[Entree]:
+    """Données de base (`!donnees`) and follow-up items (`!suivi`), each with who recorded it."""
+    out = []
+    for o in await observations.history(ctx.session, ctx.store.cipher, patient.code):
+        p = ctx.services.catalogue.get(o.parcours)
+        if p is None:
+            continue
+        if o.kind == "donnee":
+            d = next((d for d in p.donnees_de_base if d.code == o.element), None)
+            if d is not None:
+                out.append(Entree(o.recorded_at, o.recorded_by, f"Donnée de base {d.libelle} : {show_value(d, o.value)}",
+                                  o.parcours, "suivi"))
+        elif (e := p.element(o.element)) is not None:
+            value = f", {show_fait(e, o.value)}" if o.value else ""
+            out.append(Entree(o.recorded_at, o.recorded_by, f"Suivi : {e.libelle} fait le "
+                              f"{o.at.astimezone(ctx.services.tz):%d/%m/%Y}{value}", o.parcours, "suivi"))
+    return out
+
+
+# TCIM steps are in their request's history (source_demandes, labels from rooms.tcim.HISTORY).
+SOURCES = [source_inclusions, source_demandes, source_alertes, source_questionnaires, source_suivi]
 
 
 def _parcours_nom(ctx, code: str | None) -> str:

@@ -1,4 +1,5 @@
-"""One encrypted room per patient (cercle de soins), created and governed by the bot.
+"""One encrypted room per patient (cercle de soins), created and governed by the bot; the
+`!patient nouveau` use case.
 
 Room state is not end-to-end encrypted: names, topics and every state event carry the
 pseudonymous code only. The identity travels in an encrypted message (pinned) and is stored
@@ -14,8 +15,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.markup import literal
+from rooms.advertise import advertise_commands
+from rooms.directory import resolve_person
 from storage.crypto import FieldCipher
-from storage.models import CercleMember, Inclusion, Patient
+from storage.models import CercleMember, Inclusion, Patient, Professional
 
 CODE_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/O, 1/I: read aloud on the phone
 
@@ -110,6 +113,16 @@ async def patient_by_room(session: AsyncSession, room_id: str) -> Patient | None
     return await session.scalar(select(Patient).where(Patient.room_id == room_id))
 
 
+async def current_patient(ctx) -> Patient:
+    """The patient whose room the command was typed in; refuses elsewhere, or once archived."""
+    patient = await patient_by_room(ctx.session, ctx.room_id)
+    if patient is None:
+        ctx.refuse("ce salon n'est pas le cercle d'un patient", usage=False)
+    if patient.archived_at is not None:
+        ctx.refuse(f"le cercle {patient.code} est archivé", usage=False)
+    return patient
+
+
 async def patient_by_code(session: AsyncSession, code: str) -> Patient | None:
     return await session.get(Patient, code.upper())
 
@@ -125,6 +138,10 @@ def encrypt_identity(cipher: FieldCipher, code: str, identity: Identity) -> byte
 async def cercle_members(session: AsyncSession, code: str) -> list[CercleMember]:
     return list((await session.scalars(select(CercleMember).where(
         CercleMember.patient_code == code, CercleMember.removed_at.is_(None)).order_by(CercleMember.added_at))).all())
+
+
+async def is_member(ctx, patient: Patient, user_id: str) -> bool:
+    return any(m.user_id == user_id for m in await cercle_members(ctx.session, patient.code))
 
 
 async def active_inclusions(session: AsyncSession, code: str, parcours: str | None = None) -> list[Inclusion]:
@@ -164,3 +181,46 @@ def invite_with_identity(ctx, patient: Patient, user_id: str, why: str) -> None:
     ident = identity_of(ctx.store.cipher, patient)
     card = ident.card(patient.code, patient.medecin_traitant)
     ctx.send(patient.room_id, f"{card}\n\n_(fiche renvoyée pour {user_id} : {why})_", mentions={user_id: user_id})
+
+
+async def create_cercle(ctx, *, nom, prenom, naissance, sexe, tel, adresse, mt=None, nir=None, commune=None,
+                        pros=None) -> None:
+    """`!patient nouveau`: the patient, their cercle and the room's creation, queued in the
+    command's transaction (arguments already parsed by commands.cercle)."""
+    creator = await ctx.services.directory.get(ctx.session, ctx.sender)
+    mt_prof = await resolve_person(ctx, mt) if mt else None
+    if mt_prof and mt_prof.profession != "medecin_generaliste":
+        ctx.refuse(f"{literal(mt_prof.display_name)} n'est pas médecin généraliste : il ne peut pas être médecin traitant")
+    others = [await resolve_person(ctx, p) for p in pros or []]
+    invitees: dict[str, Professional] = {p.user_id: p for p in ([mt_prof] if mt_prof else []) + others}
+    if creator and creator.profession != "autre":  # a coordinator alone does not join every cercle
+        invitees.setdefault(creator.user_id, creator)
+
+    code = await new_code(ctx.session)
+    identity = Identity(nom=nom, prenom=prenom, naissance=naissance.isoformat(), sexe=sexe, telephone=tel,
+                        adresse=adresse, nir=nir)
+    # No room yet: the outbox creates it once this transaction has committed, so a command that
+    # fails leaves nothing on the homeserver. Everything for the room is queued against its
+    # creation key and goes out, in order, once the room exists.
+    ctx.session.add(Patient(code=code, room_id=None, identity_enc=encrypt_identity(ctx.store.cipher, code, identity),
+                            medecin_traitant=mt_prof.user_id if mt_prof else None, created_by=ctx.sender,
+                            created_at=ctx.now, commune=commune, birth_year=naissance.year))
+    for user_id in invitees:
+        role = "medecin_traitant" if mt_prof and user_id == mt_prof.user_id else "habituel"
+        await add_member(ctx.session, code, user_id, role, ctx.sender, ctx.now)
+    room_id = pending_room(code)
+    ctx.queue("create_room", room_id,
+              creation_request(code, [u for u in invitees if u != ctx.services.bot_user_id], notify=ctx.room_id))
+
+    card = identity.card(code, mt_prof.display_name if mt_prof else None)
+    ctx.send(room_id, card + "\n\nTapez `!aide` pour les commandes du cercle.", ref=f"identity:{code}",
+             mentions={u: p.display_name for u, p in invitees.items()})
+    ctx.queue("pin", room_id, {"ref": f"identity:{code}"})
+
+    await advertise_commands(ctx.services, ctx.session, room_id, "patient")  # commands.registry.PATIENT
+    members = ", ".join(literal(p.display_name) for p in invitees.values()) or "personne"
+    ctx.reply(f"✅ Cercle **{code}** créé : le salon « {room_name(code, [])} » est en cours de création, "
+              f"les invitations partent dans un instant. Invité·e·s : {members}.\n"
+              f"Pour inclure le patient dans un parcours : `!inclure <parcours>` dans ce salon.")
+    ctx.to_coordinators(f"🆕 Nouveau cercle **{code}** créé par {ctx.sender}"
+                        f"{' ; médecin traitant : ' + literal(mt_prof.display_name) if mt_prof else ' ; sans médecin traitant'}.")

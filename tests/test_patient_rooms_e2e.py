@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from storage.models import OutboxItem
 from tests.bot_harness import BotHarness
 from tests.clinician import Clinician
 
@@ -186,3 +189,67 @@ async def test_access_request_inclusion_exit_and_non_members(harness, people):
     await dr.wait_joined(shared, harness.user_id)
     reply = await command(outsider, shared, harness, "!dec infirmier pansement")
     assert reply.body.startswith("🙏 Accès réservé") and "Rien n'a été fait" in reply.body
+
+
+async def _room_items(harness: BotHarness, room: str, after: int = 0) -> list[OutboxItem]:
+    async with harness.bot.store.session() as session:
+        return list((await session.scalars(select(OutboxItem).where(
+            OutboxItem.room_id == room, OutboxItem.id > after).order_by(OutboxItem.id))).all())
+
+
+def deferred(caplog, items: list[OutboxItem]) -> list[str]:
+    """The bot's log lines saying one of these items was put off to a later pass (bot.outbox)."""
+    ids = {f"envoi {i.id} reporté" for i in items}
+    return [r.getMessage() for r in caplog.records if any(r.getMessage().startswith(n + " ") for n in ids)]
+
+
+async def test_a_kick_is_recorded_as_the_server_answered_and_holds_nothing_back(harness, people, caplog):
+    """`!cercle retirer`: the kick and the reply that follows it in the room go out in the same
+    pass (no item of the room deferred); a kick the server refuses is recorded as failed, one it
+    refuses because the person already left counts as done."""
+    dr = await people("drkick", name="Claire Kick")
+    ide = await people("idekick", "infirmier", name="Léa Kick")
+    kine = await people("mkkick", "masseur_kinesitherapeute", name="Noé Kick")
+    code, room = await create_patient(dr, ide, harness)
+    reply = await command(dr, room, harness, f"!cercle ajouter {kine.user_id}")
+    assert "invité" in reply.body, reply.body
+    assert await kine.wait_for_invite() == room
+    await kine.join(room)
+    await harness.idle()
+    before = max(i.id for i in await _room_items(harness, room))
+    caplog.set_level(logging.DEBUG, logger="cercle")
+
+    reply = await command(dr, room, harness, f"!cercle retirer {kine.user_id}")
+    assert "retiré" in reply.body, reply.body
+    await harness.idle()
+    items = await _room_items(harness, room, before)
+    assert [i.action for i in items] == ["kick", "message"]
+    assert [i.status for i in items] == ["sent", "sent"]
+    assert not deferred(caplog, items)  # the reply went out in the kick's pass, not behind a retry
+    members = await dr.request_json("GET", f"/_matrix/client/v3/rooms/{room}/members")
+    assert {e["state_key"]: e["content"]["membership"] for e in members["chunk"]}[kine.user_id] == "leave"
+
+    # Someone who left on their own: the server says « not in the room », which is what was wanted.
+    assert await ide.wait_for_invite() == room
+    await ide.join(room)
+    await ide.request_json("POST", f"/_matrix/client/v3/rooms/{room}/leave", {})
+    await harness.idle()
+    before = max(i.id for i in await _room_items(harness, room))
+    reply = await command(dr, room, harness, f"!cercle retirer {ide.user_id}")
+    assert "retiré" in reply.body, reply.body
+    await harness.idle()
+    items = await _room_items(harness, room, before)
+    assert [(i.action, i.status, i.error) for i in items] == [("kick", "sent", None), ("message", "sent", None)]
+    assert not deferred(caplog, items)
+
+    # A kick the server refuses (the bot has no power in this room) is recorded as failed, not sent.
+    shared = await dr.create_room(invite=[harness.user_id])
+    await dr.wait_joined(shared, harness.user_id)
+    store = harness.bot.store
+    async with store.session.begin() as session:
+        store.queue(session, "kick", shared, {"user_id": dr.user_id, "reason": "essai"}, harness.bot.clock.now())
+    await harness.idle()
+    [kick] = [i for i in await _room_items(harness, shared) if i.action == "kick"]
+    assert kick.status == "failed" and "M_FORBIDDEN" in (kick.error or ""), (kick.status, kick.error)
+    members = await dr.request_json("GET", f"/_matrix/client/v3/rooms/{shared}/members")
+    assert {e["state_key"]: e["content"]["membership"] for e in members["chunk"]}[dr.user_id] == "join"

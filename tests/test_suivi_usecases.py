@@ -87,6 +87,16 @@ async def test_ic_weight_gain_proposes_the_red_flag_and_never_raises_it(tmp_path
         await uc.close()
 
 
+async def test_the_cahier_de_liaison_shows_donnees_and_suivi_with_who(tmp_path):
+    uc = await _world(tmp_path, "insuffisance_cardiaque")
+    try:
+        await uc.say(IDE, uc.room, "!donnees poids=80 nyha=2")
+        shown = _bodies(await uc.say(MT, uc.room, "!journal"))
+        assert "Donnée de base Poids : 80 kg" in shown and "NYHA II" in shown
+    finally:
+        await uc.close()
+
+
 async def test_dt2_weight_loss_against_the_base_weight(tmp_path):
     uc = await _world(tmp_path, "diabete_type_2")
     try:

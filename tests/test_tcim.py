@@ -254,6 +254,8 @@ async def test_from_the_request_to_the_prescription_received(uc_any_db):
     assert (medecin.details["criteres"], medecin.etat, medecin.montant_cents) == (["cr", "rdv"], "eligible", 2500)
     sent = await uc.say(IDE, ROOM, "!tcim ordonnance recue")
     assert "ordonnance reçue par Julie Petit" in text(sent) and "TCIM n°1 close" in text(sent)
+    journal = text(await uc.say(IDE, ROOM, "!journal"))  # the cahier de liaison says each step in words
+    assert "créneau confirmé" in journal and "ordonnance reçue" in journal and "tcim:" not in journal
     assert "TCG 25 €" in text(sent) and "TLD 15 €" in text(sent)
     d, st, acts = await state(uc)
     assert st.etat == "close" and d.etat == "cloturee"
