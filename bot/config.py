@@ -138,6 +138,12 @@ class TcimConfig(_Section):
         return v
 
 
+class DialogueConfig(_Section):
+    # A command completed by questions (commands.dialogue) is dropped after this long without an
+    # answer: long enough for a phone call between two answers, short enough not to surprise.
+    expire_after_min: float = Field(30.0, gt=0)
+
+
 class Config(_Section):
     matrix: MatrixConfig
     storage: StorageConfig = StorageConfig()
@@ -146,6 +152,7 @@ class Config(_Section):
     sync: SyncConfig = SyncConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     tcim: TcimConfig = TcimConfig()
+    dialogue: DialogueConfig = DialogueConfig()
 
     @property
     def tz(self) -> ZoneInfo:

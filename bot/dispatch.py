@@ -9,15 +9,14 @@ from nio.crypto.attachments import decrypt_attachment
 from sqlalchemy import update
 from sqlalchemy.orm.exc import StaleDataError
 
-from commands.arguments import ArgumentError, ParseContext
-from commands.registry import PATIENT, SCOPE_NAMES, CommandNotFound, UsageError
+from commands import dialogue
+from commands.arguments import ParseContext
+from commands.registry import CommandNotFound, UsageError
 from domain.clock import wall_ms
 from domain.markup import literal
-from rooms.access import require_cercle
 from rooms.advertise import advertise_commands
 from rooms.context import CommandContext, Refusal
 from rooms.directory_import import import_directory
-from rooms.patients import patient_by_room
 from rooms.services import Services
 from storage.models import InboxEvent, RoomRecord
 from storage.repositories import IncomingEvent
@@ -48,8 +47,13 @@ async def dispatch(bot, event: IncomingEvent, attempts: int = 3) -> None:
     except Refusal as refusal:
         async with bot.store.session.begin() as session:
             ctx = bot.context(session, event.room_id, "", event.sender, event.event_id)
-            ctx.reply_privately = await _identity_in_shared_room(bot, session, event)
-            ctx.reply(refusal.text)
+            ctx.reply_privately = (getattr(refusal, "private", False)
+                                   or await _identity_in_shared_room(bot, session, event))
+            if getattr(refusal, "dialogue_id", None) is not None:  # a guided command refused at its ✅
+                await dialogue.end_after_refusal(ctx, refusal.dialogue_id)
+                ctx.reply(refusal.text + "\n\nRien n'a été enregistré ; le dialogue est terminé.")
+            else:
+                ctx.reply(refusal.text)
             await _protect_identity(bot, session, event)
             await _mark(session, event.event_id, "handled", bot.clock.now())
     except Exception as e:
@@ -116,6 +120,9 @@ async def handle_message(bot, session, event: IncomingEvent) -> None:
     kind = room_kind(bot, record)
     body = event.payload.get("body", "")
     ctx = bot.context(session, event.room_id, kind, event.sender, event.event_id)
+    content = event.payload.get("content") or {}
+    if await dialogue.take_message(ctx, _without_reply_fallback(body), content):
+        return  # an answer to the sender's guided command here (commands.dialogue)
     if await _handled_as_reply(bot, ctx, event):
         return
     parse_ctx = ParseContext(now=ctx.now, tz=bot.services.tz, flows=bot.services.flows)
@@ -127,32 +134,25 @@ async def handle_message(bot, session, event: IncomingEvent) -> None:
         return
     except UsageError as e:
         ctx.reply_privately = await _identity_in_shared_room(bot, session, event)  # the error may quote it
+        if await dialogue.start(ctx, body, content, direct=(kind == "direct")):
+            return  # only required arguments were missing: the bot asks for them
         ctx.reply(bot.registry.usage_error_text(e.command, e.markup))
         return
     if invocation is None:
         return
     cmd = invocation.command
     ctx.reply_privately = await _identity_in_shared_room(bot, session, event)
-    ctx.sigil = invocation.sigil
-    ctx.command = cmd
     if cmd.requires:
         refusal = await bot.services.directory.refusal(session, event.sender, cmd.requires)
         if refusal:
             ctx.reply(refusal)
             await leave_if_no_member_left(bot, session, record)
             return
-    if kind not in cmd.scopes:
-        where = " ou ".join(SCOPE_NAMES[s] for s in sorted(cmd.scopes))
-        ctx.reply(f"⚠️ `!{cmd.name}` s'utilise dans {where}.\nUsage : `{cmd.usage()}`")
+    refusal = await dialogue.place_refusal(ctx, cmd)
+    if refusal:
+        ctx.reply(refusal)
         return
-    if kind == PATIENT and cmd.requires is not None:
-        patient = await patient_by_room(session, event.room_id)
-        if patient is not None:
-            await require_cercle(ctx, patient)  # a former member, or anyone let in by mistake
-    try:
-        await cmd.handler(ctx, **invocation.arguments)
-    except ArgumentError as e:  # a value checked inside the handler: same answer as a parse error
-        raise Refusal(bot.registry.usage_error_text(cmd, e.markup))
+    await dialogue.run(ctx, invocation)  # the same checks and handler a confirmed dialogue runs
 
 
 def _without_reply_fallback(body: str) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from bot.config import Config
-from commands import build_registry
+from commands import build_registry, dialogue, replies
 from commands.registry import CommandRegistry
 from domain.clock import Clock
 from domain.flows import load_flows
@@ -46,24 +46,37 @@ def compose(config: Config, store: Store, clock: Clock, registry: CommandRegistr
                         tcim=TcimSettings(video_base=config.tcim.video_base,
                                           reminder_before=timedelta(minutes=config.tcim.reminder_before_min),
                                           late_after=timedelta(minutes=config.tcim.late_after_min)),
-                        flow_hooks={**tcim.FLOW_HOOKS})
+                        flow_hooks={**tcim.FLOW_HOOKS},
+                        dialogue_timeout=timedelta(minutes=config.dialogue.expire_after_min))
     # Each use-case module owns its tables (at its bottom); the composition root only merges them.
-    modules = (demandes, alertes, suivi, questionnaires, indemnites, tcim, indicateurs)
+    modules = (demandes, alertes, suivi, questionnaires, indemnites, tcim, indicateurs, dialogue, replies)
     return Wiring(services=services, registry=registry,
                   deadline_handlers=merge_tables(modules, "DEADLINE_HANDLERS"),
-                  reaction_handlers=merge_tables(modules, "REACTION_HANDLERS"),
+                  reaction_handlers=merge_tables(modules, "REACTION_HANDLERS", shared=True),
                   poll_handlers=merge_tables(modules, "POLL_HANDLERS"),
                   reply_handlers=merge_tables(modules, "REPLY_HANDLERS"),
                   at_start=[hook for module in modules for hook in getattr(module, "AT_START", ())])
 
 
-def merge_tables(modules, name: str) -> dict:
+def merge_tables(modules, name: str, *, shared: bool = False) -> dict:
     """One table from the modules' tables of that name; a key claimed twice stops the start
-    (two flows answering the same deadline kind or ref prefix would be a silent bug)."""
-    merged: dict = {}
+    (two flows answering the same deadline kind or ref prefix would be a silent bug). Reaction
+    keys are `shared`: ✅ accepts a request and confirms a dialogue, each handler acting only on
+    its own messages (the reacted event's ref), so each is called in turn."""
+    merged: dict[str, list] = {}
     for module in modules:
         for key, handler in getattr(module, name, {}).items():
-            if key in merged:
+            if key in merged and not shared:
                 raise ValueError(f"{name} : « {key} » déclaré deux fois ({module.__name__})")
-            merged[key] = handler
-    return merged
+            merged.setdefault(key, []).append(handler)
+    return {key: _chain(handlers) for key, handlers in merged.items()}
+
+
+def _chain(handlers: list):
+    if len(handlers) == 1:
+        return handlers[0]
+
+    async def each(ctx, target_event_id):
+        for handler in handlers:
+            await handler(ctx, target_event_id)
+    return each

@@ -35,7 +35,7 @@ from domain.text import (
 
 __all__ = [
     "ArgType", "ArgumentError", "Choice", "DateTime", "Duration", "Integer", "ParseContext", "Slot",
-    "Text", "TimeSlot", "Token", "Word", "split_options", "tokenize",
+    "Text", "TimeSlot", "Token", "Word", "parse_option_value", "split_options", "tokenize",
 ]
 
 
@@ -172,6 +172,10 @@ class ArgType:
         """Consume tokens from tokens[pos:] and return (value, new_pos); never read past the value."""
         raise NotImplementedError
 
+    def choices(self, ctx: ParseContext | None = None) -> list[tuple[str, str]] | None:
+        """The values a closed set offers, as (value typed, label shown), for a poll; None if open."""
+        return None
+
     def _token_at(self, tokens: list[Token], pos: int) -> Token:
         if pos >= len(tokens):
             raise ArgumentError(f"il manque {self.placeholder} ({self.description})")
@@ -262,6 +266,9 @@ class Choice(ArgType):
             self.description = "au choix : " + ", ".join(names)
         if "examples" not in kwargs:
             self.examples = names[:2]
+
+    def choices(self, ctx=None):
+        return [(name, name) for name in self.options]
 
     def parse(self, tokens, pos, ctx=None):
         token = self._token_at(tokens, pos)
@@ -843,11 +850,11 @@ def split_options(tokens: list[Token], known: dict[str, ArgType], *, passthrough
         if not raw.strip():
             example = known[key].examples[0] if known[key].examples else "…"
             raise ArgumentError(f"« {literal(token.text)} » : il manque la valeur après le signe =, par exemple {key}={example}")
-        values[key] = _parse_option_value(key, known[key], raw, ctx)
+        values[key] = parse_option_value(key, known[key], raw, ctx)
     return positional, values
 
 
-def _parse_option_value(key: str, arg_type: ArgType, raw: str, ctx: ParseContext | None) -> object:
+def parse_option_value(key: str, arg_type: ArgType, raw: str, ctx: ParseContext | None) -> object:
     """Parse an option value, which must be used entirely by its type.
 
     A quoted value with spaces is tried as one token (a commune name) and then as separate

@@ -47,6 +47,9 @@ class FlowName(ArgType):
     description = "type de demande (consultation, vad, teleconsultation, conseil, snp, sport_sante…)"
     examples = ["vad"]
 
+    def choices(self, ctx=None):
+        return [(code, flow.libelle) for code, flow in (ctx.flows if ctx else {}).items()] or None
+
     def parse(self, tokens, pos, ctx=None):
         text = tokens[pos].text
         if tokens[pos].quoted or ctx is None or find_flow(ctx.flows, text) is None:
@@ -117,9 +120,11 @@ async def declenchement(ctx, cible, soins, commentaire, reponse=None, interventi
                                   cible_personne=person.user_id if person else None,
                                   delai_reponse=reponse, delai_intervention=intervention)
     cible_txt = literal(person.display_name if person else (profession_label(profession) if profession else cible))
+    row = await demandes.find(ctx.session, patient.room_id, d.numero)
     ctx.reply(f"🆗 Demande **n°{d.numero}** créée ({flow.libelle} → {cible_txt}). "
               f"Réponse attendue avant {format_french_datetime(d.echeance_reponse, ctx.services.tz, now=ctx.now)}."
-              if d.echeance_reponse else f"🆗 Demande **n°{d.numero}** créée ({flow.libelle}).")
+              if d.echeance_reponse else f"🆗 Demande **n°{d.numero}** créée ({flow.libelle}).",
+              ref=f"demande:{row.id}:creee")
 
 
 @group.command(
@@ -188,6 +193,19 @@ async def cloturer(ctx, demande=None):
 async def annuler(ctx, motif, demande=None):
     patient, row = await demandes.resolve(ctx, demande, answering=False)
     await demandes.cancel(ctx, patient, row, motif)
+
+
+@group.command(
+    "commentaire", aliases=["commenter", "note"], summary="ajouter un commentaire à l'historique d'une demande",
+    params=[Param("demande", DemandeRef(), optional=True), Param("texte", Text(placeholder="<commentaire>"))],
+    help=("Répondre par un texte à une notification de demande (ou à un red flag) fait de même, sans "
+          "taper la commande."),
+    examples=["!commentaire 3 la patiente préfère le matin", "commentaire P-7K3Q/3 clés chez la voisine"],
+    scopes=[PATIENT, DIRECT], category="Demandes",
+)
+async def commentaire(ctx, texte, demande=None):
+    patient, row = await demandes.resolve(ctx, demande, answering=False)
+    await demandes.comment(ctx, patient, row, texte)
 
 
 @group.command(

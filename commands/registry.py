@@ -19,7 +19,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable
 
-from commands.arguments import ArgType, ArgumentError, ParseContext, Text, Token, split_options, tokenize
+from commands.arguments import (
+    ArgType,
+    ArgumentError,
+    ParseContext,
+    Text,
+    Token,
+    parse_option_value,
+    split_options,
+    tokenize,
+)
 from domain.markup import literal, unmark
 from domain.text import normalize
 
@@ -113,6 +122,45 @@ class Invocation:
     command: Command
     arguments: dict
     sigil: str
+
+
+def argument_name(item: Param | Option) -> str:
+    return item.name if isinstance(item, Param) else item.key
+
+
+def ordered_arguments(cmd: Command) -> list[Param | Option]:
+    """Usage order: positional arguments, options, then a trailing free text (what `usage()` prints)."""
+    params = list(cmd.params)
+    tail = [params.pop()] if params and isinstance(params[-1].type, Text) else []
+    return [*params, *cmd.options, *tail]
+
+
+def answer_tokens(item: Param | Option, text: str, ctx: ParseContext) -> list[Token]:
+    """`text`, typed as the answer to one argument, as the tokens its type reads in full.
+
+    Tried as one quoted value first (« 3 rue des Lilas », a comment), then word by word
+    (« demain 14h »). Raises the type's own French ArgumentError."""
+    text = text.strip()
+    if not text:
+        raise ArgumentError("réponse vide")
+    if isinstance(item, Option):
+        parse_option_value(item.key, item.type, text, ctx)
+        return [Token(f"{item.key}={text}")]
+    attempts = [[Token(text, quoted=True)]]
+    if len(text.split()) > 1 or not isinstance(item.type, Text):
+        attempts.append([Token(word) for word in text.split()])
+    error: ArgumentError | None = None
+    for candidate in attempts:
+        try:
+            _, end = item.type.parse(candidate, 0, ctx)
+        except ArgumentError as exc:
+            error = error or exc
+            continue
+        if end == len(candidate):
+            return candidate
+        error = error or ArgumentError(f"je ne comprends pas « {literal(' '.join(t.text for t in candidate[end:]))} »")
+    assert error is not None
+    raise error
 
 
 class CommandNotFound(Exception):
@@ -211,6 +259,14 @@ class CommandRegistry:
     def find(self, word: str) -> Command | None:
         return self._index.get(normalize(word))
 
+    def named(self, name: str) -> Command | None:
+        """A runnable command by its full name: « rdv », or a family's « tcim demande »."""
+        family, _, word = name.partition(" ")
+        cmd = self.find(family)
+        if cmd is not None and word:
+            return cmd.subcommands.get(normalize(word)) if cmd.family else None
+        return cmd
+
     def suggestions(self, word: str) -> list[str]:
         import difflib
 
@@ -289,19 +345,32 @@ class CommandRegistry:
 
     @staticmethod
     def bind(cmd: Command, tokens: list[Token], ctx: ParseContext) -> dict:
+        arguments, missing = CommandRegistry.bind_partial(cmd, tokens, ctx)
+        options = [item for item in missing if isinstance(item, Option)]
+        if options:
+            raise ArgumentError("il manque " + ", ".join(f"{o.key}= ({o.help or o.type.description})" for o in options))
+        if missing:
+            param = missing[0]
+            raise ArgumentError(f"il manque {param.type.placeholder} ({param.type.description})")
+        return arguments
+
+    @staticmethod
+    def bind_partial(cmd: Command, tokens: list[Token], ctx: ParseContext) -> tuple[dict, list[Param | Option]]:
+        """The arguments given, and the required ones missing; a wrong value raises ArgumentError.
+
+        Missing is not wrong: a bare `!dec` lacks its target and comment, which a dialogue can ask
+        for (commands.dialogue), while `!dec infirmier reponse=4x` is a mistake to correct."""
         known = {o.key: o.type for o in cmd.options}
         positional, values = split_options(tokens, known, passthrough_unknown=cmd.passthrough_options, ctx=ctx)
         arguments = {o.key: None for o in cmd.options} | values
-        missing = [o for o in cmd.options if o.required and o.key not in values]
-        if missing:
-            raise ArgumentError("il manque " + ", ".join(f"{o.key}= ({o.help or o.type.description})" for o in missing))
+        missing: list[Param | Option] = [o for o in cmd.options if o.required and o.key not in values]
         pos = 0
         for index, param in enumerate(cmd.params):
             if pos >= len(positional):
-                if param.optional:
-                    arguments[param.name] = None
-                    continue
-                raise ArgumentError(f"il manque {param.type.placeholder} ({param.type.description})")
+                arguments[param.name] = None
+                if not param.optional:
+                    missing.append(param)
+                continue
             try:
                 value, pos_after = param.type.parse(positional, pos, ctx)
             except ArgumentError:
@@ -315,7 +384,66 @@ class CommandRegistry:
         if pos < len(positional):
             extra = " ".join(t.text for t in positional[pos:])
             raise ArgumentError(f"je ne comprends pas « {literal(extra)} » à la fin de la commande")
-        return arguments
+        return arguments, missing
+
+    def incomplete(self, body: str, ctx: ParseContext, *, direct: bool) -> tuple[Command, list[Param | Option]] | None:
+        """The command and the arguments a dialogue must ask, when what was typed is right but
+        required arguments are missing; None when something typed is wrong (the usage error stands).
+
+        Asked, in usage order: the missing required arguments, the choices left out after them
+        (asked as polls, with « passer »), and the options the data may require (required_when)."""
+        stripped = self.strip_prefix(body, direct=direct)
+        if stripped is None:
+            return None
+        try:
+            tokens = tokenize(stripped[1])
+        except ArgumentError:
+            return None
+        cmd = self.find(tokens[0].text) if tokens else None
+        if cmd is None:
+            return None
+        rest = tokens[1:]
+        if cmd.family:  # `!tcim demande`: the subcommand's own arguments
+            if not rest or normalize(rest[0].text) not in cmd.subcommands:
+                return None
+            cmd, rest = cmd.subcommands[normalize(rest[0].text)], rest[1:]
+        try:
+            arguments, missing = self.bind_partial(cmd, rest, ctx)
+        except ArgumentError:
+            return None
+        if not missing:
+            return None
+        given = {o.key for o in cmd.options if arguments.get(o.key) is not None}
+        first_missing = min((cmd.params.index(m) for m in missing if isinstance(m, Param)), default=len(cmd.params))
+        asked = []
+        for item in ordered_arguments(cmd):
+            if item in missing:
+                asked.append(item)
+            elif isinstance(item, Param) and cmd.params.index(item) > first_missing and item.optional \
+                    and item.type.choices(ctx) is not None:
+                asked.append(item)
+            elif isinstance(item, Option) and item.required_when and item.key not in given:
+                asked.append(item)
+        return cmd, asked
+
+    def complete(self, cmd: Command, body: str, answers: dict[str, str | None], ctx: ParseContext, *,
+                 direct: bool) -> Invocation:
+        """The invocation of `body` with the dialogue's answers added, bound exactly as a command
+        typed in full (same parser, same checks); raises UsageError like parse()."""
+        sigil, text = self.strip_prefix(body, direct=direct) or ("!", cmd.name)
+        try:
+            tokens = tokenize(text)[len(cmd.name.split()):]  # after « rdv », or « tcim demande »
+            for item in ordered_arguments(cmd):
+                answer = answers.get(argument_name(item))
+                if answer is None:
+                    continue
+                if isinstance(item, Option):
+                    tokens.append(Token(f"{item.key}={answer}"))
+                else:
+                    tokens += answer_tokens(item, answer, ctx)
+            return Invocation(cmd, self.bind(cmd, tokens, ctx), "!" if sigil in ("", LOOSE) else sigil)
+        except ArgumentError as e:
+            raise UsageError(cmd, e.markup)
 
     # --- derived texts -------------------------------------------------------------------
     def help_overview(self, scope: str | None = None) -> str:
@@ -330,6 +458,7 @@ class CommandRegistry:
                 alias = f" (ou {', '.join('`' + a + '`' for a in cmd.aliases)})" if cmd.aliases else ""
                 lines.append(f"- `!{cmd.name}`{alias} : {cmd.summary}")
         lines.append("\nDétail d'une commande : `!aide <commande>`, par exemple `!aide dec`.")
+        lines.append("Une commande tapée seule (`!dec`, `!rdv`…) : je demande ce qui manque, une question à la fois.")
         return "\n".join(lines)
 
     def help_for(self, cmd: Command) -> str:

@@ -710,6 +710,21 @@ def annuler(d: Demande, user: str, motif: str, now: datetime) -> Annulee | Refus
 Periode = tuple[datetime | str, datetime | str]
 
 
+@dataclass(frozen=True, kw_only=True)
+class Commentee(Outcome):
+    par: str
+    commentaire: str
+
+    def texte(self, noms=None) -> str:
+        return f"💬 Demande n°{self.numero}, {_nom(noms, self.par)} : {literal(self.commentaire)}"
+
+
+def commenter(d: Demande, user: str, texte: str, now: datetime) -> Commentee:
+    """A comment joins the request's history, whatever its state (who may: domain.permissions)."""
+    d._log(now, user, "commentaire", texte)
+    return Commentee(numero=d.numero, par=user, commentaire=texte)
+
+
 def _instant(value: datetime | str) -> datetime:
     dt = datetime.fromisoformat(value) if isinstance(value, str) else value
     return _utc(dt.replace(tzinfo=PARIS) if dt.tzinfo is None else dt)

@@ -35,6 +35,7 @@ class Action(StrEnum):
     TCIM_FIN = "tcim_fin"
     TCIM_INTERROMPRE = "tcim_interrompre"
     TCIM_ORDONNANCE = "tcim_ordonnance"
+    COMMENTER = "commenter"
 
 
 def holds_role(roles, role: str) -> bool:
@@ -267,6 +268,15 @@ def may_record_prescription(d: Demande, actor: Actor, profession_label=str) -> P
     return _tcim_nurse(d, actor, "noter la réception de l'ordonnance")
 
 
+def may_comment(d: Demande, actor: Actor, profession_label=str) -> Permission:
+    """Who takes part in the request: its requesters, its acceptor, anyone the ladder asked, the
+    cercle, a coordinator (issue 17: a reply to its notice adds to its history)."""
+    if actor.user_id in (d.acceptee_par, *d.demandeurs, *d.sollicites) or actor.cercle_member or actor.coordinateur:
+        return ALLOWED
+    return _no(f"vous ne participez pas à la demande n°{d.numero} : seuls ses demandeurs, les personnes "
+               "sollicitées et le cercle peuvent la commenter")
+
+
 RULES = {
     Action.ACCEPTER: may_accept,
     Action.REFUSER: may_decline,
@@ -282,6 +292,7 @@ RULES = {
     Action.TCIM_FIN: may_end_tcim,
     Action.TCIM_INTERROMPRE: may_interrupt_tcim,
     Action.TCIM_ORDONNANCE: may_record_prescription,
+    Action.COMMENTER: may_comment,
 }
 
 

@@ -104,7 +104,7 @@ async def red_flag(ctx, patient: Patient, texte: str, *, signes: str | None, par
                             signes=known + free)
     mt = patient.medecin_traitant
     ctx.reply(_red_flag_notice(ctx, patient, d, flow, candidates, hits, known + free, notes),
-              mentions=await names(ctx.session, [mt] if mt else []))
+              mentions=await names(ctx.session, [mt] if mt else []), ref=f"demande:{row.id}:red_flag")
 
 
 def _red_flag_notice(ctx, patient: Patient, d, flow, candidates, hits, signs: list[str], notes: list[str]) -> str:

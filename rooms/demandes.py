@@ -34,6 +34,7 @@ from domain.demandes import (
     accepter,
     annuler,
     cloturer,
+    commenter,
     creer_demande,
     echeance_intervention,
     est_absent,
@@ -376,6 +377,18 @@ async def close(ctx, patient: Patient, row: DemandeRow) -> None:
     await _flow_hook(ctx, "closed", patient, row, d)
 
 
+async def comment(ctx, patient: Patient, row: DemandeRow, texte: str) -> None:
+    """A comment in the request's history, shown in the patient's room (encrypted, the cercle's)."""
+    d = read(ctx.store.cipher, row)
+    await authorize(ctx, Action.COMMENTER, patient, d)
+    outcome = commenter(d, ctx.sender, texte, ctx.now)
+    write(ctx.store.cipher, row, d)
+    noms = await names(ctx.session, [ctx.sender])
+    ctx.send(patient.room_id, outcome.texte(noms), ref=f"demande:{row.id}:commentaire")
+    if ctx.room_id != patient.room_id:
+        ctx.reply(f"💬 Commentaire ajouté à la demande {patient.code}/{d.numero}.")
+
+
 async def cancel(ctx, patient: Patient, row: DemandeRow, motif: str) -> None:
     d = read(ctx.store.cipher, row)
     await authorize(ctx, Action.ANNULER, patient, d)
@@ -431,7 +444,7 @@ async def on_accepted(ctx, patient: Patient, row: DemandeRow, d: Demande, outcom
         await add_member(ctx.session, patient.code, outcome.par, "intervenant", ctx.sender, ctx.now)
         invite_with_identity(ctx, patient, outcome.par, f"prise en charge de la demande n°{d.numero}")
     requesters = await names(ctx.session, d.demandeurs)
-    ctx.send(patient.room_id, outcome.texte(noms), mentions=requesters)
+    ctx.send(patient.room_id, outcome.texte(noms), mentions=requesters, ref=f"demande:{row.id}:acceptee")
     others = [u for u in outcome.a_informer if u != outcome.par]
     for u in others:
         if u not in members:

@@ -58,3 +58,4 @@ class Services:
     # (flow code, step) -> async hook(ctx, patient, row, d): what a flow adds to a request's step
     # ("accepted", "rdv", "cr"), e.g. rooms.tcim; merged by bot/wiring.compose.
     flow_hooks: dict = field(default_factory=dict)
+    dialogue_timeout: timedelta = timedelta(minutes=30)  # an unanswered guided command expires (dialogue.*)

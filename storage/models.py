@@ -350,3 +350,29 @@ class TcimRecord(Base):
     medecin: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime]
     data_enc: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Dialogue(Base):
+    """A command typed without all its required arguments, being completed by questions (issue 17).
+
+    One active dialogue per person and room (and thread). `answers_enc` holds what was typed so far
+    and `command_enc` the command as first typed: both may carry a patient's identity, so both are
+    encrypted. `questions` lists the argument names to ask, in order (declarations, no user data).
+    status: active -> done (confirmed and run) | cancelled | expired (a deadline row, dialogue.expiry).
+    """
+
+    __tablename__ = "dialogue"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    sender: Mapped[str] = mapped_column(String(255))
+    room_id: Mapped[str] = mapped_column(String(255))
+    thread_root: Mapped[str] = mapped_column(String(255))  # the command's event, or its thread's root
+    command: Mapped[str] = mapped_column(String(50))
+    questions: Mapped[list] = mapped_column(JSON, default=list)
+    command_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    answers_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(20), default="active")
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_dialogue_active", "sender", "room_id", "status"),)

@@ -217,7 +217,6 @@ async def test_red_flag_names_the_threshold_and_targets_the_mt(team):
 async def test_bad_input_gets_french_usage_and_creates_nothing(team):
     t = team
     cases = [
-        ("!dec infirmier", "commentaire"),
         ("!dec plombier réparer la fuite", "plombier"),
         ("!dec infirmier reponse=4 pansement", "précisez l'unité"),
         ("!accepter 99", "inconnue"),
@@ -232,6 +231,9 @@ async def test_bad_input_gets_french_usage_and_creates_nothing(team):
         assert reply.body.startswith(("⚠️", "🙏")), (text, reply.body)
         if "dépasser" in fragment:
             assert "Usage : !declenchement" in reply.body, reply.body
+    # Missing is not wrong: the comment is asked for (issue 17), and nothing is created meanwhile.
+    reply = await t.ask("mt", t.patient_room, "!dec infirmier")
+    assert "1/1 · Commentaire" in reply.body, reply.body
     async with t.harness.bot.store.session() as s:
         assert await s.scalar(select(func.count()).select_from(DemandeRow)) == 0
 
@@ -319,7 +321,8 @@ async def test_odd_input_never_causes_an_internal_error(team):
     for text in odd:
         reply = await t.ask("mt", t.patient_room, text)
         assert "erreur interne" not in reply.body, (text, reply.body)
-        assert reply.body.startswith(("⚠️", "🙏", "Aucune")), (text, reply.body)
+        # A bare command opens its dialogue (🧭), `!annuler` alone then stops it (🛑).
+        assert reply.body.startswith(("⚠️", "🙏", "Aucune", "🧭", "🛑")), (text, reply.body)
 
 
 @pytest.mark.parametrize("team", ["sqlite"], indirect=True)

@@ -149,7 +149,11 @@ async def test_access_request_inclusion_exit_and_non_members(harness, people):
     ph_dm = await direct_chat(ph, harness)
     reply = await command(ph, ph_dm, harness, 'patient nouveau nom=Sans prenom=Accord naissance=01/02/1960 sexe=M '
                                               'tel=0600000000 adresse="1 place de la Mairie"')
-    assert "consentement=" in reply.body and "Usage" in reply.body  # no circle without the patient's consent
+    # No circle without the patient's consent: the bot asks for it (issue 17), and nothing is created.
+    assert "je vous pose 1 question" in reply.body
+    consent = await ph.wait_for_event(ph_dm, "org.matrix.msc3381.poll.start",
+                                      predicate=lambda m: "Consentement" in m.body)
+    assert "1. oui" in consent.body
     reply = await command(ph, ph_dm, harness, "acces demander P-10")
     assert "n'est pas un code patient" in reply.body and "Usage" in reply.body
     reply = await command(ph, ph_dm, harness, f"acces demander {code}")
@@ -173,7 +177,7 @@ async def test_access_request_inclusion_exit_and_non_members(harness, people):
     assert state["name"].startswith(f"Cercle {code} · Diabète")
 
     reply = await command(dr, room, harness, "!sortir dt2")
-    assert "raison" in reply.body and "Usage" in reply.body
+    assert "1/1 · Raison" in reply.body  # the reason is asked (issue 17); typed in full, the dialogue ends
     reply = await command(dr, room, harness, "!sortir dt2 suivi repris par l'hôpital")
     assert "archivé" in reply.body
     state = await dr.request_json("GET", f"/_matrix/client/v3/rooms/{room}/state/m.room.name")

@@ -115,8 +115,11 @@ async def test_a_failed_criterion_is_refused_in_its_words_and_nothing_is_created
 
 async def test_eligibility_must_be_answered_not_assumed(uc):
     replies = await uc.say(IDE, ROOM, "!tcim demande snp toux fébrile")
-    assert "Il manque sans_mt=" in replies[0].body and "deplacement=" in replies[0].body
-    assert "Usage : !tcim demande" in replies[0].body
+    # Missing criteria are asked (issue 17: a dialogue, one poll each), never assumed.
+    assert "je vous pose 2 questions" in replies[0].body
+    poll = replies[-1].content["content"]
+    assert "Sans mt" in poll["body"] and [a["org.matrix.msc1767.text"] for a in
+                                          poll["org.matrix.msc3381.poll.start"]["answers"]] == ["oui", "non"]
     assert (await state(uc))[0] is None
 
 

@@ -116,11 +116,21 @@ class UseCases:
             row.removed_at = self.clock.now()
 
     # --- acting ----------------------------------------------------------------------------------
-    async def say(self, sender: str, room_id: str, body: str) -> list[Sent]:
-        """`sender` writes `body` in `room_id`; returns what the bot queued in answer."""
-        return await self._handle(IncomingEvent(f"$ev{next(self._ids)}", room_id, sender, "message",
+    async def say(self, sender: str, room_id: str, body: str, *, relates_to: dict | None = None) -> list[Sent]:
+        """`sender` writes `body` in `room_id` (in a thread or as a reply with `relates_to`);
+        returns what the bot queued in answer. The event id is then `self.last_event`."""
+        content = {"msgtype": "m.text", "body": body}
+        if relates_to:
+            content["m.relates_to"] = relates_to
+        self.last_event = f"$ev{next(self._ids)}"
+        return await self._handle(IncomingEvent(self.last_event, room_id, sender, "message",
                                                 int(self.clock.now().timestamp() * 1000),
-                                                {"body": body, "content": {"msgtype": "m.text", "body": body}}))
+                                                {"body": body, "content": content}))
+
+    async def vote(self, sender: str, room_id: str, poll_event_id: str, answer_ids: list[str]) -> list[Sent]:
+        return await self._handle(IncomingEvent(f"$ev{next(self._ids)}", room_id, sender, "poll_response",
+                                                int(self.clock.now().timestamp() * 1000),
+                                                {"poll": poll_event_id, "answers": answer_ids}))
 
     async def react(self, sender: str, room_id: str, key: str, event_id: str) -> list[Sent]:
         return await self._handle(IncomingEvent(f"$ev{next(self._ids)}", room_id, sender, "reaction",
@@ -159,10 +169,11 @@ class UseCases:
     async def pending_deadlines(self) -> list[Deadline]:
         return await self.bot.store.pending_deadlines()
 
-    async def event_id_of(self, ref_prefix: str) -> str:
+    async def event_id_of(self, ref_prefix: str, *, latest: bool = False) -> str:
         """Give an outbox item an event id as if it had been sent (for ✅ reactions to notices)."""
         async with self.bot.store.session.begin() as session:
-            item = await session.scalar(select(OutboxItem).where(OutboxItem.ref.startswith(ref_prefix)))
+            item = await session.scalar(select(OutboxItem).where(OutboxItem.ref.startswith(ref_prefix))
+                                        .order_by(OutboxItem.id.desc() if latest else OutboxItem.id).limit(1))
             item.event_id = item.event_id or f"$sent-{item.id}"
             return item.event_id
 
