@@ -25,11 +25,12 @@ from bot.cross_signing import CrossSigningClient
 from bot.deadlines import DeadlineRunner
 from bot.dispatch import command_context, dispatch
 from bot.identity import cross_signing_client, ensure_identity
+from bot.metrics import Metrics
 from bot.outbox import OutboxSender
 from bot.sync import HomeserverWatch, SyncIntake, homeserver_unreachable
 from bot.wiring import Wiring, compose
 from commands.registry import CommandRegistry
-from domain.clock import Clock
+from domain.clock import Clock, wall_ms
 from rooms.context import CommandContext
 from rooms.messages import render
 from rooms.services import Services
@@ -44,8 +45,9 @@ class BotError(Exception):
 
 class Bot:
     def __init__(self, config: Config, store: Store, clock: Clock, client: AsyncClient, password: str,
-                 wiring: Wiring):
+                 wiring: Wiring, metrics: Metrics | None = None):
         self.config = config
+        self.metrics = metrics or Metrics()  # bot/metrics.py, served by bot/health.py
         self.store = store
         self.clock = clock
         self.client = client
@@ -63,13 +65,14 @@ class Bot:
         self.outbox = OutboxSender(config, store, client, clock, self.homeserver, self._wake_worker.set,
                                    self._cross_signing)
         self.intake = SyncIntake(config, store, client, clock, self.services, self.homeserver,
-                                 self._wake_worker.set, self.outbox.rooms_changed)
-        self.deadlines = DeadlineRunner(store, clock, self.services, wiring.deadline_handlers, self.outbox.flush)
+                                 self._wake_worker.set, self.outbox.rooms_changed, self.metrics)
+        self.deadlines = DeadlineRunner(store, clock, self.services, wiring.deadline_handlers, self.outbox.flush,
+                                        metrics=self.metrics)
 
     # --- startup ---------------------------------------------------------------------------
     @classmethod
     async def open(cls, config: Config, clock: Clock, registry: CommandRegistry | None = None,
-                   store: Store | None = None) -> "Bot":
+                   store: Store | None = None, metrics: Metrics | None = None) -> "Bot":
         data_dir = config.storage.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         if store is None:
@@ -83,7 +86,7 @@ class Bot:
                                      pickle_key=store.cipher.derive("nio-pickle-key"),
                                      max_limit_exceeded=0, max_timeouts=0),
         )
-        bot = cls(config, store, clock, client, password, compose(config, store, clock, registry))
+        bot = cls(config, store, clock, client, password, compose(config, store, clock, registry), metrics)
         await bot._login_once()
         return bot
 
@@ -202,8 +205,10 @@ class Bot:
             if not pending:
                 return
             for event in pending:
-                await dispatch(self, event)
-                await self.flush_outbox()
+                command = await dispatch(self, event)
+                waiting = await self.flush_outbox()
+                if command and not waiting:  # its answer went out with this flush
+                    self.metrics.replied(event.origin_ts, wall_ms())
 
     def context(self, session, room_id: str, room_kind: str, sender: str, event_id: str) -> CommandContext:
         return command_context(self.services, session, room_id, room_kind, sender, event_id)

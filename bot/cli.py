@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from bot.config import Config, ConfigError, load_config, write_config
+from storage.instance import InstanceBusy
 
 log = logging.getLogger("cercle")
 
@@ -27,11 +28,10 @@ DEMO_ACCOUNTS = [
 ]
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("nio", "peewee", "apscheduler", "aiosqlite", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _setup_logging(verbose: bool, fmt: str = "text") -> None:
+    from bot.logs import setup_logging
+
+    setup_logging(verbose, fmt)
 
 
 DEMO_CLOCK_STATE = "demo_clock"
@@ -50,30 +50,64 @@ async def resume_demo_clock(store, speed: float | None, *, real_now=None):
 
 
 async def _run_bot(config: Config, clock, on_ready=None, *, demo_speed: float | None = None) -> None:
-    """Run the bot; `clock` None means the demo clock of `cercle up` (resumed from the bot's state)."""
-    from bot.app import Bot
+    """Run the bot; `clock` None means the demo clock of `cercle up` (resumed from the bot's state).
 
+    Order: the health endpoint first (a standby answers `standby` while it waits), then the
+    instance lock (SQLite: refused if taken; PostgreSQL: wait for it), then the store and the bot.
+    `on_ready(bot, http_url)` runs once the bot is started.
+    """
+    from bot.app import Bot
+    from bot.health import OpsServer
+    from bot.metrics import Metrics
+    from storage.instance import InstanceLock
+
+    metrics = Metrics()
+    server = OpsServer(config.http, metrics) if config.http.listen else None
+    http_url = await server.start() if server else None
+    lock = None
+    try:
+        config.storage.data_dir.mkdir(parents=True, exist_ok=True)
+        lock = await InstanceLock.acquire(config.storage.url(), config.matrix.user_id,
+                                          on_wait=server.standby if server else None)
+        await _serve(config, clock, on_ready, demo_speed, metrics, server, lock, http_url, Bot)
+    finally:
+        if lock is not None:
+            await lock.release()
+        if server:
+            await server.stop()
+
+
+async def _serve(config, clock, on_ready, demo_speed, metrics, server, lock, http_url, Bot) -> None:
     store = None
     if clock is None:
         from storage.repositories import open_store
 
-        config.storage.data_dir.mkdir(parents=True, exist_ok=True)
         store = await open_store(config.storage.url(), config.storage.key_path())
         try:
             clock = await resume_demo_clock(store, demo_speed)
         except BaseException:
             await store.close()
             raise
-    bot = await Bot.open(config, clock, store=store)
+    bot = await Bot.open(config, clock, store=store, metrics=metrics)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.stop()))
+    lost = asyncio.create_task(lock.watch())
+    lost.add_done_callback(lambda t: None if t.cancelled() else asyncio.ensure_future(bot.stop()))
     try:
         runner = asyncio.create_task(bot.run())
+        if server:
+            server.serving(bot)
         if on_ready:
-            await on_ready(bot)
+            await on_ready(bot, http_url)
         await runner
+        if lost.done() and not lost.cancelled():
+            raise SystemExit("cercle : verrou d'instance perdu, arrêt (le superviseur relance le bot, "
+                             "qui attend son tour)")
     finally:
+        lost.cancel()
+        if server:
+            server.stopping()
         await bot.close()
 
 
@@ -82,6 +116,7 @@ def cmd_run(args) -> int:
     from storage.private import tighten
 
     config = load_config(Path(args.config))
+    _setup_logging(args.verbose, config.log.format)
     tighten(config.storage.data_dir)  # files an older run left readable by others
     if Path(args.config).stat().st_mode & 0o077:
         log.warning("%s contient le mot de passe du bot et reste lisible par d'autres comptes : chmod 600 %s",
@@ -126,9 +161,13 @@ def cmd_up(args) -> int:
                 storage=StorageConfig(data_dir=data_dir / "bot"),
                 cpts=CptsConfig(name="CPTS de démonstration")))
         config = load_config(config_path, environ={})
-        config = config.model_copy(update={"matrix": config.matrix.model_copy(update={"homeserver": server.url})})
+        # Health and metrics on a free loopback port unless the config names one (demo.json says which).
+        http = config.http if config.http.listen else config.http.model_copy(update={"listen": "127.0.0.1:0"})
+        config = config.model_copy(update={"matrix": config.matrix.model_copy(update={"homeserver": server.url}),
+                                           "http": http})
+        _setup_logging(args.verbose, config.log.format)
 
-        async def on_ready(bot):
+        async def on_ready(bot, http_url):
             from bot.coordination import ensure_coordinator_room
             from rooms.directory import seed_demo_directory
 
@@ -137,11 +176,11 @@ def cmd_up(args) -> int:
             coordinators = [a["user_id"] for a in accounts if a["role"] == "coordinateur"]
             room_id = await ensure_coordinator_room(bot, invite=coordinators)
             demo = {"homeserver": server.url, "bot": bot_user, "coordinator_room": room_id,
-                    "bot_password": bot_password,
+                    "bot_password": bot_password, "http": http_url,
                     "accounts": [{k: a[k] for k in ("user_id", "password", "profession", "role")} for a in accounts]}
             demo_path.write_text(json.dumps(demo, indent=2, ensure_ascii=False))
             demo_path.chmod(0o600)
-            _print_welcome(server.url, bot_user, accounts, demo_path, bot.clock, bot.config.tz)
+            _print_welcome(server.url, bot_user, accounts, demo_path, bot.clock, bot.config.tz, http_url)
 
         asyncio.run(_run_bot(config, None, on_ready=on_ready, demo_speed=args.demo_speed))
     finally:
@@ -150,7 +189,7 @@ def cmd_up(args) -> int:
     return 0
 
 
-def _print_welcome(url, bot_user, accounts, demo_path, clock, tz) -> None:
+def _print_welcome(url, bot_user, accounts, demo_path, clock, tz, http_url=None) -> None:
     from domain.text import format_french_datetime
 
     print("\n" + "=" * 72)
@@ -169,6 +208,8 @@ def _print_welcome(url, bot_user, accounts, demo_path, clock, tz) -> None:
     print(f"  3. démarrer une discussion avec {bot_user} et écrire : aide")
     print("     (dans un salon à plusieurs, préfixer : !aide ou /aide)")
     print(f"\nComptes et salon des coordinateurs : {demo_path}")
+    if http_url:
+        print(f"Santé et métriques : {http_url}/health  {http_url}/metrics")
     print("Ctrl-C arrête le bot et Synapse ; relancer `cercle up` reprend tout.")
     print("=" * 72 + "\n", flush=True)
 
@@ -230,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"cercle : {e}", file=sys.stderr)
         return 2
+    except InstanceBusy as e:
+        print(f"cercle : {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         return 130
 
