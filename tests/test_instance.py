@@ -71,11 +71,11 @@ def write_bot_config(path: Path, synapse_url: str, user_id: str, password: str, 
     path.chmod(0o600)
 
 
-def cercle_run(config: Path, port: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "CERCLE_HTTP_LISTEN": f"127.0.0.1:{port}", "PYTHONPATH": str(ROOT)}
-    out = open(log, "ab")
-    return subprocess.Popen([*CERCLE, "run", "--config", str(config)], stdout=out, stderr=subprocess.STDOUT,
-                            cwd=ROOT, env=env)
+def cercle_run(config: Path, port: int, log: Path, **env_vars) -> subprocess.Popen:
+    env = {**os.environ, "CERCLE_HTTP_LISTEN": f"127.0.0.1:{port}", "PYTHONPATH": str(ROOT), **env_vars}
+    # Logs go to stderr; stdout is for the operator (the recovery key is printed there, once).
+    out, err = open(log.with_suffix(".out"), "ab"), open(log, "ab")
+    return subprocess.Popen([*CERCLE, "run", "--config", str(config)], stdout=out, stderr=err, cwd=ROOT, env=env)
 
 
 async def health(port: int) -> tuple[int | None, dict]:
@@ -115,23 +115,69 @@ def kill(proc: subprocess.Popen | None) -> None:
             proc.wait()
 
 
+async def enrol(database_url: str, key: Path, user_id: str) -> tuple[str, str]:
+    """Put `user_id` in the directory; returns the bot's (device id, access token)."""
+    store = await open_store(database_url, key, create_key=False)
+    try:
+        now = SystemClock().now()
+        async with store.session.begin() as session:
+            await upsert_professional(session, user_id=user_id, display_name="Dr Test",
+                                      profession="medecin_generaliste", roles=[], now=now,
+                                      communes=["Brétigny-sur-Orge"], cotisation_until=now + timedelta(days=365))
+        return await store.get_state("device_id"), await store.get_secret("access_token")
+    finally:
+        await store.close()
+
+
 @pytest.mark.synapse
-async def test_a_second_process_on_sqlite_is_refused(synapse, register, tmp_path):
+async def test_a_second_process_on_sqlite_is_refused_and_json_logs_hold_no_secret(synapse, register, tmp_path):
     bot_user, bot_password = register("cercle")
+    dr_user, dr_password = register("dr")
+    stranger, stranger_password = register("inconnu")
     config = tmp_path / "cercle.toml"
     write_bot_config(config, synapse.url, bot_user, bot_password, tmp_path / "bot")
-    port = free_port()
-    first = cercle_run(config, port, tmp_path / "first.log")
+    port, log = free_port(), tmp_path / "first.log"
+    first = cercle_run(config, port, log, CERCLE_LOG_FORMAT="json")
+    dr = None
     try:
-        await wait_status(port, "ok", 60, first, tmp_path / "first.log")
+        await wait_status(port, "ok", 60, first, log)
         second = subprocess.run([*CERCLE, "run", "--config", str(config)], capture_output=True, text=True,
                                 cwd=ROOT, timeout=60, env={**os.environ, "CERCLE_HTTP_LISTEN": "127.0.0.1:0"})
         assert second.returncode == 3
         assert "une autre instance de Cercle utilise déjà la base" in second.stderr
         assert f"processus {first.pid}" in second.stderr
         assert first.poll() is None and (await health(port))[1]["status"] == "ok"  # the first one serves on
+
+        # JSON lines: a command with a recognisable body goes through; nothing secret comes out.
+        _, token = await enrol(f"sqlite+aiosqlite:///{tmp_path / 'bot' / 'cercle.db'}",
+                               tmp_path / "bot" / "storage.key", dr_user)
+        dr = await Clinician.login(synapse.url, dr_user, dr_password, tmp_path / "dr")
+        room = await dr.create_room(invite=[bot_user])
+        await dr.wait_joined(room, bot_user, timeout=30)
+        sent = await dr.send_text(room, "!aide zorglubien")
+        await dr.wait_for_message(room, sender=bot_user, predicate=lambda m: m.in_reply_to() == sent, timeout=30)
+        # Someone outside the directory invites the bot: a log line that names them (pseudonymised).
+        await dr.close()
+        dr = await Clinician.login(synapse.url, stranger, stranger_password, tmp_path / "stranger")
+        await dr.create_room(invite=[bot_user])
+        for _ in range(100):
+            if "refusée (hors annuaire)" in log.read_text():
+                break
+            await asyncio.sleep(0.2)
     finally:
+        if dr is not None:
+            await dr.close()
         kill(first)
+    lines = log.read_text().splitlines()
+    entries = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert any("session" in e["message"] or "connexion" in e["message"] for e in entries)
+    assert {"ts", "level", "logger", "message"} <= set(entries[0])
+    text = log.read_text()
+    refused = [e["message"] for e in entries if "hors annuaire" in e["message"]]
+    assert refused and refused[0].startswith("invitation de @#"), refused
+    assert stranger.split(":")[1] in refused[0]  # the server part stays: it says which CPTS
+    for secret in (token, bot_password, dr_password, "zorglubien", bot_user, dr_user, stranger):
+        assert secret not in text, secret
 
 
 @pytest.mark.synapse
@@ -151,17 +197,7 @@ async def test_the_standby_takes_over_after_kill_9_with_the_same_device_and_no_d
     b = dr = None
     try:
         await wait_status(port_a, "ok", 60, a, log_a)
-        store = await open_store(database_url, data_dir / "storage.key", create_key=False)
-        try:
-            device = await store.get_state("device_id")
-            token = await store.get_secret("access_token")
-            now = SystemClock().now()
-            async with store.session.begin() as session:
-                await upsert_professional(session, user_id=dr_user, display_name="Dr Test",
-                                          profession="medecin_generaliste", roles=[], now=now,
-                                          communes=["Brétigny-sur-Orge"], cotisation_until=now + timedelta(days=365))
-        finally:
-            await store.close()
+        device, token = await enrol(database_url, data_dir / "storage.key", dr_user)
 
         devices_before = await devices(synapse.url, token)
         assert device in devices_before

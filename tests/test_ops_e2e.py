@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bot.config import HttpConfig
 from bot.health import OpsServer
 from tests.clinician import Clinician
-from tests.test_bot_e2e import bot_on_its_own_homeserver, room_with_bot
+from tests.test_bot_e2e import bot_on_its_own_homeserver
 
 pytestmark = pytest.mark.synapse
 
