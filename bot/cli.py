@@ -1,4 +1,4 @@
-"""`cercle` command line: run, up (local demo stack), status, identity restore."""
+"""`cercle` command line: run, up (local demo stack), status, backup, restore, identity restore."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from bot.config import Config, ConfigError, load_config, write_config
+from storage.backup import BackupError
 from storage.instance import InstanceBusy
 
 log = logging.getLogger("cercle")
@@ -231,6 +232,36 @@ def cmd_identity_restore(args) -> int:
     return 0
 
 
+def _passphrase(args, confirm: bool) -> str:
+    """--passphrase-file, else CERCLE_BACKUP_PASSPHRASE, else asked twice (backup) or once (restore)."""
+    import getpass
+    import os
+
+    if args.passphrase_file:
+        return Path(args.passphrase_file).read_text().strip()
+    if os.environ.get("CERCLE_BACKUP_PASSPHRASE"):
+        return os.environ["CERCLE_BACKUP_PASSPHRASE"]
+    first = getpass.getpass("Phrase de passe de la sauvegarde : ")
+    if confirm and getpass.getpass("La même, encore une fois : ") != first:
+        raise ConfigError("les deux phrases de passe diffèrent")
+    return first
+
+
+def cmd_backup(args) -> int:
+    from bot.backup import create_backup
+
+    config = load_config(Path(args.config))
+    print(asyncio.run(create_backup(config, Path(args.config), Path(args.file), _passphrase(args, confirm=True))))
+    return 0
+
+
+def cmd_restore(args) -> int:
+    from bot.backup import restore_backup
+
+    print(asyncio.run(restore_backup(Path(args.file), Path(args.config), _passphrase(args, confirm=False))))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cercle", description="Bot Matrix de coordination des soins (CPTS)")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -250,6 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="état du bot : appareil, signature croisée, salons, échéances")
     st.add_argument("--config", required=True)
     st.set_defaults(func=cmd_status)
+
+    backup = sub.add_parser("backup", help="sauvegarde chiffrée : base, clé de stockage, appareil, configuration")
+    backup.add_argument("file")
+    backup.add_argument("--config", required=True)
+    backup.add_argument("--passphrase-file", default=None)
+    backup.set_defaults(func=cmd_backup)
+
+    restore_all = sub.add_parser("restore", help="restaurer une sauvegarde sur une machine neuve")
+    restore_all.add_argument("file")
+    restore_all.add_argument("--config", required=True,
+                             help="fichier de configuration (écrit depuis la sauvegarde s'il n'existe pas)")
+    restore_all.add_argument("--passphrase-file", default=None)
+    restore_all.set_defaults(func=cmd_restore)
 
     ident = sub.add_parser("identity", help="identité de signature croisée du bot")
     ident_sub = ident.add_subparsers(dest="identity_command", required=True)
@@ -274,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     except InstanceBusy as e:
         print(f"cercle : {e}", file=sys.stderr)
         return 3
+    except BackupError as e:
+        print(f"cercle : {e}", file=sys.stderr)
+        return 4
     except KeyboardInterrupt:
         return 130
 
