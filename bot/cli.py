@@ -11,8 +11,6 @@ import sys
 from pathlib import Path
 
 from bot.config import Config, ConfigError, load_config, write_config
-from storage.backup import BackupError
-from storage.instance import InstanceBusy
 
 log = logging.getLogger("cercle")
 
@@ -315,12 +313,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"cercle : {e}", file=sys.stderr)
         return 2
-    except InstanceBusy as e:
+    except Exception as e:
+        # An operator's error with a French message (storage.instance.InstanceBusy: 3,
+        # storage.backup.BackupError: 4), matched by attribute: importing them here would load
+        # SQLAlchemy and asyncpg before every command.
+        if getattr(e, "exit_code", None) is None:
+            raise
         print(f"cercle : {e}", file=sys.stderr)
-        return 3
-    except BackupError as e:
-        print(f"cercle : {e}", file=sys.stderr)
-        return 4
+        return e.exit_code
     except KeyboardInterrupt:
         return 130
 

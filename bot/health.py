@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
-from bot.config import HttpConfig
+from bot.config import ConfigError, HttpConfig
 from bot.metrics import Metrics
 from storage.ops import oldest_pending_send
 
@@ -47,7 +47,11 @@ class OpsServer:
         await self._runner.setup()
         host, port = self.http.host_port()
         site = web.TCPSite(self._runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            await self._runner.cleanup()
+            raise ConfigError(f"http.listen : impossible d'écouter sur {self.http.listen} ({e.strerror})") from None
         self.port = site._server.sockets[0].getsockname()[1]
         url = f"http://{host if ':' not in host else f'[{host}]'}:{self.port}"
         log.info("santé et métriques : %s/health, %s/metrics", url, url)

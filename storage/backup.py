@@ -31,6 +31,8 @@ MIN_PASSPHRASE = 12
 class BackupError(Exception):
     """A French message for the operator."""
 
+    exit_code = 4  # `cercle backup` / `cercle restore`'s exit status
+
 
 def _key(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase.encode())

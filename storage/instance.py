@@ -36,6 +36,8 @@ WATCH_S = 5.0  # the active process checks its lock connection this often
 class InstanceBusy(Exception):
     """Another process holds this database (French message for the operator)."""
 
+    exit_code = 3  # `cercle run`'s exit status
+
 
 class InstanceLock:
     def __init__(self, kind: str, release: Callable[[], object], watch=None):
