@@ -30,7 +30,7 @@ from bot.outbox import OutboxSender
 from bot.sync import HomeserverWatch, SyncIntake, homeserver_unreachable
 from bot.wiring import Wiring, compose
 from commands.registry import CommandRegistry
-from domain.clock import Clock, wall_ms
+from domain.clock import Clock
 from rooms.context import CommandContext
 from rooms.messages import render
 from rooms.services import Services
@@ -63,7 +63,7 @@ class Bot:
         self.identity_status: str | None = None
         self.identity_warning: str | None = None
         self.outbox = OutboxSender(config, store, client, clock, self.homeserver, self._wake_worker.set,
-                                   self._cross_signing)
+                                   self._cross_signing, self.metrics)
         self.intake = SyncIntake(config, store, client, clock, self.services, self.homeserver,
                                  self._wake_worker.set, self.outbox.rooms_changed, self.metrics)
         self.deadlines = DeadlineRunner(store, clock, self.services, wiring.deadline_handlers, self.outbox.flush,
@@ -205,10 +205,9 @@ class Bot:
             if not pending:
                 return
             for event in pending:
-                command = await dispatch(self, event)
-                waiting = await self.flush_outbox()
-                if command and not waiting:  # its answer went out with this flush
-                    self.metrics.replied(event.origin_ts, wall_ms())
+                if await dispatch(self, event):  # a command: its answer's send closes the reply latency
+                    self.metrics.awaiting_reply(event.event_id, event.origin_ts)
+                await self.flush_outbox()
 
     def context(self, session, room_id: str, room_kind: str, sender: str, event_id: str) -> CommandContext:
         return command_context(self.services, session, room_id, room_kind, sender, event_id)

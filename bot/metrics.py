@@ -10,6 +10,7 @@ small COUNT/MIN query each, rather than tracked on every write.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from datetime import datetime, timezone
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -21,6 +22,7 @@ from storage.ops import counts
 OUTCOMES = ("ok", "refusee", "usage", "erreur")
 UNKNOWN_COMMAND = "inconnue"  # the name label of a word that is not a command: never the word itself
 
+AWAITING_MAX = 1000  # commands whose answer is not sent yet, remembered for the latency (oldest dropped)
 _LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
 _LATENESS_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600)
 
@@ -32,7 +34,7 @@ class Metrics:
         self.commands = Counter("cercle_commands", "Commandes traitées, par nom déclaré et issue",
                                 ["command", "outcome"], registry=r)
         self.reply_latency = Histogram(
-            "cercle_reply_latency_seconds", "De l'horodatage de l'événement à l'envoi de la réponse",
+            "cercle_reply_latency_seconds", "De l'horodatage de la commande (serveur) à l'envoi de sa réponse dans le salon",
             buckets=_LATENCY_BUCKETS, registry=r)
         self.sync_duration = Histogram(
             "cercle_sync_duration_seconds", "Durée d'une synchronisation (attente longue comprise) et de son "
@@ -55,13 +57,24 @@ class Metrics:
         self.active = Gauge("cercle_active", "1 si ce processus sert (détient le verrou), 0 en attente", registry=r)
         self.homeserver_up = Gauge("cercle_homeserver_reachable", "1 si le serveur d'accueil répond", registry=r)
         self.homeserver_up.set(1)
+        self._awaiting: OrderedDict[str, int] = OrderedDict()  # command event id -> its origin_ts (ms)
 
     # --- what the adapter reports ----------------------------------------------------------------
     def command(self, name: str | None, outcome: str) -> None:
         self.commands.labels(command=name or UNKNOWN_COMMAND, outcome=outcome).inc()
 
-    def replied(self, origin_ts_ms: int, now_ms: int) -> None:
-        self.reply_latency.observe(max(0.0, (now_ms - origin_ts_ms) / 1000))
+    def awaiting_reply(self, event_id: str, origin_ts_ms: int) -> None:
+        """A command was handled: its answer's send (OutboxSender) closes the latency."""
+        self._awaiting[event_id] = origin_ts_ms
+        while len(self._awaiting) > AWAITING_MAX:  # answers sent privately, or never: not kept forever
+            self._awaiting.popitem(last=False)
+
+    def message_sent(self, content: dict, now_ms: int) -> None:
+        """A message went out; if it answers an awaited command, observe event timestamp -> now."""
+        replied_to = (content.get("m.relates_to") or {}).get("m.in_reply_to", {}).get("event_id")
+        origin = self._awaiting.pop(replied_to, None) if replied_to else None
+        if origin is not None:
+            self.reply_latency.observe(max(0.0, (now_ms - origin) / 1000))
 
     def deadline_fired(self, due_at: datetime, now: datetime) -> None:
         self.deadlines_fired.inc()

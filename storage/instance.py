@@ -50,6 +50,8 @@ class InstanceLock:
                       poll_s: float = POLL_S) -> "InstanceLock":
         url = make_url(database_url)
         if url.get_backend_name() == "sqlite":
+            if not url.database or url.database == ":memory:":
+                return cls("sqlite", lambda: None)  # a private in-memory database: nothing to share
             return cls._sqlite(Path(url.database))
         if url.get_backend_name() == "postgresql":
             return await cls._postgres(url, owner, on_wait, poll_s)

@@ -68,7 +68,8 @@ async def test_health_follows_the_homeserver_and_metrics_count_commands(tmp_path
         aide_ok = values[("cercle_commands_total", (("command", "aide"), ("outcome", "ok")))]
         assert aide_ok == 2  # the one of the fixture, and this one
         assert values[("cercle_commands_total", (("command", "inconnue"), ("outcome", "usage")))] == 1
-        assert values[("cercle_reply_latency_seconds_count", ())] >= 2
+        assert values[("cercle_reply_latency_seconds_count", ())] == 3  # each answer sent, once
+        assert 0 < values[("cercle_reply_latency_seconds_sum", ())] < 30
         assert values[("cercle_sync_duration_seconds_count", ())] >= 1
         assert values[("cercle_rooms_joined", (("kind", "other"),))] >= 1
         assert ("cercle_outbox_pending", ()) in values and ("cercle_deadlines_pending", ()) in values
