@@ -5,14 +5,18 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from datetime import timedelta
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.config import ConfigError, load_config
+from bot.config import ConfigError, HttpConfig, load_config
+from bot.health import OpsServer
 from bot.logs import setup_logging
-from tests.usecase import UseCases
+from domain.clock import wall_now
+from rooms.messages import render
+from tests.usecase import COORDINATION_ROOM, UseCases
 
 MT = "@mt:cpts.test"
 IDE = "@ide:cpts.test"
@@ -111,3 +115,26 @@ def test_http_and_log_sections(tmp_path):
     path.write_text(base + '[log]\nformat = "xml"\n')
     with pytest.raises(ConfigError, match="log.format"):
         load_config(path, environ={})
+
+
+async def test_health_says_what_fails(tmp_path):
+    uc = await UseCases.open(tmp_path / "bot")
+    try:
+        ops = OpsServer(HttpConfig(listen="127.0.0.1:0", outbox_max_age_s=300), uc.bot.metrics)
+        assert (await ops.health())[0] == 503  # starting
+        ops.standby()
+        assert await ops.health() == (200, {"status": "standby"})
+        ops.serving(uc.bot)
+        code, body = await ops.health()
+        assert code == 503 and body["reasons"] == ["pas encore de synchronisation"]
+        uc.bot.intake.last_sync_at = time.monotonic()  # what a successful sync leaves
+        assert await ops.health() == (200, {"status": "ok"})
+        async with uc.bot.store.session.begin() as session:  # a send pending for 10 minutes
+            uc.bot.store.queue(session, "message", COORDINATION_ROOM, render("x"), wall_now() - timedelta(minutes=10))
+        code, body = await ops.health()
+        assert code == 503 and body["reasons"][0].startswith("envoi en attente depuis 6")
+        uc.bot.intake.last_sync_at = time.monotonic() - 200
+        code, body = await ops.health()
+        assert "pas de synchronisation réussie depuis 200 s" in body["reasons"]
+    finally:
+        await uc.close()
