@@ -1,6 +1,7 @@
 """The README's command reference and the compose stack are checked against what they describe."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -90,3 +91,7 @@ def test_compose_profiles_standby_and_synapse_workers():
                    if any("replication" in r["names"] for r in listener["resources"])]
     assert replication == [main["instance_map"]["main"]["port"]]
     assert main["instance_map"]["main"]["host"] == "synapse"
+    # The reverse proxy's routes point at this worker's service and port, the rest at the main process.
+    nginx = (ROOT / "deploy/synapse/nginx-workers.conf").read_text()
+    upstreams = set(re.findall(r"proxy_pass (http://[^;]+);", nginx))
+    assert upstreams == {f"http://synapse-generic-worker-1:{port}", "http://synapse:8008"}
