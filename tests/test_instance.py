@@ -17,16 +17,18 @@ from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
+from sqlalchemy.engine import make_url
 
 from bot.config import Config, CptsConfig, HttpConfig, MatrixConfig, StorageConfig, SyncConfig, write_config
 from bot.local_synapse import free_port
 from domain.clock import SystemClock
 from rooms.directory import upsert_professional
-from storage.instance import InstanceBusy, InstanceLock
+from storage.instance import InstanceBusy, InstanceLock, advisory_key
 from storage.repositories import open_store
 from tests.clinician import Clinician
-from tests.conftest import _fresh_postgres_schema, _postgres_answers
+from tests.conftest import POSTGRES_BASE, _fresh_postgres_schema, _postgres_answers
 
 ROOT = Path(__file__).resolve().parent.parent
 CERCLE = [sys.executable, "-m", "bot.cli"]
@@ -236,6 +238,20 @@ async def test_the_standby_takes_over_after_kill_9_with_the_same_device_and_no_d
             await store.close()
         assert await devices(synapse.url, token) == devices_before  # no new device (registration made one)
         print(f"relais : /health ok {took:.1f} s après le kill -9")
+
+        # The active process loses its lock's session (e.g. the DBA ends it): it stops rather than
+        # go on beside a standby that could now take the lock.
+        key = advisory_key(make_url(database_url).database, make_url(database_url).query["search_path"], bot_user)
+        conn = await asyncpg.connect(POSTGRES_BASE.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            ended = await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND classid = $1 AND objid = $2 AND objsubid = 1", (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)
+        finally:
+            await conn.close()
+        assert ended == 1
+        assert await asyncio.get_running_loop().run_in_executor(None, b.wait, 30) == 1
+        assert "connexion du verrou d'instance perdue" in log_b.read_text()
     finally:
         if dr is not None:
             await dr.close()
