@@ -33,6 +33,11 @@ POLL_S = 1.0  # the standby asks for the lock this often (the takeover's delay, 
 WATCH_S = 5.0  # the active process checks its lock connection this often
 
 
+# PostgreSQL down, restarting, or the session ended by an administrator.
+_TRANSIENT = (OSError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError,
+              asyncpg.exceptions.OperatorInterventionError)
+
+
 class InstanceBusy(Exception):
     """Another process holds this database (French message for the operator)."""
 
@@ -88,25 +93,35 @@ class InstanceLock:
         schema = url.query.get("search_path", "")
         key = advisory_key(url.database or "", schema, owner)
         dsn = url.set(drivername="postgresql").difference_update_query(["search_path"])
-        conn = await asyncpg.connect(dsn.render_as_string(hide_password=False),
-                                     server_settings={"application_name": "cercle-instance-lock",
-                                                      "tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5",
-                                                      "tcp_keepalives_count": "3"})
-        try:
-            waiting = False
-            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
-                if not waiting:
-                    waiting = True
-                    log.warning("une autre instance de Cercle est active sur cette base : en attente "
-                                "(instance de secours), relais dès qu'elle s'arrête")
-                    if on_wait:
-                        on_wait()
-                await asyncio.sleep(poll_s)
-            if waiting:
-                log.warning("verrou obtenu : cette instance prend le relais")
-        except BaseException:
-            conn.terminate()
-            raise
+        waiting = False
+        while True:  # a standby outlives a PostgreSQL restart: it reconnects and waits on
+            conn = None
+            try:
+                conn = await asyncpg.connect(
+                    dsn.render_as_string(hide_password=False),
+                    server_settings={"application_name": "cercle-instance-lock", "tcp_keepalives_idle": "10",
+                                     "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"})
+                while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                    if not waiting:
+                        waiting = True
+                        log.warning("une autre instance de Cercle est active sur cette base : en attente "
+                                    "(instance de secours), relais dès qu'elle s'arrête")
+                        if on_wait:
+                            on_wait()
+                    await asyncio.sleep(poll_s)
+                break
+            except _TRANSIENT as e:  # a wrong password or database name is not retried: it stops here
+                if conn is not None:
+                    conn.terminate()
+                log.warning("PostgreSQL injoignable pour le verrou d'instance (%s) : nouvel essai dans 5 s",
+                            type(e).__name__)
+                await asyncio.sleep(5)
+            except BaseException:
+                if conn is not None:
+                    conn.terminate()
+                raise
+        if waiting:
+            log.warning("verrou obtenu : cette instance prend le relais")
 
         async def watch() -> None:
             """Returns when the lock's connection is lost: the lock may be another's by now."""
