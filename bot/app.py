@@ -56,6 +56,9 @@ class Bot:
         self.services: Services = wiring.services  # what every handler gets (bot/wiring.py)
         self.registry: CommandRegistry = wiring.registry
         self.reaction_handlers: dict[str, object] = wiring.reaction_handlers
+        self.poll_handlers: dict[str, object] = wiring.poll_handlers
+        self.reply_handlers: dict[str, object] = wiring.reply_handlers
+        self._at_start = wiring.at_start  # what the use-case modules plan at each start (their AT_START)
         self.homeserver = HomeserverWatch()  # shared by the three parts: one log line per change
         self._wake_worker = asyncio.Event()  # the inbox worker's doorbell
         self._stop = asyncio.Event()
@@ -128,6 +131,9 @@ class Bot:
         self._stop.clear()
         if self.config.cpts.coordinator_room or await self.store.get_state("coordinator_room"):
             await ensure_coordinator_room(self)
+        async with self.store.session.begin() as session:  # e.g. the next monthly report, the quarterly post
+            for hook in self._at_start:
+                await hook(session, self.services, self.clock.now())
         self.deadlines.start()
         self._tasks = [asyncio.create_task(self.intake.run(self._stop), name="sync"),
                        asyncio.create_task(self._worker_loop(), name="worker"),
@@ -187,7 +193,7 @@ class Bot:
             self._wake_worker.clear()
             try:
                 await self.process_inbox()
-                await self.fire_due_deadlines()  # e.g. a rung due "now" after a decline
+                await self._deadlines_touched()
                 await self.flush_outbox()
             except asyncio.CancelledError:
                 raise
@@ -199,15 +205,30 @@ class Bot:
                 await asyncio.sleep(1)
                 self._wake_worker.set()
 
+    async def _deadlines_touched(self) -> None:
+        """A handler added or moved a deadline: re-arm the wake-up, and fire at once what is
+        already due (e.g. the pool rung after the MT declined). Nothing touched, nothing read."""
+        touched = self.store.take_touched_deadline()
+        if touched is None:
+            return
+        if touched <= self.clock.now():
+            await self.fire_due_deadlines()  # re-arms the wake-up itself
+        else:
+            await self.schedule_wakeup()
+
     async def process_inbox(self) -> None:
+        """Handle pending events until none is left; the inbox is read again only when the sync
+        recorded something meanwhile (or a batch was full)."""
+        limit = 200
         while True:
-            pending = await self.store.pending_events()
-            if not pending:
-                return
+            changes = self.store.inbox_changes
+            pending = await self.store.pending_events(limit=limit)
             for event in pending:
                 if await dispatch(self, event):  # a command: its answer's send closes the reply latency
                     self.metrics.awaiting_reply(event.event_id, event.origin_ts)
                 await self.flush_outbox()
+            if len(pending) < limit and self.store.inbox_changes == changes:
+                return
 
     def context(self, session, room_id: str, room_kind: str, sender: str, event_id: str) -> CommandContext:
         return command_context(self.services, session, room_id, room_kind, sender, event_id)

@@ -81,6 +81,7 @@ class CptsConfig(_Section):
     name: str = "CPTS"
     coordinator_room: str | None = None
     timezone: str = "Europe/Paris"
+    tarifs: str = "livret-2022"  # the indemnity rule set, a file of data/tarifs (decisions.md 12)
 
     @field_validator("timezone")
     @classmethod
@@ -149,6 +150,21 @@ class LogConfig(_Section):
     format: Literal["text", "json"] = "text"
 
 
+class TcimConfig(_Section):
+    # One unguessable room per teleconsultation under this base (a Jitsi server, or an Element
+    # Call URL ending in « #/room/ » or similar): the bot appends « tcim-<random> » (issue 12).
+    video_base: str = "https://meet.jit.si/"
+    reminder_before_min: int = Field(30, gt=0)  # reminder to doctor and nurse before the slot
+    late_after_min: int = Field(15, gt=0)  # no `!tcim debut` this long after the slot: escalation
+
+    @field_validator("video_base")
+    @classmethod
+    def _https(cls, v: str) -> str:
+        if not v.startswith("https://"):
+            raise ValueError("adresse https:// attendue (serveur de visio)")
+        return v
+
+
 class Config(_Section):
     matrix: MatrixConfig
     storage: StorageConfig = StorageConfig()
@@ -158,6 +174,7 @@ class Config(_Section):
     delivery: DeliveryConfig = DeliveryConfig()
     http: HttpConfig = HttpConfig()
     log: LogConfig = LogConfig()
+    tcim: TcimConfig = TcimConfig()
 
     @property
     def tz(self) -> ZoneInfo:
@@ -176,9 +193,11 @@ ENV_OVERRIDES = {
     "CERCLE_CPTS_NAME": ("cpts", "name"),
     "CERCLE_COORDINATOR_ROOM": ("cpts", "coordinator_room"),
     "CERCLE_TIMEZONE": ("cpts", "timezone"),
+    "CERCLE_TARIFS": ("cpts", "tarifs"),
     "CERCLE_UNVERIFIED_DEVICES": ("trust", "unverified_devices"),
     "CERCLE_HTTP_LISTEN": ("http", "listen"),
     "CERCLE_LOG_FORMAT": ("log", "format"),
+    "CERCLE_TCIM_VIDEO_BASE": ("tcim", "video_base"),
 }
 
 

@@ -34,7 +34,7 @@ DEADLINE_BATCH = 200
 
 class DeadlineRunner:
     def __init__(self, store: Store, clock: Clock, services: Services, handlers: dict,
-                 after_pass: Callable[[], Awaitable[object]], batch_size: int = DEADLINE_BATCH,
+                 after_pass: Callable[..., Awaitable[object]], batch_size: int = DEADLINE_BATCH,
                  metrics: Metrics | None = None):
         self.store = store
         self.metrics = metrics or Metrics()
@@ -80,13 +80,16 @@ class DeadlineRunner:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            periodic = False
             try:
                 await asyncio.wait_for(self._due.wait(), DEADLINE_POLL_S)
             except asyncio.TimeoutError:
-                pass
+                periodic = True
             self._due.clear()
             try:
                 await self.fire_due()
+                if periodic:  # the outbox read back once a minute, whatever the memory says
+                    await self._after_pass(full=True)
             except asyncio.CancelledError:
                 raise
             except Exception:

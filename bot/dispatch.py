@@ -146,6 +146,8 @@ async def handle_message(bot, session, event: IncomingEvent) -> None:
     kind = room_kind(bot, record)
     body = event.payload.get("body", "")
     ctx = bot.context(session, event.room_id, kind, event.sender, event.event_id)
+    if await _handled_as_reply(bot, ctx, event):
+        return
     parse_ctx = ParseContext(now=ctx.now, tz=bot.services.tz, flows=bot.services.flows)
     try:
         invocation = bot.registry.parse(body, parse_ctx, direct=(kind == "direct"))
@@ -187,6 +189,43 @@ async def handle_message(bot, session, event: IncomingEvent) -> None:
     except ArgumentError as e:  # a value checked inside the handler: same answer as a parse error
         _note(cmd.name, "usage")
         raise Refusal(bot.registry.usage_error_text(cmd, e.markup))
+
+
+def _without_reply_fallback(body: str) -> str:
+    """Older clients quote the answered message (« > <@bot> … ») before the reply itself."""
+    lines = body.split("\n")
+    while lines and lines[0].startswith(">"):
+        lines.pop(0)
+    return "\n".join(lines).strip()
+
+
+async def _handled_as_reply(bot, ctx: CommandContext, event: IncomingEvent) -> bool:
+    """A reply to one of the bot's messages (or a message in its thread) that is not a command
+    goes to the REPLY_HANDLERS entry of the answered message's ref, which may take it."""
+    relates = (event.payload.get("content") or {}).get("m.relates_to") or {}
+    answered = [(relates.get("m.in_reply_to") or {}).get("event_id")]
+    if relates.get("rel_type") == "m.thread":
+        answered.append(relates.get("event_id"))
+    text = _without_reply_fallback(event.payload.get("body", ""))
+    if not bot.reply_handlers or not text or text.startswith(("!", "/")):
+        return False
+    for event_id in filter(None, answered):
+        ref = await bot.store.ref_of_sent_event(ctx.session, event_id)
+        handler = bot.reply_handlers.get(ref.split(":", 1)[0]) if ref else None
+        if handler is not None and await handler(ctx, ref, text):
+            return True
+    return False
+
+
+async def handle_poll_response(bot, session, event: IncomingEvent) -> None:
+    """A vote: the POLL_HANDLERS entry named by the poll's ref prefix decides what it means."""
+    ref = await bot.store.ref_of_sent_event(session, event.payload["poll"])
+    handler = bot.poll_handlers.get(ref.split(":", 1)[0]) if ref else None
+    if handler is None:
+        return
+    record = await session.get(RoomRecord, event.room_id)
+    ctx = bot.context(session, event.room_id, room_kind(bot, record), event.sender, event.event_id)
+    await handler(ctx, ref, list(event.payload.get("answers") or []))
 
 
 async def handle_undecryptable(bot, session, event: IncomingEvent) -> None:
@@ -327,5 +366,6 @@ HANDLERS = {
     "withheld": handle_withheld,
     "invite": handle_invite,
     "reaction": handle_reaction,
+    "poll_response": handle_poll_response,
     "membership": handle_membership,
 }

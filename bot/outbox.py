@@ -8,7 +8,9 @@ covered; the trust policy (bot.trust) decides which devices get it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import io
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -29,7 +31,9 @@ from nio import (
     RoomPutStateResponse,
     RoomRedactResponse,
     RoomSendResponse,
+    UploadResponse,
 )
+from nio.crypto.attachments import encrypt_attachment
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -41,6 +45,7 @@ from bot.sync import HomeserverWatch, homeserver_unreachable
 from bot.trust import TrustCache
 from bot.trust import apply as apply_trust_policy
 from domain.clock import Clock, wall_ms, wall_now
+from domain.polls import POLL_END, poll_end_content
 from rooms import patients
 from rooms.messages import render
 from rooms.patients import PENDING_ROOM
@@ -91,11 +96,14 @@ class OutboxSender:
         self._retry_timer: asyncio.TimerHandle | None = None
         self.member_reads = 0  # member lists read from the server (tests check it stays small)
         self.waiting = 0  # items left after the last flush
+        self._backlog_empty = False  # known only after a full read: the first flush reads
+        self._seen_by_full_read: set[int] = set()
         # One small sender per action: a new action is one entry here.
         self.senders: dict[str, Sender] = {
             "message": self._send_message, "direct": self._send_direct, "state": self._send_state,
             "pin": self._send_pin, "invite": self._send_invite, "kick": self._send_kick,
-            "leave": self._send_leave, "redact": self._send_redact, "create_room": self._send_create_room}
+            "leave": self._send_leave, "redact": self._send_redact, "create_room": self._send_create_room,
+            "event": self._send_event, "poll_end": self._send_poll_end, "file": self._send_file}
 
     def rooms_changed(self, room_ids: set[str]) -> None:
         """A sync changed these rooms' membership: their waiting items are tried at the next flush."""
@@ -111,8 +119,11 @@ class OutboxSender:
             self._retry_timer = None
 
     # --- flush -----------------------------------------------------------------------------------
-    async def flush(self) -> int:
+    async def flush(self, full: bool = False) -> int:
         """Send what can be sent, in order per room; returns how many items are left waiting.
+
+        Reads the outbox back only when something is waiting, at the first flush, and when asked
+        (`full`: the deadline runner's periodic pass, a safety net for rows another process wrote).
 
         An item that cannot go yet (room not synced, recipient not joined, homeserver busy) holds
         back the later items of the same room only, never the other rooms. It is tried again
@@ -120,35 +131,56 @@ class OutboxSender:
         instead of retrying everything in a loop), or at once when a sync shows its room changed.
         """
         async with self._flush_lock:
+            fresh = self.store.take_committed_outbox()
+            if self._backlog_empty and not full:
+                # The usual case: nothing was waiting, so send exactly what was just committed,
+                # in commit order, without reading the outbox back (issue 11).
+                fresh = [(i, c) for i, c in fresh if i.id not in self._seen_by_full_read]
+                self._seen_by_full_read.clear()
+                if not fresh:
+                    return 0
+                if await self._send_batch(fresh, set(), set(), set()) == 0:
+                    return 0
             changed, self._rooms_changed = self._rooms_changed, set()
             tried: set[int] = set()
             blocked: set[str] = set()
-            outage = False
-            while not outage:
+            while True:
                 batch = [(i, c) for i, c in await self.store.pending_outbox(limit=500) if i.id not in tried]
-                if not batch:
+                if not batch or await self._send_batch(batch, tried, blocked, changed) is None:
                     break
-                now = wall_now()
-                for item, content in batch:
-                    tried.add(item.id)
-                    key = self._outbox_key(item, content)
-                    if key in blocked:
-                        continue
-                    if (item.next_attempt_at is not None and item.next_attempt_at > now
-                            and await self._target_room(item, content) not in changed):
-                        blocked.add(key)  # backing off: the later items of this room wait behind it
-                        continue
-                    outcome = await self._send(item, content)
-                    if isinstance(outcome, Later):
-                        blocked.add(key)
-                        await self._note_retry(item, outcome)
-                        if outcome.outage:  # the homeserver is unreachable: no use trying other rooms
-                            outage = True
-                            break
             backlog = await self.store.outbox_backlog()
+            # Items committed while this read ran are in both the read and the memory queue.
+            self._seen_by_full_read = tried
+            self._backlog_empty = not backlog
         self.waiting = len(backlog)
         await self._watch_backlog(backlog)
         return len(backlog)
+
+    async def _send_batch(self, batch, tried: set[int], blocked: set[str], changed: set[str]) -> int | None:
+        """Send in order, an item that must wait holding back the later ones of its room; returns
+        how many were held back, or None when the homeserver is unreachable (stop trying)."""
+        now = wall_now()
+        held = 0
+        for item, content in batch:
+            tried.add(item.id)
+            key = self._outbox_key(item, content)
+            if key in blocked:
+                held += 1
+                continue
+            if (item.next_attempt_at is not None and item.next_attempt_at > now
+                    and await self._target_room(item, content) not in changed):
+                blocked.add(key)  # backing off: the later items of this room wait behind it
+                held += 1
+                continue
+            outcome = await self._send(item, content)
+            if isinstance(outcome, Later):
+                blocked.add(key)
+                held += 1
+                self._backlog_empty = False
+                await self._note_retry(item, outcome)
+                if outcome.outage:  # the homeserver is unreachable: no use trying other rooms
+                    return None
+        return held
 
     @staticmethod
     def _outbox_key(item, content: dict) -> str:
@@ -251,6 +283,45 @@ class OutboxSender:
             self.metrics.message_sent(content, wall_ms())
         return await self._done(item, response, RoomSendResponse)
 
+    async def _send_event(self, item, content: dict):
+        """Any room event type (polls: domain.polls), encrypted like a message."""
+        await self._prepare_room_keys(item.room_id)
+        response = await self.client.room_send(item.room_id, content["type"], content["content"],
+                                               tx_id=item.txn_id, ignore_unverified_devices=True)
+        return await self._done(item, response, RoomSendResponse)
+
+    async def _send_poll_end(self, item, content: dict):
+        event_ids = await self.store.outbox_event_ids(content["poll_ref"])
+        if not event_ids:
+            return Later("sondage à clore pas encore envoyé")
+        await self._prepare_room_keys(item.room_id)
+        response = await self.client.room_send(item.room_id, POLL_END, poll_end_content(event_ids[0], content["text"]),
+                                               tx_id=item.txn_id, ignore_unverified_devices=True)
+        return await self._done(item, response, RoomSendResponse)
+
+    async def _send_file(self, item, content: dict):
+        message = await self._upload_encrypted(content)
+        if not isinstance(message, dict):
+            return message
+        await self._prepare_room_keys(item.room_id)
+        response = await self.client.room_send(item.room_id, "m.room.message", message,
+                                               tx_id=item.txn_id, ignore_unverified_devices=True)
+        return await self._done(item, response, RoomSendResponse)
+
+    async def _upload_encrypted(self, payload: dict):
+        """Encrypt the attachment (AES-CTR, key in the `file` object, itself inside the encrypted
+        event) and upload only ciphertext, without its name: the homeserver learns a size. A send
+        retried after the upload uploads again; the orphan costs storage, not privacy."""
+        data = base64.b64decode(payload["data"])
+        ciphertext, keys = encrypt_attachment(data)
+        response, _ = await self.client.upload(io.BytesIO(ciphertext), content_type="application/octet-stream",
+                                               filesize=len(ciphertext))
+        if not isinstance(response, UploadResponse):
+            return response
+        return {"msgtype": payload["msgtype"], "body": payload["body"], "filename": payload["filename"],
+                "info": {"mimetype": payload["mimetype"], "size": len(data)},
+                "file": {**keys, "url": response.content_uri, "mimetype": payload["mimetype"]}}
+
     async def _send_direct(self, item, content: dict):
         user_id = content["user_id"]
         try:
@@ -279,8 +350,11 @@ class OutboxSender:
                 return Later("membre annoncé présent mais introuvable")
         if user_id in room.invited_users:
             return Later(INVITED)  # keys shared before they join would not reach their devices
+        message = content.get("content") or await self._upload_encrypted(content["file"])
+        if not isinstance(message, dict):
+            return message
         await self._prepare_room_keys(room_id)
-        response = await self.client.room_send(room_id, "m.room.message", content["content"],
+        response = await self.client.room_send(room_id, "m.room.message", message,
                                                tx_id=item.txn_id, ignore_unverified_devices=True)
         return await self._done(item, response, RoomSendResponse)
 

@@ -34,10 +34,13 @@ from bot.config import Config
 from bot.dispatch import request_key_from_sender, tell_undecryptable
 from bot.metrics import Metrics
 from domain.clock import Clock, wall_ms
+from domain.polls import poll_response
 from rooms.services import Services
 from storage.repositories import IncomingEvent, Store
 
 log = logging.getLogger("cercle")
+
+WAITING_BATCH = 200  # events waiting for their room key, tried per pass
 
 WITHHELD = "m.room_key.withheld"
 TOKEN_WRITE_S = 60.0  # a quiet bot still stores its sync token this often (bounds a replay after a crash)
@@ -116,6 +119,7 @@ class SyncIntake:
         self.synced_once = asyncio.Event()
         self._key_wait_deadline_ms: int | None = None  # earliest give-up among events waiting for a key
         self._key_requested: set[str] = set()  # waiting events whose key was asked for since this start
+        self._none_waiting = False  # no event waits for its key (false until a read shows it)
         # Read once, then kept here: the stored token and every room's join instant (rooms are never
         # deleted and a room's joined_ts never changes once written, so the copy cannot go stale).
         self._loaded = False
@@ -179,6 +183,8 @@ class SyncIntake:
         new = 0
         if self._must_store(events, response, first):
             new = await self.store.record_sync(events, response.next_batch, now)
+            if any(e.status == "waiting_key" for e in events):
+                self._none_waiting = False
             self._token_stored_at = time.monotonic()
         self._token = response.next_batch  # only once recorded: a failed write syncs again from `since`
         changed = {room_id for room_id, info in response.rooms.join.items()
@@ -301,6 +307,10 @@ class SyncIntake:
             # Someone left: the bot must not stay alone with people outside the directory.
             return IncomingEvent(ev.event_id, room_id, ev.sender, "membership", ev.server_timestamp,
                                  {"user_id": ev.state_key, "membership": ev.membership})
+        vote = poll_response(ev.type, ev.source.get("content", {})) if isinstance(ev, UnknownEvent) else None
+        if vote is not None:
+            return IncomingEvent(ev.event_id, room_id, ev.sender, "poll_response", ev.server_timestamp,
+                                 {"poll": vote[0], "answers": vote[1]})
         if isinstance(ev, UnknownEvent) and ev.type == "m.reaction":
             rel = ev.source.get("content", {}).get("m.relates_to", {})
             return IncomingEvent(ev.event_id, room_id, ev.sender, "reaction", ev.server_timestamp,
@@ -316,8 +326,11 @@ class SyncIntake:
         decrypted one becomes a pending event of its real kind (handled once, like any other); one
         whose wait is over is marked failed and its sender told once, in the same transaction.
         """
-        waiting = await self.store.waiting_key_events()
+        if self._none_waiting:
+            return  # known from the last pass and the syncs since: no read per sync (issue 11)
+        waiting = await self.store.waiting_key_events(limit=WAITING_BATCH)
         deadline = None
+        still_waiting = len(waiting) >= WAITING_BATCH  # more beyond this batch
         for event in waiting:
             decrypted = await self.decrypt_later(event)
             if decrypted is not None:
@@ -338,6 +351,7 @@ class SyncIntake:
                 self._wake_worker()
                 continue
             deadline = give_up if deadline is None else min(deadline, give_up)
+            still_waiting = True
             if event.event_id not in self._key_requested:
                 self._key_requested.add(event.event_id)
                 try:
@@ -345,6 +359,7 @@ class SyncIntake:
                 except Exception as e:  # best effort: the key usually comes by itself
                     log.info("demande de clé non envoyée : %s", e)
         self._key_wait_deadline_ms = deadline
+        self._none_waiting = not still_waiting
 
     async def decrypt_later(self, event: IncomingEvent) -> IncomingEvent | None:
         """The undecryptable `event` as the event it is, if its room key is here now; else None.

@@ -13,7 +13,8 @@ group = CommandGroup()
     "redflag", aliases=["rf", "red-flag", "red_flag"],
     summary="signaler un red flag : le médecin traitant a 8 h pour accepter",
     params=[Param("texte", Text(placeholder="<mesures et commentaire>"),
-                  help="valeurs mesurées (spo2=91, ta=155/95, fc=45, hb=9.2, poids=+2.4kg/4j…) "
+                  help="valeurs mesurées (spo2=91, ta=155/95, fc=45, hb=9.2, poids=+2.4kg/4j, ou poids=84 "
+                       "comparé aux poids notés par !donnees…) "
                        "et votre inquiétude en clair (obligatoire)")],
     options=[Option("signes", Word(placeholder="<signes>"),
                     "signes constatés : codes du parcours ou texte, séparés par des virgules"),

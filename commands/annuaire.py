@@ -8,6 +8,7 @@ from commands.people import CalendarDate, PersonRef
 from commands.registry import COORDINATION, CommandGroup, Option, Param
 from domain.markup import literal
 from domain.text import normalize
+from rooms import indemnites
 from rooms.directory import find_profession, profession_label, professions, upsert_professional
 from storage.models import Professional
 
@@ -24,13 +25,21 @@ class ListOfWords(Word):
 def _roles(text: str | None) -> list[str] | None:
     if text is None:
         return None
-    allowed = ("coordinateur", "referent", "vigie_referent", "structure", "operateur_snp", "secretaire")
+    allowed = ("coordinateur", "referent", "vigie_referent", "structure", "operateur_snp", "secretaire", "tcim")
     roles = [r.strip() for r in text.split(",") if r.strip()]
     for r in roles:
         if r.split(":")[0] not in allowed:
             raise ValueError(f"rôle inconnu « {literal(r)} » (rôles : coordinateur, referent:<parcours>, vigie_referent, "
-                             "structure:<sport_sante|maison_des_femmes|etp>, operateur_snp, secretaire:<@professionnel>)")
+                             "structure:<sport_sante|maison_des_femmes|etp>, operateur_snp, secretaire:<@professionnel>, tcim)")
     return roles
+
+
+def _with_tcim(roles: list[str], tcim: str | None) -> list[str]:
+    """`tcim=oui|non`: the role `tcim` marks a signatory of the CPTS's TCIM protocol (S000 L1013, L1025)."""
+    if tcim is None:
+        return roles
+    kept = [r for r in roles if r != "tcim"]
+    return [*kept, "tcim"] if tcim == "oui" else kept
 
 
 def describe(p: Professional) -> str:
@@ -81,14 +90,16 @@ async def absence(ctx, debut, fin=None):
     options=[Option("nom", Word(placeholder='"<nom>"'), "nom affiché, entre guillemets"),
              Option("profession", Word(placeholder="<profession>"), "profession : " + ", ".join(professions())),
              Option("communes", ListOfWords(), "communes d'exercice, séparées par des virgules"),
-             Option("roles", ListOfWords(), "coordinateur, referent:<parcours>, operateur_snp, secretaire:<@pro>"),
-             Option("cotisation", CalendarDate(), "cotisation à jour jusqu'au JJ/MM/AAAA")],
+             Option("roles", ListOfWords(), "coordinateur, referent:<parcours>, operateur_snp, secretaire:<@pro>, tcim"),
+             Option("cotisation", CalendarDate(), "cotisation à jour jusqu'au JJ/MM/AAAA"),
+             Option("tcim", Choice({"oui": ["o", "signe", "signé"], "non": ["n"]}),
+                    "oui : médecin signataire du protocole TCIM de la CPTS (sollicité pour les TCIM)")],
     examples=['!annuaire ajouter @ide.petit:cpts.fr nom="Julie Petit" profession=infirmier communes=Brétigny-sur-Orge',
-              "!annuaire voir Petit"],
+              "!annuaire modifier @dr.martin:cpts.fr tcim=oui", "!annuaire voir Petit"],
     scopes=[COORDINATION], requires="coordinateur", category="Coordination",
 )
 async def annuaire(ctx, action, personne=None, nom=None, profession=None, communes=None, roles=None,
-                   cotisation=None):
+                   cotisation=None, tcim=None):
     if action == "voir":
         await _voir(ctx, personne)
         return
@@ -112,7 +123,7 @@ async def annuaire(ctx, action, personne=None, nom=None, profession=None, commun
         if not nom or not prof_code:
             ctx.refuse("pour ajouter, `nom=` et `profession=` sont obligatoires")
         prof = await upsert_professional(ctx.session, user_id=personne, display_name=nom, profession=prof_code,
-                                         roles=role_list or [], now=ctx.now, cpts=ctx.services.cpts_name,
+                                         roles=_with_tcim(role_list or [], tcim), now=ctx.now, cpts=ctx.services.cpts_name,
                                          communes=[c.strip() for c in (communes or "").split(",") if c.strip()],
                                          cotisation_until=until)
         ctx.reply(f"✅ Ajouté : {describe(prof)}")
@@ -123,8 +134,15 @@ async def annuaire(ctx, action, personne=None, nom=None, profession=None, commun
         existing.active = False
         ctx.reply(f"✅ {literal(existing.display_name)} est retiré·e de l'annuaire (ses actes passés restent au registre).")
         return
+    if tcim is not None:
+        role_list = _with_tcim(existing.roles if role_list is None else role_list, tcim)
     _modify(existing, nom=nom, profession=prof_code, communes=communes, roles=role_list, until=until)
-    ctx.reply(f"✅ Modifié : {describe(existing)}")
+    note = ""
+    if until or prof_code:  # the cotisation or the profession decide indemnities: price the lines again
+        await ctx.session.flush()
+        if await indemnites.reprice_user(ctx, personne):
+            note = "\nIndemnités recalculées (les bordereaux déjà validés reçoivent une correction)."
+    ctx.reply(f"✅ Modifié : {describe(existing)}{note}")
 
 
 async def _voir(ctx, personne: str | None) -> None:

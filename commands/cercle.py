@@ -8,6 +8,7 @@ from commands.people import BirthDate, PatientCode, PersonList, PersonRef, Phone
 from commands.registry import COORDINATION, DIRECT, PATIENT, CommandGroup, Option, Param
 from domain.markup import literal
 from domain.parcours import find_parcours, load_catalogue
+from rooms import indemnites, questionnaires, suivi
 from rooms.advertise import advertise_commands
 from rooms.directory import direct_room_of, has_role, profession_label
 from rooms.patients import (
@@ -25,7 +26,7 @@ from rooms.patients import (
     require_room,
     room_name,
 )
-from storage.models import Act, BotState, CercleMember, Inclusion, Patient, Professional
+from storage.models import BotState, CercleMember, Inclusion, Patient, Professional
 
 SEXES = {"F": ["f", "femme", "feminin", "féminin"], "M": ["m", "h", "homme", "masculin"], "X": ["x", "autre", "nd"]}
 
@@ -256,21 +257,33 @@ async def inclure(ctx, parcours, carte=None):
     if needs_card and carte != "oui":
         ctx.refuse(f"confirmez que {p.inclusion.document_integration} a été remis(e) au patient : "
                    f"`!inclure {p.code} carte=oui`")
-    ctx.session.add(Inclusion(patient_code=patient.code, parcours=p.code, included_by=ctx.sender,
-                              included_at=ctx.now, attestation="remise" if carte == "oui" else None))
-    # Ledger: the repérage belongs to whoever identified the patient (created the cercle),
-    # the inclusion to whoever includes; the tariff rules price them later.
-    ctx.session.add(Act(user_id=patient.created_by, kind="reperage", patient_code=patient.code, parcours=p.code,
-                        at=ctx.now, details={"consentement_oral": "attesté à la création du cercle"}))
-    ctx.session.add(Act(user_id=ctx.sender, kind="inclusion", patient_code=patient.code, parcours=p.code,
-                        at=ctx.now, details={"attestation": carte == "oui"}))
+    inclusion = Inclusion(patient_code=patient.code, parcours=p.code, included_by=ctx.sender,
+                          included_at=ctx.now, attestation="remise" if carte == "oui" else None)
+    ctx.session.add(inclusion)
+    await ctx.session.flush()  # its id names the ledger lines and the questionnaires' rows
+    planned = await questionnaires.on_inclusion(ctx, patient, inclusion)
+    # Ledger: the repérage belongs to whoever identified the patient (created the cercle, whose
+    # administrative part `!patient nouveau` requires), the inclusion to whoever includes.
+    await indemnites.record(ctx, user_id=patient.created_by, kind="reperage", ref=f"inclusion:{inclusion.id}",
+                            patient_code=patient.code, parcours=p.code, criteres=("administratif",),
+                            consentement_oral="attesté à la création du cercle")
+    await indemnites.record(ctx, user_id=ctx.sender, kind="inclusion", ref=f"inclusion:{inclusion.id}",
+                            patient_code=patient.code, parcours=p.code,
+                            criteres=("carte",) if carte == "oui" else (), attestation=carte == "oui")
     names = await _parcours_names(ctx, patient, extra=p.nom)
     ctx.queue("state", patient.room_id, {"type": "m.room.name", "state_key": "",
                                          "content": {"name": room_name(patient.code, names)}})
     base = "\n".join(f"- {d.libelle}" + (f" ({d.unite})" if d.unite else "") for d in p.donnees_de_base)
-    ctx.reply(f"✅ Patient **{patient.code}** inclus dans le parcours **{p.nom}**.\n\n"
-              f"Données de base à renseigner :\n\n{base}")
+    text = f"✅ Patient **{patient.code}** inclus dans le parcours **{p.nom}**."
+    if base:
+        text += f"\n\nDonnées de base à renseigner (`!donnees élément=valeur`) :\n\n{base}"
+    if planned:
+        text += "\n\nQuestionnaires prévus : " + ", ".join(
+            f"{q.questionnaire} ({'dès maintenant' if q.jour == 0 else f'J+{q.jour}'})"
+            for q in questionnaires.for_parcours(ctx.services, p.code)) + "."
+    ctx.reply(text)
     ctx.to_coordinators(f"📥 Inclusion de **{patient.code}** dans le parcours {p.nom} par {ctx.sender}.")
+    await suivi.replan(ctx, patient)  # reminders counted from the inclusion (plaie, gynécologie), digests
 
 
 @group.command(
@@ -291,6 +304,7 @@ async def sortir(ctx, parcours, raison):
     inclusion = inclusions[0]
     inclusion.ended_at = ctx.now
     inclusion.end_reason_enc = ctx.services.store.cipher.encrypt_text(raison, f"inclusion:{inclusion.id}")
+    await questionnaires.on_exit(ctx, inclusion)
     await ctx.session.flush()
     names = await _parcours_names(ctx, patient)
     if names:

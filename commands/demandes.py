@@ -102,6 +102,9 @@ async def declenchement(ctx, cible, soins, commentaire, reponse=None, interventi
                         motif=None):
     patient = await current_patient(ctx)
     flow = find_flow(ctx.services.flows, soins) if soins else ctx.services.flows["consultation"]
+    if flow.code == "tcim":  # its eligibility is asked, not assumed (issue 12)
+        ctx.refuse("une TCIM se demande avec `!tcim demande <snp|reevaluation> sans_mt=oui deplacement=non "
+                   "<commentaire>` (critères d'éligibilité) ; détail : `!aide tcim demande`", usage=False)
     target = _target(cible)
     person = None
     if target is None:

@@ -24,9 +24,11 @@ def reference() -> str:
         if cmd.category != category:
             category = cmd.category
             lines += ["", f"**{category}**", ""]
-        aliases = f" (alias {', '.join('`' + a + '`' for a in cmd.aliases)})" if cmd.aliases else ""
-        where = "" if cmd.scopes == ANYWHERE else " · " + ", ".join(SCOPE_NAMES[s] for s in sorted(cmd.scopes))
-        lines.append(f"- `{cmd.usage()}`{aliases}: {cmd.summary}{where}")
+        for line_cmd in cmd.children() if cmd.family else [cmd]:  # a family: one line per subcommand
+            family = f"{cmd.name} " if cmd.family else ""
+            aliases = f" (alias {', '.join('`' + family + a + '`' for a in line_cmd.aliases)})" if line_cmd.aliases else ""
+            where = "" if line_cmd.scopes == ANYWHERE else " · " + ", ".join(SCOPE_NAMES[s] for s in sorted(line_cmd.scopes))
+            lines.append(f"- `{line_cmd.usage()}`{aliases}: {line_cmd.summary}{where}")
     return "\n".join(lines).strip() + "\n"
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable
 
 from commands.arguments import ArgType, ArgumentError, ParseContext, Text, Token, split_options, tokenize
@@ -64,7 +64,7 @@ class Option:
         return f"{self.key}={self.type.placeholder}" if self.required else f"[{self.key}={self.type.placeholder}]"
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a family and its subcommands point at each other
 class Command:
     name: str
     aliases: tuple[str, ...]
@@ -81,8 +81,22 @@ class Command:
     # The command's text holds a patient's identity: outside a direct chat with the bot, it is
     # redacted and every answer goes to the sender's direct chat (issue 8; decisions.md 8).
     carries_identity: bool = False
+    # A family (`!tcim`): its first word picks one of these; each is a full command named
+    # "<family> <word>" (e.g. "tcim demande"), with its own parameters, help and examples.
+    subcommands: dict = field(default_factory=dict)  # normalized word -> Command
+    parent: "Command | None" = field(default=None, repr=False)
+
+    @property
+    def family(self) -> bool:
+        return self.handler is None
+
+    def children(self) -> list["Command"]:
+        return list(dict.fromkeys(self.subcommands.values()))
 
     def usage(self, sigil: str = "!") -> str:
+        if self.family:
+            words = "|".join(c.name.split(" ", 1)[1] for c in self.children())
+            return f"{sigil}{self.name} <{words}> …"
         # Options go before a trailing free-text argument, which takes the rest of the line.
         params = list(self.params)
         tail = [params.pop()] if params and isinstance(params[-1].type, Text) else []
@@ -133,6 +147,11 @@ class CommandGroup:
 
         return record
 
+    def family(self, name: str, **declaration) -> None:
+        """A command made of subcommands (`!tcim demande …`): declare it, then each subcommand
+        with `command("<name> <word>", …)`."""
+        self._declarations.append((name, declaration, None))
+
     def __iter__(self):
         return iter(self._declarations)
 
@@ -151,6 +170,17 @@ class CommandRegistry:
                           params=tuple(params), options=tuple(options), help=help, examples=tuple(examples),
                           scopes=frozenset(scopes), requires=requires, category=category,
                           passthrough_options=passthrough_options, carries_identity=carries_identity)
+            if " " in name:  # "tcim demande": a subcommand of the family declared before it
+                family_name, word = name.split(" ", 1)
+                family = self._index.get(normalize(family_name))
+                if family is None or not family.family:
+                    raise ValueError(f"subcommand {name!r} before its family {family_name!r}")
+                cmd.parent = family
+                for w in (word, *cmd.aliases):
+                    if family.subcommands.get(normalize(w), cmd) is not cmd:
+                        raise ValueError(f"subcommand name clash: {family_name} {w!r}")
+                    family.subcommands[normalize(w)] = cmd
+                return handler
             for word in cmd.names():
                 key = normalize(word)
                 if key in self._index and self._index[key] is not cmd:
@@ -167,7 +197,16 @@ class CommandRegistry:
 
     @property
     def commands(self) -> list[Command]:
+        """Top-level commands (a family once, not its subcommands)."""
         return list(self._commands)
+
+    @property
+    def runnable(self) -> list[Command]:
+        """Every command a message can run: the top-level ones and each family's subcommands."""
+        out = []
+        for cmd in self._commands:
+            out += cmd.children() if cmd.family else [cmd]
+        return out
 
     def find(self, word: str) -> Command | None:
         return self._index.get(normalize(word))
@@ -235,8 +274,16 @@ class CommandRegistry:
         if cmd is None:
             # In a direct chat, ordinary conversation is not an error unless it looks like a command.
             raise CommandNotFound(word, self.suggestions(word))
+        rest = tokens[1:]
+        if cmd.family:
+            if not rest or normalize(rest[0].text) not in cmd.subcommands:
+                words = ", ".join(c.name.split(" ", 1)[1] for c in cmd.children())
+                said = f"« {literal(rest[0].text)} » n'est pas une sous-commande de !{cmd.name}" if rest else \
+                    f"précisez une sous-commande de !{cmd.name}"
+                raise UsageError(cmd, f"{said} ({words})")
+            cmd, rest = cmd.subcommands[normalize(rest[0].text)], rest[1:]
         try:
-            return Invocation(cmd, self.bind(cmd, tokens[1:], ctx), sigil or "!")
+            return Invocation(cmd, self.bind(cmd, rest, ctx), sigil or "!")
         except ArgumentError as e:
             raise UsageError(cmd, e.markup)
 
@@ -287,8 +334,17 @@ class CommandRegistry:
 
     def help_for(self, cmd: Command) -> str:
         lines = [f"**!{cmd.name}** : {cmd.summary}", f"Usage : `{cmd.usage()}`"]
+        if cmd.family:
+            if cmd.help:
+                lines += ["", cmd.help]
+            lines += ["", "Sous-commandes :"]
+            lines += [f"- `{c.usage()}` : {c.summary}" for c in cmd.children()]
+            lines += ["", f"Détail d'une sous-commande : `!aide {cmd.name} <sous-commande>`, "
+                          f"par exemple `!aide {cmd.children()[0].name}`."]
+            return "\n".join(lines)
         if cmd.aliases:
-            lines.append("Autres noms : " + ", ".join(f"`!{a}`" for a in cmd.aliases))
+            family = f"{cmd.parent.name} " if cmd.parent else ""
+            lines.append("Autres noms : " + ", ".join(f"`!{family}{a}`" for a in cmd.aliases))
         if cmd.help:
             lines.append("")
             lines.append(cmd.help)
@@ -315,16 +371,18 @@ class CommandRegistry:
         text = f"⚠️ {message[0].upper() + message[1:]}\n\nUsage : `{cmd.usage()}`"
         if cmd.examples:
             text += f"\nExemple : `{cmd.examples[0]}`"
+        elif cmd.family:
+            text += "\nExemple : `" + cmd.children()[0].examples[0] + "`" if cmd.children()[0].examples else ""
         return text + f"\nDétail : `!aide {cmd.name}`"
 
     def msc4332_content(self, scope: str | None = None) -> dict:
         """The `org.matrix.msc4332.commands` state content advertising the commands to clients."""
         commands = []
-        for cmd in self._commands:
+        for cmd in self.runnable:
             if scope is not None and scope not in cmd.scopes:
                 continue
             variables = {}
-            syntax = [cmd.name]
+            syntax = cmd.name.split(" ")
             for p in cmd.params:
                 var = p.name
                 syntax.append(f"{{{var}}}")

@@ -120,6 +120,7 @@ class Demande:
     cible_profession: str | None = None
     cible_role: str | None = None
     cible_personne: str | None = None
+    role_requis: str | None = None           # only holders of this directory role may be asked (TCIM)
     pour_compte_de: str | None = None        # the professional a secretary created it for
     medecin_traitant: str | None = None      # MT of the cercle, solicited first
     motif: str | None = None                 # e.g. "renouvellement_ordonnance" (SNP 48 h)
@@ -170,6 +171,10 @@ class Demande:
 
     def _log(self, at: datetime, par: str | None, action: str, detail: str = "") -> None:
         self.journal.append(Evenement(at, par, action, detail))
+
+    def noter(self, at: datetime, par: str | None, action: str, detail: str = "") -> None:
+        """An entry in the request's history from a flow built on it (TCIM steps: `tcim:<step>`)."""
+        self._log(_utc(at), par, action, detail)
 
 
 # --- formatting --------------------------------------------------------------------------------
@@ -492,7 +497,7 @@ def creer_demande(numero: int, flow: Flow, demandeur: str, now: datetime, *, com
         delai_reponse=delai_reponse or flow.delai_reponse,
         delai_intervention=delai_intervention or flow.delai_intervention_pour(motif),
         commentaire=commentaire, cible_profession=profession, cible_role=role,
-        cible_personne=cible_personne, pour_compte_de=pour_compte_de,
+        cible_personne=cible_personne, pour_compte_de=pour_compte_de, role_requis=flow.role_requis,
         medecin_traitant=medecin_traitant if flow.medecin_traitant_d_abord else None, motif=motif,
         commune=commune, fuseau=fuseau,
     )

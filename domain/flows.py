@@ -115,6 +115,8 @@ class Flow(_Strict):
     parcours: str | None = None
     cible_profession: str | None = None   # code of data/professions.yaml
     cible_role: str | None = None         # directory role, e.g. "referent", "structure:etp"
+    role_requis: str | None = None        # only holders of this directory role are asked (TCIM: "tcim")
+    note_demande: str | None = None       # one line every notice of this flow carries
     medecin_traitant_d_abord: bool = False
     pool_immediat: bool = False           # no MT-first phase (patient without MT)
     delai_reponse: Duree | None = None    # None: no acceptance (alerte critique)

@@ -33,9 +33,9 @@ from domain.rules_yaml import load_rules
 from domain.text import compact_duration, format_duree, normalize, normalize_key, parse_duration
 
 __all__ = [
-    "ActionConditionnelle", "AlerteCritique", "CatalogueError", "ChecklistItem", "ConditionQuestion", "Constate", "Delai",
+    "ActionConditionnelle", "AlerteCritique", "CatalogueError", "ChecklistItem", "Constate", "Delai",
     "DonneeBase", "ElementSuivi", "Fin", "GRANDEURS", "Grandeur", "Inclusion", "Seuil", "Parcours", "Periode",
-    "Phase", "Question", "Questionnaire", "Rappel", "RedFlags", "Tcim", "default_directory", "find_parcours",
+    "Phase", "Rappel", "RedFlags", "Tcim", "default_directory", "find_parcours",
     "load_catalogue", "load_parcours_file", "parse_duration", "parse_periode",
 ]
 
@@ -180,12 +180,17 @@ class Inclusion(_Strict):
 class DonneeBase(_Strict):
     code: Code
     libelle: Texte
-    type: Literal["nombre", "texte", "date", "oui_non", "choix"]
+    type: Literal["nombre", "entier", "tension", "texte", "date", "oui_non", "choix"]
     unite: str | None = None
     options: list[Texte] = []
     note: str | None = None
     defaut_configurable: bool = False            # decisions.md 17: not listed in the seeds
     hors_livret: bool = False                    # added by Cercle (e.g. an anchor date), not in the seed
+    aliases: list[Texte] = []                    # other names a clinician may type (ddr, accouchement…)
+    min: float | None = None                     # plausible range of a typed number (notation check,
+    max: float | None = None                     # not a clinical threshold: those are red_flags.mesures)
+    futur_permis: bool = False                   # a date may lie ahead (otherwise: today or before)
+    grandeur: Code | None = None                 # the red-flag quantity this value measures (GRANDEURS)
 
     @model_validator(mode="after")
     def _options(self) -> "DonneeBase":
@@ -193,8 +198,16 @@ class DonneeBase(_Strict):
             raise _KeyedError("options", "une donnée de type choix demande des options")
         if self.type != "choix" and self.options:
             raise _KeyedError("options", f"options réservées au type choix (type : {self.type})")
-        if self.unite is not None and self.type != "nombre" and self.type != "texte":
+        if self.unite is not None and self.type not in ("nombre", "entier", "tension", "texte"):
             raise _KeyedError("unite", f"unité sans objet pour le type {self.type}")
+        if (self.min is not None or self.max is not None) and self.type not in ("nombre", "entier", "tension"):
+            raise _KeyedError("min", f"bornes sans objet pour le type {self.type}")
+        if self.min is not None and self.max is not None and self.min >= self.max:
+            raise _KeyedError("max", f"max ({self.max}) doit dépasser min ({self.min})")
+        if self.futur_permis and self.type != "date":
+            raise _KeyedError("futur_permis", "réservé au type date")
+        if self.grandeur is not None and self.grandeur not in GRANDEURS:
+            raise _KeyedError("grandeur", f"grandeur inconnue « {self.grandeur} » (connues : {', '.join(GRANDEURS)})")
         return self
 
 
@@ -263,6 +276,8 @@ class ActionConditionnelle(_Strict):
 class ElementSuivi(_Strict):
     code: Code
     libelle: Texte
+    aliases: list[Texte] = []                    # other names a clinician may type (« echo t1 », « frottis »)
+    concerne: list[Code] = []                    # professions / roles reminded; empty: the whole cercle
     rappel: Rappel | None = None                 # None: no interval in the documents (decisions.md 16)
     si_positif: list[ActionConditionnelle] = []  # périnatalité: suggested déclenchements
     champs: list[DonneeBase] = []                # fields of a named form (plaie: fiche suivi de pansement)
@@ -413,65 +428,6 @@ class Delai(_Strict):
         return self
 
 
-class ConditionQuestion(_Strict):
-    """Ask only if question `question` was answered `egal`, or with something outside `sauf`."""
-
-    question: int = Field(gt=0)
-    egal: str | None = None
-    sauf: list[str] = []
-    deduite: bool = True                         # the seed names the condition, not its trigger (spec §6)
-
-    @model_validator(mode="after")
-    def _one(self) -> "ConditionQuestion":
-        if (self.egal is None) == (not self.sauf):
-            raise ValueError("condition : indiquer soit egal, soit sauf")
-        return self
-
-
-class Question(_Strict):
-    numero: int = Field(gt=0)
-    texte: Texte                                 # verbatim
-    type: Literal["choix_unique", "choix_multiple", "texte_libre"]
-    type_imprime: Texte                          # as printed: « Condition - Choix unique »
-    options: list[Texte] = []
-    condition: ConditionQuestion | None = None
-
-    @model_validator(mode="after")
-    def _options(self) -> "Question":
-        if self.type == "texte_libre" and self.options:
-            raise _KeyedError("options", "pas d'options pour une question en texte libre")
-        if self.type != "texte_libre" and len(self.options) < 2:
-            raise _KeyedError("options", "au moins deux options pour une question à choix")
-        return self
-
-
-class Questionnaire(_Strict):
-    code: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]  # "J0", "J7", "J30"
-    titre: Texte
-    jour: int = Field(ge=0)                      # J-day counted from `ancre`
-    ancre: Literal["declenchement", "acceptation"]
-    rempli_par: Texte
-    questions: list[Question] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _conditions(self) -> "Questionnaire":
-        by_number: dict[int, Question] = {}
-        for i, q in enumerate(self.questions):
-            if q.numero != i + 1:
-                raise _KeyedError(f"questions[{i}].numero", f"numéro {q.numero} attendu {i + 1}")
-            if q.condition is not None:
-                target = by_number.get(q.condition.question)
-                if target is None:
-                    raise _KeyedError(f"questions[{i}].condition.question",
-                                      f"la condition renvoie à Q{q.condition.question}, qui ne précède pas Q{q.numero}")
-                for value in ([q.condition.egal] if q.condition.egal is not None else q.condition.sauf):
-                    if value not in target.options:
-                        raise _KeyedError(f"questions[{i}].condition",
-                                          f"« {value} » n'est pas une option de Q{target.numero}")
-            by_number[q.numero] = q
-        return self
-
-
 class ChecklistItem(_Strict):
     code: Code
     libelle: Texte                               # verbatim
@@ -487,6 +443,7 @@ class Tcim(_Strict):
     charte_fin: list[ChecklistItem] = Field(min_length=1)
     interruption: list[Texte] = []
     notes: list[Texte] = []
+    cpam: list[Texte] = []                       # CPAM fees, shown for information only (never CPTS amounts)
 
     @model_validator(mode="after")
     def _codes(self) -> "Tcim":
@@ -515,7 +472,6 @@ class Parcours(_Strict):
     red_flags: RedFlags | None = None
     alerte_critique: AlerteCritique | None = None
     delais: dict[Code, Delai] = {}
-    questionnaires: list[Questionnaire] = []
     tcim: Tcim | None = None
     fin: Fin
 
@@ -523,7 +479,6 @@ class Parcours(_Strict):
     def _references(self) -> "Parcours":
         _unique_codes(self.donnees_de_base, "donnees_de_base")
         _unique_codes(self.elements_de_suivi, "elements_de_suivi")
-        _unique_codes(self.questionnaires, "questionnaires")
         dates = {d.code for d in self.donnees_de_base if d.type == "date"}
         anchors = {"inclusion", "dernier_realise"} | dates | {e.code for e in self.elements_de_suivi}
         for i, e in enumerate(self.elements_de_suivi):
@@ -563,9 +518,6 @@ class Parcours(_Strict):
     def element(self, code: str) -> ElementSuivi | None:
         return next((e for e in self.elements_de_suivi if e.code == code), None)
 
-    def questionnaire(self, code: str) -> Questionnaire | None:
-        key = normalize_key(code)
-        return next((q for q in self.questionnaires if normalize_key(q.code) == key), None)
 
 
 # --- loader -------------------------------------------------------------------------------------
@@ -694,13 +646,16 @@ def load_parcours_file(path: Path, *, known_codes: set[str] | None = None) -> Pa
         if parcours.alerte_critique:
             checks.append(("alerte_critique.mentionner", parcours.alerte_critique.mentionner))
         for i, e in enumerate(parcours.elements_de_suivi):
+            if e.concerne:
+                checks.append((f"elements_de_suivi[{i}].concerne", e.concerne))
             for j, a in enumerate(e.si_positif):
                 if a.declencher:
                     checks.append((f"elements_de_suivi[{i}].si_positif[{j}].declencher", [a.declencher]))
         for key, values in checks:
             for i, value in enumerate(values):
                 if value not in codes:
-                    where = f"{key}[{i}]" if key in ("inclusion.qui", "alerte_critique.mentionner") else key
+                    where = f"{key}[{i}]" if key in ("inclusion.qui", "alerte_critique.mentionner") \
+                        or key.endswith(".concerne") else key
                     raise _error(file, where, f"profession ou rôle inconnu « {value} » (professions de "
                                               "data/professions.yaml ou rôles : " + ", ".join(sorted(_ROLES)) + ")")
     return parcours

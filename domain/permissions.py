@@ -26,6 +26,15 @@ class Action(StrEnum):
     CR = "cr"
     CLOTURER = "cloturer"
     ANNULER = "annuler"
+    # TCIM (issue 12), a flow on top of the request: who may do each step of the teleconsultation.
+    TCIM_DEMANDE = "tcim_demande"
+    TCIM_CONFIRMER = "tcim_confirmer"
+    TCIM_PROPOSER = "tcim_proposer"
+    TCIM_CHARTE = "tcim_charte"
+    TCIM_DEBUT = "tcim_debut"
+    TCIM_FIN = "tcim_fin"
+    TCIM_INTERROMPRE = "tcim_interrompre"
+    TCIM_ORDONNANCE = "tcim_ordonnance"
 
 
 def holds_role(roles, role: str) -> bool:
@@ -98,6 +107,9 @@ def _addressed_to(d: Demande, actor: Actor, profession_label) -> Permission:
         label = profession_label(d.cible_profession)
         if actor.profession != d.cible_profession:
             return _no(f"la demande n°{d.numero} s'adresse à un·e {label}")
+        if d.role_requis and not actor.has_role(d.role_requis):
+            return _no(f"la demande n°{d.numero} s'adresse aux signataires du protocole {d.role_requis.upper()} "
+                       "de la CPTS : demandez votre inscription aux coordinateurs")
         if d.commune and not actor.practises_in(d.commune):
             return _no(f"la demande n°{d.numero} s'adresse à un·e {label} exerçant à {literal(d.commune)}")
         return ALLOWED
@@ -184,6 +196,77 @@ def may_cancel(d: Demande, actor: Actor, profession_label=str) -> Permission:
                demandeur=demandeur)
 
 
+# --- TCIM (issue 12; S000 L926-930, L963-981) -------------------------------------------------------
+def tcim_infirmier(d: Demande) -> str:
+    """The nurse of a TCIM: the one it was asked for (a référent's or coordinator's request), or
+    the nurse who asked (rooms.tcim puts the nurse in `pour_compte_de` when someone else asks)."""
+    return d.pour_compte_de or d.demandeur
+
+
+def may_request_tcim(d: Demande, actor: Actor, profession_label=str) -> Permission:
+    """An infirmier·e of the cercle, a référent parcours, or a coordinator (S000 L926 « RÉF.
+    PARCOURS … +/- cercle de soins »; issue 12)."""
+    if (refused := _in_cercle(actor)) is not None:
+        return refused
+    if actor.profession == "infirmier" or actor.has_role("referent") or actor.coordinateur:
+        return ALLOWED
+    return _no("une TCIM est demandée par l'infirmier·e du patient, un·e référent·e parcours ou un·e coordinateur·rice")
+
+
+def _tcim_nurse(d: Demande, actor: Actor, what: str) -> Permission:
+    if (refused := _in_cercle(actor)) is not None:
+        return refused
+    nurse = tcim_infirmier(d)
+    if actor.user_id == nurse:
+        return ALLOWED
+    return _no(f"seul·e {nurse}, l'infirmier·e de la TCIM n°{d.numero}, peut {what}", infirmier=nurse)
+
+
+def _tcim_doctor(d: Demande, actor: Actor, what: str) -> Permission:
+    if (refused := _in_cercle(actor)) is not None:
+        return refused
+    if d.acceptee_par is None:
+        return _no(f"la TCIM n°{d.numero} n'a pas encore de médecin : {what} viendra après son acceptation")
+    if actor.user_id == d.acceptee_par:
+        return ALLOWED
+    return _no(f"seul·e {d.acceptee_par}, médecin de la TCIM n°{d.numero}, peut {what}", medecin=d.acceptee_par)
+
+
+def may_confirm_tcim(d: Demande, actor: Actor, profession_label=str) -> Permission:
+    return _tcim_nurse(d, actor, "confirmer le créneau")
+
+
+def may_propose_tcim(d: Demande, actor: Actor, profession_label=str) -> Permission:
+    return _tcim_nurse(d, actor, "proposer un autre créneau")
+
+
+def may_tick_tcim_charter(d: Demande, actor: Actor, profession_label=str) -> Permission:
+    """The charter binds the doctor (S000 L963 « le médecin devra »)."""
+    return _tcim_doctor(d, actor, "cocher la charte")
+
+
+def may_start_tcim(d: Demande, actor: Actor, profession_label=str) -> Permission:
+    return _tcim_doctor(d, actor, "démarrer la téléconsultation")
+
+
+def may_end_tcim(d: Demande, actor: Actor, profession_label=str) -> Permission:
+    return _tcim_doctor(d, actor, "terminer la téléconsultation")
+
+
+def may_interrupt_tcim(d: Demande, actor: Actor, profession_label=str) -> Permission:
+    """Either side (S000 L977 the doctor; L979 the patient asks, through the nurse at home)."""
+    if (refused := _in_cercle(actor)) is not None:
+        return refused
+    if actor.user_id in (d.acceptee_par, tcim_infirmier(d)):
+        return ALLOWED
+    return _no(f"seuls le médecin et l'infirmier·e de la TCIM n°{d.numero} peuvent l'interrompre")
+
+
+def may_record_prescription(d: Demande, actor: Actor, profession_label=str) -> Permission:
+    """The nurse's part ends « jusqu'à bonne réception de l'ordonnance » (S000 L929)."""
+    return _tcim_nurse(d, actor, "noter la réception de l'ordonnance")
+
+
 RULES = {
     Action.ACCEPTER: may_accept,
     Action.REFUSER: may_decline,
@@ -191,6 +274,14 @@ RULES = {
     Action.CR: may_post_cr,
     Action.CLOTURER: may_close,
     Action.ANNULER: may_cancel,
+    Action.TCIM_DEMANDE: may_request_tcim,
+    Action.TCIM_CONFIRMER: may_confirm_tcim,
+    Action.TCIM_PROPOSER: may_propose_tcim,
+    Action.TCIM_CHARTE: may_tick_tcim_charter,
+    Action.TCIM_DEBUT: may_start_tcim,
+    Action.TCIM_FIN: may_end_tcim,
+    Action.TCIM_INTERROMPRE: may_interrupt_tcim,
+    Action.TCIM_ORDONNANCE: may_record_prescription,
 }
 
 

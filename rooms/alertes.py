@@ -12,12 +12,14 @@ from domain.markup import literal
 from domain.parcours import Parcours, find_parcours
 from domain.redflags import ValeurError, check_valeurs, explain_not_applicable, parse_valeur
 from domain.text import format_duree, format_french_datetime, normalize
-from rooms import demandes
+from rooms import demandes, indemnites, suivi
 from rooms.directory import names
 from rooms.patients import active_inclusions, cercle_members
-from storage.models import Act, Patient, Professional
+from storage.models import Patient, Professional
 
 VALEUR_TOKEN = re.compile(r"^[^\s=]+=\S+$")
+# An absolute weight (poids=84, pds=84kg): compared with the weights recorded by `!donnees`.
+ABSOLUTE_WEIGHT = re.compile(r"^(?:poids|pds)=(\d+(?:[.,]\d+)?)(?:kg)?$", re.I)
 
 
 async def active_parcours(ctx, patient: Patient, *, needs: str) -> list[Parcours]:
@@ -58,10 +60,19 @@ def pick_signs(signes: str | None, constates) -> tuple[list[str], list[str]]:
 async def red_flag(ctx, patient: Patient, texte: str, *, signes: str | None, parcours: str | None,
                    confirme: bool) -> None:
     """`!redflag`: check the values against the parcours' thresholds, then ask the MT (8 h)."""
-    valeurs, comment = split_input(ctx, texte)
+    weights = [w for w in texte.split() if ABSOLUTE_WEIGHT.match(w)]
+    valeurs, comment = split_input(ctx, " ".join(w for w in texte.split() if w not in weights))
     if not comment:
         ctx.refuse("le commentaire est obligatoire : décrivez votre inquiétude après les valeurs")
     candidates = await active_parcours(ctx, patient, needs="red_flags")
+    for w in weights:
+        kg = float(ABSOLUTE_WEIGHT.match(w).group(1).replace(",", "."))
+        found = [v for p in candidates for d in p.donnees_de_base if d.grandeur == "poids"
+                 for v in await suivi.measures_from_history(ctx, patient, p, d.code, kg)]
+        if not found:
+            ctx.refuse(f"« {w} » : aucun poids antérieur enregistré (`!donnees poids=…`) pour calculer la "
+                       "variation ; écrivez-la : poids=+2.4kg/4j ou poids=-12%")
+        valeurs += found
     if parcours:
         chosen = find_parcours(ctx.services.catalogue, parcours)
         if chosen is None or chosen not in candidates:
@@ -87,9 +98,10 @@ async def red_flag(ctx, patient: Patient, texte: str, *, signes: str | None, par
                    "Pour lever le red flag quand même, ajoutez `confirme=oui`", usage=False)
     flow = ctx.services.flows["red_flag"]
     row, d = await demandes.create(ctx, patient, flow, commentaire=comment)
-    ctx.session.add(Act(user_id=ctx.sender, kind="red_flag", patient_code=patient.code,
-                        parcours=candidates[0].code if candidates else None, ref=f"demande:{row.id}",
-                        at=ctx.now, details={"seuils": [h.code for h in hits], "signes": known + free}))
+    await indemnites.record(ctx, user_id=ctx.sender, kind="red_flag", ref=f"demande:{row.id}",
+                            patient_code=patient.code, parcours=candidates[0].code if candidates else None,
+                            criteres=("commentaire",), flow=flow.code, seuils=[h.code for h in hits],
+                            signes=known + free)
     mt = patient.medecin_traitant
     ctx.reply(_red_flag_notice(ctx, patient, d, flow, candidates, hits, known + free, notes),
               mentions=await names(ctx.session, [mt] if mt else []))
@@ -144,9 +156,9 @@ async def alerte_critique(ctx, patient: Patient, texte: str, *, signes: str | No
     if mention:
         lines.append("\n" + " ".join(sorted(mention)))
     ctx.reply("\n".join(lines), mentions=noms)
-    ctx.session.add(Act(user_id=ctx.sender, kind="alerte_critique", patient_code=patient.code,
-                        parcours=p.code, at=ctx.now, details={"signes": known + free,
-                                                              "seuils": [h.code for h in hits]}))
+    await indemnites.record(ctx, user_id=ctx.sender, kind="alerte_critique", ref=f"alerte:{ctx.event_id}",
+                            patient_code=patient.code, parcours=p.code, criteres=("commentaire",),
+                            signes=known + free, seuils=[h.code for h in hits])
     await ctx.services.store.add_deadline("alerte.suivi", f"alerte:{patient.code}:{ctx.event_id}", due, ctx.now,
                                           payload={"room_id": patient.room_id, "auteur": ctx.sender,
                                                    "mention": sorted(mention)}, session=ctx.session)

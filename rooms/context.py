@@ -7,7 +7,9 @@ from typing import NoReturn
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rooms.messages import render
+from domain.polls import POLL_START as POLL_START_TYPE
+from domain.polls import poll_start_content
+from rooms.messages import file_payload, render
 from rooms.services import Services
 
 
@@ -66,6 +68,29 @@ class CommandContext:
         """A message in the coordinators' room (never an identity: patient codes only)."""
         if self.services.coordinator_room:
             self.send(self.services.coordinator_room, md_text)
+
+    def send_poll(self, room_id: str, question: str, choices: list[str], *, ref: str,
+                  max_selections: int = 1, reply_to: str | None = None) -> str:
+        """A poll Element shows as tappable (domain.polls), with the numbered text fallback.
+        Votes reach the POLL_HANDLERS entry named by `ref`'s prefix (« questionnaire:12:3 »)."""
+        relates = {"m.in_reply_to": {"event_id": reply_to}} if reply_to else None
+        content = poll_start_content(question, choices, max_selections=max_selections, relates_to=relates)
+        return self.queue("event", room_id, {"type": POLL_START_TYPE, "content": content}, ref=ref)
+
+    def end_poll(self, room_id: str, poll_ref: str, text: str) -> str:
+        """Close the poll sent with `poll_ref`; the sender resolves its event id when it sends."""
+        return self.queue("poll_end", room_id, {"poll_ref": poll_ref, "text": text})
+
+    def send_file(self, room_id: str, filename: str, data: bytes, mimetype: str, *, body: str | None = None,
+                  msgtype: str = "m.file", ref: str | None = None) -> str:
+        """An attachment, sent encrypted (m.file / m.image with its `file` object), never in clear."""
+        return self.queue("file", room_id, file_payload(filename, data, mimetype, body=body, msgtype=msgtype), ref=ref)
+
+    def send_file_direct(self, user_id: str, filename: str, data: bytes, mimetype: str, *,
+                         body: str | None = None, msgtype: str = "m.file", ref: str | None = None) -> str:
+        """The same, in the professional's direct chat with the bot."""
+        payload = file_payload(filename, data, mimetype, body=body, msgtype=msgtype)
+        return self.queue("direct", "", {"user_id": user_id, "file": payload}, ref=ref)
 
     def queue(self, action: str, room_id: str, content: dict, ref: str | None = None) -> str:
         txn = self.services.store.queue(self.session, action, room_id, content, self.now, ref=ref)

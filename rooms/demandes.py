@@ -49,13 +49,14 @@ from domain.ladder import Rung, plan_for_flow
 from domain.markup import literal
 from domain.permissions import Action
 from domain.text import format_french_datetime
+from rooms import indemnites
 from rooms.access import actor, authorize
 from rooms.directory import has_role, names, profession_label
 from rooms.messages import render
 from rooms.patients import add_member, cercle_members, invite_with_identity
 from storage.crypto import FieldCipher
-from storage.models import Act, OutboxItem, Patient, Professional
 from storage.models import Demande as DemandeRow
+from storage.models import OutboxItem, Patient, Professional
 
 LADDER_KINDS = ("demande.pool", "demande.relance", "demande.escalade")
 ACCEPT_REACTIONS = ("✅", "✔️", "☑️", "👍")
@@ -164,6 +165,7 @@ async def cercle_targets(ctx, patient: Patient, d: Demande, flow) -> list[str]:
     members = await cercle_members(ctx.session, patient.code)
     profs = [await ctx.session.get(Professional, m.user_id) for m in members]
     same = [p for p in profs if p and p.active and p.profession == d.cible_profession
+            and (not d.role_requis or has_role(p, d.role_requis))
             and p.user_id != d.demandeur and not est_absent(p.absences, ctx.now)]
     mt = patient.medecin_traitant
     if flow.medecin_traitant_d_abord and mt and any(p.user_id == mt for p in same):
@@ -176,7 +178,8 @@ async def pool_targets(ctx, d: Demande, commune: str | None) -> list[str]:
     if not d.cible_profession:
         return []
     profs = [p for p in await ctx.services.directory.members(ctx.session, d.cible_profession)
-             if p.user_id != d.demandeur and not est_absent(p.absences, ctx.now)]
+             if p.user_id not in d.demandeurs and not est_absent(p.absences, ctx.now)
+             and (not d.role_requis or has_role(p, d.role_requis))]  # TCIM: the protocol's signatories
     if commune:
         local = [p for p in profs if commune.casefold() in {c.casefold() for c in p.communes or []}]
         profs = local or profs
@@ -192,6 +195,7 @@ def notice_text(ctx, patient: Patient, d: Demande, flow, *, pool: bool) -> str:
     echeance = d.echeance_reponse
     deadline = f"réponse attendue avant {format_french_datetime(echeance, ctx.services.tz, now=ctx.now)}" if echeance else ""
     cible = profession_label(d.cible_profession) if d.cible_profession else "vous"
+    note = f"\n{flow.note_demande}" if flow.note_demande else ""
     if pool:
         # No patient identity: commune, age band, motif (the flow), délai only (decisions.md 3.2).
         return (f"📣 **Demande de prise en charge {demande_ref(patient, d)}** · {cible} · "
@@ -199,9 +203,9 @@ def notice_text(ctx, patient: Patient, d: Demande, flow, *, pool: bool) -> str:
                 f"{flow.libelle} · {deadline}.\n"
                 f"Pour la prendre : `accepter {demande_ref(patient, d)}` (ou réagissez ✅ à ce message) ; "
                 f"sinon `refuser {demande_ref(patient, d)} <motif>`. L'identité du patient vous sera "
-                f"transmise dans son cercle si vous acceptez.")
+                f"transmise dans son cercle si vous acceptez." + note)
     return (f"📣 **Demande n°{d.numero}** · {flow.libelle} → {cible} · {deadline}.\n"
-            f"Répondez `!accepter {d.numero}` (ou ✅ sur ce message) ou `!refuser {d.numero} <motif>`.")
+            f"Répondez `!accepter {d.numero}` (ou ✅ sur ce message) ou `!refuser {d.numero} <motif>`." + note)
 
 
 def queue_direct(ctx, user_id: str, md_text: str, ref: str | None = None) -> None:
@@ -287,10 +291,19 @@ async def declencher(ctx, patient: Patient, flow: Flow, **creation) -> Demande:
     """`!dec`: a secretary's request is made on behalf of her professional (decisions.md 11)."""
     pour = (await actor(ctx, patient, ctx.sender)).delegation_for
     row, d = await create(ctx, patient, flow, pour_compte_de=pour, **creation)
-    ctx.session.add(Act(user_id=pour or ctx.sender, kind="declenchement", patient_code=patient.code,
-                        parcours=flow.parcours, ref=f"demande:{row.id}", at=ctx.now,
-                        details={"flow": flow.code, "par": ctx.sender}))
+    await indemnites.record(ctx, user_id=pour or ctx.sender, kind="declenchement", ref=f"demande:{row.id}",
+                            patient_code=patient.code, parcours=flow.parcours, flow=flow.code, par=ctx.sender,
+                            demandeur=pour or ctx.sender, cible=await _cible(ctx, d))
     return d
+
+
+async def _cible(ctx, d: Demande) -> str | None:
+    """The target as a profession or role code (a named person: their profession), for the
+    indicators' « déclenchements par cible » (no person's name in the ledger line)."""
+    if d.cible_personne:
+        prof = await ctx.session.get(Professional, d.cible_personne)
+        return prof.profession if prof else None
+    return d.cible_profession or d.cible_role
 
 
 async def accept(ctx, patient: Patient, row: DemandeRow) -> None:
@@ -339,6 +352,8 @@ async def set_rdv(ctx, patient: Patient, row: DemandeRow, slot, mode: Mode, prec
         d.rdv = dataclasses.replace(d.rdv, texte=precisions)
     await _save(ctx, outcome, row, d)
     await on_rdv_set(ctx, d, outcome, precisions)
+    await indemnites.add_criterion(ctx, f"demande:{row.id}", "rdv")
+    await _flow_hook(ctx, "rdv", patient, row, d)
 
 
 async def post_cr(ctx, patient: Patient, row: DemandeRow, texte: str) -> None:
@@ -347,6 +362,8 @@ async def post_cr(ctx, patient: Patient, row: DemandeRow, texte: str) -> None:
     outcome = poster_cr(d, ctx.sender, texte, ctx.now)
     await _save(ctx, outcome, row, d)
     await on_cr_posted(ctx, row, d, outcome)
+    await indemnites.add_criterion(ctx, f"demande:{row.id}", "cr")  # a pending acceptance becomes éligible
+    await _flow_hook(ctx, "cr", patient, row, d)
 
 
 async def close(ctx, patient: Patient, row: DemandeRow) -> None:
@@ -355,6 +372,8 @@ async def close(ctx, patient: Patient, row: DemandeRow) -> None:
     outcome = cloturer(d, ctx.sender, ctx.now)
     await _save(ctx, outcome, row, d)
     await on_closed(ctx, row, outcome)
+    await indemnites.add_criterion(ctx, f"demande:{row.id}", "cloture")  # « à condition que la fiche soit close »
+    await _flow_hook(ctx, "closed", patient, row, d)
 
 
 async def cancel(ctx, patient: Patient, row: DemandeRow, motif: str) -> None:
@@ -363,6 +382,16 @@ async def cancel(ctx, patient: Patient, row: DemandeRow, motif: str) -> None:
     outcome = annuler(d, ctx.sender, motif, ctx.now)
     await _save(ctx, outcome, row, d)
     await on_closed(ctx, row, outcome)
+    await _flow_hook(ctx, "cancelled", patient, row, d)
+
+
+async def _flow_hook(ctx, step: str, patient: Patient, row: DemandeRow, d: Demande) -> bool:
+    """What the request's flow adds to this step (Services.flow_hooks, e.g. rooms.tcim); it may refuse,
+    which rolls back the whole command. True if the flow has a hook for this step."""
+    hook = ctx.services.flow_hooks.get((d.flow, step))
+    if hook is not None:
+        await hook(ctx, patient, row, d)
+    return hook is not None
 
 
 # --- lifecycle: one function per outcome type -----------------------------------------------------------
@@ -414,8 +443,10 @@ async def on_accepted(ctx, patient: Patient, row: DemandeRow, d: Demande, outcom
                                   f"notifications closes pour " + " ".join(in_room),
                  mentions={u: noms[u] for u in in_room})
     flow = ctx.services.flows[d.flow]
-    ctx.session.add(Act(user_id=ctx.sender, kind="acceptation", patient_code=patient.code, parcours=flow.parcours,
-                        ref=f"demande:{row.id}", at=ctx.now, details={"flow": flow.code, "tardive": outcome.tardive}))
+    if not await _flow_hook(ctx, "accepted", patient, row, d):  # a flow with a hook records its own acts
+        await indemnites.record(ctx, user_id=ctx.sender, kind="acceptation", ref=f"demande:{row.id}",
+                                patient_code=patient.code, parcours=flow.parcours, flow=flow.code,
+                                tardive=outcome.tardive, demandeur=d.demandeur, pour_compte_de=d.pour_compte_de)
     if ctx.room_id != patient.room_id:
         ctx.reply(f"✅ C'est noté : vous prenez en charge la demande {patient.code}/{d.numero}. "
                   f"Vous êtes invité·e dans le cercle {patient.code}, où se trouve la fiche du patient.")
@@ -485,7 +516,15 @@ async def on_pool_reached(ctx, patient: Patient, row: DemandeRow, d: Demande, fl
                           commune: str | None) -> None:
     new = solliciter(d, await pool_targets(ctx, d, commune), ctx.now)
     text = outcome.texte()
-    if new:
+    if d.role_requis:  # TCIM: not the whole profession, the protocol's signatories
+        protocole = f"du protocole {d.role_requis.upper()} de la CPTS"
+        text = (f"📣 Demande n°{d.numero} proposée à {len(new)} signataire{'s' if len(new) > 1 else ''} {protocole} "
+                "(sans identité)." if new else
+                f"⏳ Demande n°{d.numero} : aucun autre signataire {protocole} dans l'annuaire ; les coordinateurs "
+                "seront prévenus à l'échéance.")
+        if new:
+            await notify(ctx, patient, row, d, flow, sorted(new), pool=True)
+    elif new:
         text += (f"\nDemande élargie à {len(new)} {profession_label(d.cible_profession, pluriel=len(new) > 1)} "
                  "de la CPTS (sans identité).")
         await notify(ctx, patient, row, d, flow, sorted(new), pool=True)

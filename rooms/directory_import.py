@@ -14,7 +14,8 @@ from domain.text import normalize
 from rooms.directory import find_profession, upsert_professional
 
 COLUMNS = ("matrix_id", "nom", "profession", "communes", "roles", "cotisation")
-ROLE_NAMES = ("coordinateur", "referent", "vigie_referent", "structure", "operateur_snp", "secretaire")
+ROLE_NAMES = ("coordinateur", "referent", "vigie_referent", "structure", "operateur_snp", "secretaire",
+              "tcim")  # tcim: signatory of the CPTS's TCIM protocol (issue 12)
 MAX_BYTES = 1_000_000
 
 

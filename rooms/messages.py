@@ -8,6 +8,7 @@ links only for the mention pills render() itself created.
 """
 from __future__ import annotations
 
+import base64
 import html
 import re
 
@@ -97,3 +98,13 @@ def render(md_text: str, *, mentions: dict[str, str] | None = None, reply_to: st
     if reply_to:
         content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
     return content
+
+
+def file_payload(filename: str, data: bytes, mimetype: str, *, body: str | None = None,
+                 msgtype: str = "m.file") -> dict:
+    """What the outbox keeps for an attachment: the bytes (base64, inside the encrypted outbox
+    row) and how to present them; the sender encrypts and uploads them (bot.outbox)."""
+    if msgtype not in ("m.file", "m.image"):
+        raise ValueError(f"type de pièce jointe inconnu : {msgtype}")
+    return {"filename": filename, "mimetype": mimetype, "msgtype": msgtype, "body": body or filename,
+            "data": base64.b64encode(data).decode("ascii")}

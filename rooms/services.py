@@ -6,13 +6,16 @@ here only through the few methods the use cases call.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from domain.clock import Clock
 from domain.flows import Flow
+from domain.indemnites import Bareme
 from domain.parcours import Parcours
+from domain.questionnaires import Questionnaire
 from rooms.directory import Directory
 from storage.repositories import Store
 
@@ -25,6 +28,15 @@ class CommandCatalogue(Protocol):
     def msc4332_content(self, scope: str | None = None) -> dict: ...
 
     def digest(self, content: dict) -> str: ...
+
+
+@dataclass(frozen=True)
+class TcimSettings:
+    """From the `[tcim]` configuration section (bot/config.py TcimConfig)."""
+
+    video_base: str = "https://meet.jit.si/"
+    reminder_before: timedelta = timedelta(minutes=30)
+    late_after: timedelta = timedelta(minutes=15)
 
 
 @dataclass
@@ -40,3 +52,9 @@ class Services:
     bot_user_id: str
     registry: CommandCatalogue
     coordinator_room: str | None = None  # the coordinators' room, known once the bot has started
+    questionnaires: dict[str, Questionnaire] = field(default_factory=dict)  # data/questionnaires, by code
+    bareme: Bareme | None = None  # the CPTS's indemnity tariff, with its versions (cpts.tarifs)
+    tcim: TcimSettings = TcimSettings()
+    # (flow code, step) -> async hook(ctx, patient, row, d): what a flow adds to a request's step
+    # ("accepted", "rdv", "cr"), e.g. rooms.tcim; merged by bot/wiring.compose.
+    flow_hooks: dict = field(default_factory=dict)

@@ -30,7 +30,10 @@ def make_engine(url: str) -> AsyncEngine:
         # SQLite gives its -wal and -shm files the database file's mode: create that one 0600.
         os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
         tighten(*(database.with_name(database.name + suffix) for suffix in ("", "-wal", "-shm")), recursive=False)
-    engine = create_async_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
+    # A server may drop idle connections (PostgreSQL restarts, proxies): ping those at checkout. A
+    # SQLite file cannot go away under the process; the ping would be one more thread hop per session.
+    engine = create_async_engine(parsed, connect_args=connect_args,
+                                 pool_pre_ping=parsed.get_backend_name() != "sqlite")
     if parsed.get_backend_name() == "sqlite":
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn, _record):
@@ -59,5 +62,5 @@ async def migrate(engine: AsyncEngine) -> None:
         await conn.run_sync(lambda sync_conn: command.upgrade(_alembic_config(sync_conn), "head"))
 
 
-def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def sessionmaker(engine: AsyncEngine, **kwargs) -> async_sessionmaker:
+    return async_sessionmaker(engine, expire_on_commit=False, **kwargs)

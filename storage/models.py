@@ -12,6 +12,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
     text,
 )
 from sqlalchemy import false as sa_false
@@ -141,7 +142,8 @@ class OutboxItem(Base):
     last_error: Mapped[str | None] = mapped_column(String(200))  # why it waits (no content, no identity)
     stuck_reported_at: Mapped[datetime | None]  # reported once as stuck (log and `cercle status`)
 
-    __table_args__ = (Index("ix_outbox_status_id", "status", "id"),)
+    # event_id: a vote or a reply names the bot's message it answers (rooms: POLL/REPLY_HANDLERS).
+    __table_args__ = (Index("ix_outbox_status_id", "status", "id"), Index("ix_outbox_event_id", "event_id"))
 
 
 class Professional(Base):
@@ -200,7 +202,15 @@ class Inclusion(Base):
 
 
 class Act(Base):
-    """Ledger line: an act the indemnity rules will price (repérage, inclusion, red flag, acceptation…)."""
+    """Ledger line: an act the indemnity rules price (repérage, inclusion, red flag, acceptation…).
+
+    The price is kept on the line (rooms.indemnites, domain.indemnites): `etat` (NULL until priced),
+    `montant_cents` (the rule's amount; what is owed is the amount of éligible lines), `motif` (what
+    is missing, or why not éligible), the rule and tariff version, and `trimestre` (the act's quarter
+    in the CPTS's time zone), so that a bordereau is one indexed aggregate. A line in a validated
+    bordereau (`bordereau_id`) is frozen: a later change becomes a correction line (`correction` > 0)
+    in an open quarter. (user_id, kind, ref, correction) is unique: an act is never counted twice.
+    """
 
     __tablename__ = "act"
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
@@ -211,6 +221,43 @@ class Act(Base):
     ref: Mapped[str | None] = mapped_column(String(100))
     at: Mapped[datetime]
     details: Mapped[dict] = mapped_column(JSON, default=dict)
+    correction: Mapped[int] = mapped_column(default=0, server_default="0")
+    trimestre: Mapped[str | None] = mapped_column(String(7))  # 2026-T3
+    etat: Mapped[str | None] = mapped_column(String(12))  # eligible | en_attente | non_eligible
+    montant_cents: Mapped[int] = mapped_column(default=0, server_default="0")
+    cpam: Mapped[str | None] = mapped_column(String(60))  # shown, never added (spec §5.1)
+    motif: Mapped[str | None] = mapped_column(String(300))  # no patient identity: criteria names only
+    regle: Mapped[str | None] = mapped_column(String(60))
+    version: Mapped[str | None] = mapped_column(String(40))
+    priced_at: Mapped[datetime | None]
+    bordereau_id: Mapped[int | None] = mapped_column(index=True)
+
+    __table_args__ = (UniqueConstraint("user_id", "kind", "ref", "correction", name="uq_act_once"),
+                      Index("ix_act_trimestre_user", "trimestre", "user_id", "etat"),
+                      # Partial: the lines to price (new, or whose details changed) are few in a big ledger.
+                      Index("ix_act_unpriced", "id", sqlite_where=text("priced_at IS NULL"),
+                            postgresql_where=text("priced_at IS NULL")))
+
+
+@event.listens_for(Act.details, "set", propagate=True)
+def _details_changed(target: Act, value, oldvalue, initiator) -> None:
+    """Whoever rewrites a line's details (criteria met) makes it due for pricing again."""
+    target.priced_at = None
+
+
+class Bordereau(Base):
+    """A validated (paid) bordereau: one professional, one quarter; its lines are frozen."""
+
+    __tablename__ = "bordereau"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(255))
+    trimestre: Mapped[str] = mapped_column(String(7))
+    total_cents: Mapped[int]
+    lignes: Mapped[int]
+    valide_par: Mapped[str] = mapped_column(String(255))
+    valide_le: Mapped[datetime]
+
+    __table_args__ = (UniqueConstraint("user_id", "trimestre", name="uq_bordereau_user_trimestre"),)
 
 
 class Demande(Base):
@@ -236,3 +283,70 @@ class Demande(Base):
     # A timer and an answer may touch the same request at once: the later write fails
     # (StaleDataError) and is retried on fresh data, instead of silently undoing the other.
     __mapper_args__ = {"version_id_col": version}
+
+
+
+class Observation(Base):
+    """A donnée de base or an élément de suivi recorded for a patient (`!donnees`, `!suivi`).
+
+    Append-only: a new value is a new row pointing at the one it replaces (`previous_id`), so each
+    value keeps who, when and the previous value. The value and the date it refers to are health
+    data: only as ciphertext (`value_enc`, storage.suivi)."""
+
+    __tablename__ = "observation"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    patient_code: Mapped[str] = mapped_column(String(20))
+    parcours: Mapped[str] = mapped_column(String(50))
+    kind: Mapped[str] = mapped_column(String(10))  # donnee | suivi
+    element: Mapped[str] = mapped_column(String(60))
+    value_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    recorded_by: Mapped[str] = mapped_column(String(255))
+    recorded_at: Mapped[datetime]
+    previous_id: Mapped[int | None]
+
+    __table_args__ = (Index("ix_observation_patient", "patient_code", "parcours", "kind", "element"),)
+
+
+class QuestionnaireRun(Base):
+    """One questionnaire (vigie J0/J7/J30…) for one inclusion: who answers it, where it stands.
+
+    status: programme (waiting for its day or for the addressee's notification hours) → en_cours
+    ↔ en_pause → termine. The answers are clinical: encrypted JSON in `answers_enc`. `current` is
+    the question asked now (its poll or message carries the ref `questionnaire:<id>:<n>`).
+    """
+
+    __tablename__ = "questionnaire"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    patient_code: Mapped[str] = mapped_column(String(20), index=True)
+    room_id: Mapped[str] = mapped_column(String(255))
+    inclusion_id: Mapped[int]
+    code: Mapped[str] = mapped_column(String(50))  # file code: vigie-j7
+    status: Mapped[str] = mapped_column(String(20), default="programme")
+    addressee: Mapped[str | None] = mapped_column(String(255))
+    current: Mapped[int | None]
+    current_ref: Mapped[str | None] = mapped_column(String(100))  # the outbox ref of the question asked now
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    answers_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Who answered what, when: [{"q": 1, "par": "@u", "at": iso, "via": "vote|texte"}] (no clinical content)
+    trail: Mapped[list] = mapped_column(JSON, default=list)
+    told: Mapped[list] = mapped_column(JSON, default=list)  # "<question ref> <user>" told once their vote does not count
+
+    __table_args__ = (UniqueConstraint("inclusion_id", "code", name="uq_questionnaire_inclusion_code"),)
+
+
+class TcimRecord(Base):
+    """What a TCIM adds to its request (issue 12), one row per request. The state (eligibility
+    answers, charter, slot, video link, interruption motif…) is encrypted in `data_enc`; `etat`
+    and the people are plain for lookups and carry no patient identity."""
+
+    __tablename__ = "tcim"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    demande_id: Mapped[int] = mapped_column(unique=True)
+    patient_code: Mapped[str] = mapped_column(String(20), index=True)
+    etat: Mapped[str] = mapped_column(String(20))
+    infirmier: Mapped[str] = mapped_column(String(255))
+    medecin: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    data_enc: Mapped[bytes] = mapped_column(LargeBinary)

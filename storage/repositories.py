@@ -5,9 +5,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
 
 from storage.crypto import FieldCipher
 from storage.engine import make_engine, migrate, sessionmaker
@@ -33,7 +34,33 @@ class Store:
     def __init__(self, engine: AsyncEngine, cipher: FieldCipher):
         self.engine = engine
         self.cipher = cipher
-        self.session = sessionmaker(engine)
+        # What this process committed, kept in memory so that the bot does not read back what it
+        # just wrote (issue 11): the outbox items to send, in commit order, and the earliest due
+        # instant among the deadlines added or moved. A session class of this store's own, so
+        # that two stores in one process (tests, benchmarks) never see each other's commits.
+        self.committed_outbox: list[tuple[OutboxItem, dict]] = []
+        self.touched_deadline: datetime | None = None
+        self.inbox_changes = 0  # bumped after each commit that makes inbox events pending
+        session_class = type("StoreSession", (Session,), {})
+        event.listen(session_class, "before_flush", _note_deadline_changes)
+        event.listen(session_class, "after_commit", self._after_commit)
+        event.listen(session_class, "after_rollback", _forget_uncommitted)
+        self.session = sessionmaker(engine, sync_session_class=session_class)
+
+    def _after_commit(self, session: Session) -> None:
+        self.committed_outbox.extend(session.info.pop(QUEUED_OUTBOX, ()))
+        touched = session.info.pop(TOUCHED_DEADLINE, None)
+        if touched is not None and (self.touched_deadline is None or touched < self.touched_deadline):
+            self.touched_deadline = touched
+
+    def take_committed_outbox(self) -> list[tuple[OutboxItem, dict]]:
+        taken, self.committed_outbox = self.committed_outbox, []
+        return taken
+
+    def take_touched_deadline(self) -> datetime | None:
+        """The earliest due instant among deadlines committed (added or moved) since the last call."""
+        taken, self.touched_deadline = self.touched_deadline, None
+        return taken
 
     async def migrate(self) -> None:
         await migrate(self.engine)
@@ -48,11 +75,14 @@ class Store:
             return row.value if row else None
 
     async def set_state(self, key: str, value: str | None, session: AsyncSession | None = None) -> None:
-        if session is not None:
-            await session.merge(BotState(key=key, value=value))
-            return
-        async with self.session.begin() as s:
-            await s.merge(BotState(key=key, value=value))
+        if session is None:
+            async with self.session.begin() as s:
+                return await self.set_state(key, value, session=s)
+        # One UPDATE in the usual case (the sync token at every sync), an INSERT the first time.
+        updated = await session.execute(update(BotState).where(BotState.key == key).values(value=value)
+                                        .execution_options(synchronize_session=False))
+        if updated.rowcount == 0:
+            session.add(BotState(key=key, value=value))
 
     async def delete_state(self, key: str, session: AsyncSession | None = None) -> None:
         if session is not None:
@@ -93,13 +123,16 @@ class Store:
                 s.add(self._inbox_row(e, now))
                 new += 1
             await self.set_state("sync_token", next_batch, session=s)
-            return new
+        if new:
+            self.inbox_changes += 1
+        return new
 
     async def record_event(self, event: IncomingEvent, now: datetime) -> bool:
         """Record one event outside a sync batch (e.g. recovered from a gap). False if already known."""
         try:
             async with self.session.begin() as s:
                 s.add(self._inbox_row(event, now))
+            self.inbox_changes += 1
             return True
         except IntegrityError:
             return False
@@ -129,7 +162,8 @@ class Store:
                 update(InboxEvent).where(InboxEvent.event_id == event_id, InboxEvent.status == "waiting_key")
                 .values(kind=kind, status="pending",
                         payload_enc=self.cipher.encrypt_json(payload, f"inbox:{event_id}")))
-            return result.rowcount == 1
+        self.inbox_changes += 1
+        return result.rowcount == 1
 
     @staticmethod
     async def give_up_waiting(session: AsyncSession, event_id: str, now: datetime, error: str) -> bool:
@@ -289,8 +323,10 @@ class Store:
               ref: str | None = None) -> str:
         """Add an outgoing action to the caller's transaction; returns its transaction id."""
         txn_id = uuid.uuid4().hex
-        session.add(OutboxItem(txn_id=txn_id, action=action, room_id=room_id, status="pending", created_at=now,
-                               ref=ref, content_enc=self.cipher.encrypt_json(content, f"outbox:{txn_id}")))
+        row = OutboxItem(txn_id=txn_id, action=action, room_id=room_id, status="pending", created_at=now,
+                         ref=ref, content_enc=self.cipher.encrypt_json(content, f"outbox:{txn_id}"))
+        session.add(row)
+        session.info.setdefault(QUEUED_OUTBOX, []).append((row, content))
         return txn_id
 
     async def pending_outbox(self, limit: int = 100) -> list[tuple[OutboxItem, dict]]:
@@ -361,10 +397,35 @@ class Store:
                                     .order_by(OutboxItem.id).limit(first))).all()
             return pending or 0, n_stuck or 0, list(rows)
 
+    async def ref_of_sent_event(self, session: AsyncSession, event_id: str) -> str | None:
+        """The `ref` of the outbox item the homeserver answered with `event_id`: what a vote or
+        a reply answers."""
+        return await session.scalar(select(OutboxItem.ref).where(OutboxItem.event_id == event_id).limit(1))
+
     async def outbox_event_ids(self, ref: str) -> list[str]:
         async with self.session() as s:
             return list((await s.scalars(select(OutboxItem.event_id).where(
                 OutboxItem.ref == ref, OutboxItem.event_id.is_not(None)))).all())
+
+
+QUEUED_OUTBOX = "cercle.queued_outbox"
+TOUCHED_DEADLINE = "cercle.touched_deadline"
+
+
+def _note_deadline_changes(session: Session, flush_context, instances) -> None:
+    """A deadline added or moved by ORM (add_deadline, bring_forward): the runner must look at
+    the rows again after the commit. Cancellations (statements) never make anything due sooner."""
+    dues = [o.due_at for o in (*session.new, *session.dirty)
+            if isinstance(o, Deadline) and o.status == "pending" and o.due_at is not None]
+    if dues:
+        earliest = min(dues)
+        current = session.info.get(TOUCHED_DEADLINE)
+        session.info[TOUCHED_DEADLINE] = earliest if current is None else min(current, earliest)
+
+
+def _forget_uncommitted(session: Session) -> None:
+    session.info.pop(QUEUED_OUTBOX, None)
+    session.info.pop(TOUCHED_DEADLINE, None)
 
 
 async def open_store(database_url: str, key_file, create_key: bool = True) -> Store:

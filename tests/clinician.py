@@ -33,6 +33,7 @@ from nio import (
     RoomPreset,
     SyncResponse,
 )
+from nio.crypto.attachments import decrypt_attachment
 
 log = logging.getLogger("tests.clinician")
 
@@ -255,6 +256,40 @@ class Clinician:
         """An m.reaction annotation, encrypted in encrypted rooms as Element does."""
         relation = {"rel_type": "m.annotation", "event_id": event_id, "key": key}
         return await self._send_event(room_id, "m.reaction", {"m.relates_to": relation})
+
+    async def vote(self, room_id: str, poll_event_id: str, answer_ids: list[str]) -> str:
+        """A poll vote as Element sends it (matrix-js-sdk PollResponseEvent.ts: unstable type,
+        `m.reference` to the start, the chosen answer ids)."""
+        content = {"m.relates_to": {"rel_type": "m.reference", "event_id": poll_event_id},
+                   "org.matrix.msc3381.poll.response": {"answers": answer_ids}}
+        return await self._send_event(room_id, "org.matrix.msc3381.poll.response", content)
+
+    def events_of_type(self, room_id: str, event_type: str) -> list[ReceivedMessage]:
+        """Non-message events (polls) decrypted in the room, as ReceivedMessage (msgtype = type)."""
+        found = []
+        for ev in self.timelines.get(room_id, []):
+            source = getattr(ev, "source", {}) or {}
+            if source.get("type") == event_type or getattr(ev, "type", None) == event_type:
+                content = source.get("content", {})
+                found.append(ReceivedMessage(ev.event_id, ev.sender, event_type, content.get("body", ""), None,
+                                             content, bool(getattr(ev, "decrypted", False)), ev.server_timestamp))
+        return found
+
+    async def wait_for_event(self, room_id: str, event_type: str, *, predicate=None,
+                             timeout: float = 20) -> ReceivedMessage:
+        def match():
+            return next((m for m in self.events_of_type(room_id, event_type)
+                         if predicate is None or predicate(m)), None)
+        return await self._wait(match, timeout, lambda: f"{self.user_id}: aucun {event_type} dans {room_id} "
+                                                        f"en {timeout} s")
+
+    async def download_decrypted(self, message: ReceivedMessage) -> bytes:
+        """The bytes of an encrypted attachment (m.file / m.image with a `file` object)."""
+        file_info = message.content["file"]
+        response = await self.client.download(mxc=file_info["url"])
+        assert hasattr(response, "body"), f"téléchargement impossible : {response}"
+        return decrypt_attachment(response.body, file_info["key"]["k"], file_info["hashes"]["sha256"],
+                                  file_info["iv"])
 
     async def _send_event(self, room_id: str, event_type: str, content: dict) -> str:
         room = await self._room(room_id)

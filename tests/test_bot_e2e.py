@@ -76,7 +76,7 @@ async def test_commands_are_advertised_as_msc4332_state(harness, people):
     state = await dr.request_json(
         "GET", f"/_matrix/client/v3/rooms/{room}/state/org.matrix.msc4332.commands/{harness.user_id}")
     syntaxes = [c["syntax"] for c in state["commands"]]
-    assert "aide {commande}" in syntaxes
+    assert "aide {commande} {sous_commande}" in syntaxes
     assert state["sigil"] == "!"
 
     # Where the bot has no power to send state, it does not try (and says nothing in the room).

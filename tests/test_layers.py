@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RANK = {"domain": 0, "storage": 1, "rooms": 2, "commands": 3, "bot": 4}
 LAZY_ALLOWED = {"bot/cli.py", "bot/wiring.py"}
@@ -96,3 +98,15 @@ def test_the_import_graph_has_no_cycle():
         if state.get(module) is None and visit(module, []):
             break
     assert not cycle, " → ".join(cycle)
+
+
+def test_handler_tables_merge_without_a_key_claimed_twice():
+    import types
+
+    from bot.wiring import merge_tables
+
+    a = types.SimpleNamespace(__name__="a", POLL_HANDLERS={"x": 1})
+    b = types.SimpleNamespace(__name__="b", POLL_HANDLERS={"x": 2})
+    assert merge_tables([a], "POLL_HANDLERS") == {"x": 1}
+    with pytest.raises(ValueError, match="deux fois"):
+        merge_tables([a, b], "POLL_HANDLERS")

@@ -36,13 +36,13 @@ async def test_commands_are_counted_by_declared_name_and_outcome(tmp_path):
         await uc.enrol(IDE, "infirmier", name="Julie Petit")
         room = await uc.patient("P-OPS", [MT, IDE], mt=MT)
         await uc.say(MT, room, "!aide")
-        await uc.say(MT, room, "!aide dec en trop")  # usage error of a known command
+        await uc.say(MT, room, "!annuaire")  # a known command, its required argument missing
         await uc.say(MT, room, "!zorglub")  # no such command: counted, never named
         await uc.say(OUTSIDER, room, "!redflag spo2=91 essoufflement")  # not in the directory
         await uc.say(MT, room, "bonjour à tous")  # chatter: no command at all
         counted = commands(uc)
         assert counted[("aide", "ok")] == 1
-        assert counted[("aide", "usage")] == 1
+        assert counted[("annuaire", "usage")] == 1
         assert counted[("inconnue", "usage")] == 1
         assert counted[("redflag", "refusee")] == 1
         assert sum(counted.values()) == 4

@@ -237,3 +237,97 @@ def test_declining_never_adds_to_the_solicited():
     d = _demande(cible_profession="infirmier")
     refuser(d, IDE_LOCALE, "pas dispo", T0)
     assert d.sollicites == set()
+
+
+# --- TCIM (issue 12): one rule per step, the same kind of table -----------------------------------
+DR_TCIM = "@dr.tcim:cpts.test"           # signed the TCIM protocol; joins the cercle by accepting
+REF_CERCLE = "@ref.cercle:cpts.test"     # référent parcours, member of the cercle
+TCIM_ASK = f"!tcim demande snp sans_mt=oui deplacement=non infirmier={IDE_CERCLE} toux fébrile, alitée"
+TCIM_TABLE = {
+    #              demande confirmer proposer charte debut  fin    interrompre ordonnance
+    IDE_CERCLE:   (True,   True,     True,    False, False, False, True,       True),
+    DR_TCIM:      (False,  False,    False,   True,  True,  True,  True,       False),
+    MT:           (False,  False,    False,   False, False, False, False,      False),
+    REF_CERCLE:   (True,   False,    False,   False, False, False, False,      False),
+    COORD:        (True,   False,    False,   False, False, False, False,      False),
+    IDE_LOCALE:   (False,  False,    False,   False, False, False, False,      False),
+    SEC_IDE:      (False,  False,    False,   False, False, False, False,      False),
+    PHARMA_CERCLE: (False, False,    False,   False, False, False, False,      False),
+    ANCIENNE:     (False,  False,    False,   False, False, False, False,      False),
+    INTRUS:       (False,  False,    False,   False, False, False, False,      False),
+}
+TCIM_ACTIONS = ["demande", "confirmer", "proposer", "charte", "debut", "fin", "interrompre", "ordonnance"]
+TCIM_COMMANDS = {
+    "demande": TCIM_ASK, "confirmer": "!tcim confirmer", "proposer": "!tcim proposer demain 16h",
+    "charte": "!tcim charte tout", "debut": "!tcim debut", "fin": "!tcim fin lieu=domicile",
+    "interrompre": "!tcim interrompre la patiente refuse", "ordonnance": "!tcim ordonnance recue",
+}
+TCIM_SUCCESS = {"demande": "TCIM n°1 demandée", "confirmer": "créneau confirmé", "proposer": "propose un autre créneau",
+                "charte": "Charte de la TCIM", "debut": "démarrée", "fin": "terminée", "interrompre": "interrompue par",
+                "ordonnance": "ordonnance reçue"}
+# What happened before the cell's command: each step by its rightful person.
+TCIM_BEFORE = {"demande": 0, "confirmer": 1, "proposer": 1, "charte": 2, "interrompre": 2, "debut": 3, "fin": 4,
+               "ordonnance": 5}
+
+
+@pytest.fixture(scope="module")
+async def tcim_template(tmp_path_factory):
+    template = tmp_path_factory.mktemp("permissions_tcim") / "bot"
+    uc = await UseCases.open(template, clock=FakeClock())
+    for user_id, (profession, roles, communes) in PEOPLE.items():
+        await uc.enrol(user_id, profession, roles=roles, communes=communes)
+    await uc.enrol(DR_TCIM, "medecin_generaliste", roles=["tcim"])
+    await uc.enrol(REF_CERCLE, "pharmacien", roles=["referent"])
+    await uc.patient(CODE, [*CERCLE, REF_CERCLE])  # no MT: a TCIM patient
+    await uc.remove_member(CODE, ANCIENNE)
+    await uc.bot.store.save_room(uc.direct_room(INTRUS), "direct", 0, direct_with=INTRUS)
+    await uc.close()
+    return template
+
+
+async def tcim_state(uc) -> tuple | None:
+    from sqlalchemy import select
+
+    from rooms.tcim import read as read_tcim
+    from storage.models import TcimRecord
+
+    async with uc.bot.store.session() as session:
+        row = await demandes.find(session, uc.room, 1)
+        if row is None:
+            return None
+        rec = await session.scalar(select(TcimRecord).where(TcimRecord.demande_id == row.id))
+
+        class _Ctx:
+            store = uc.bot.store
+        return row.etat, read_tcim(_Ctx, rec)
+
+
+@pytest.mark.parametrize("action", TCIM_ACTIONS)
+@pytest.mark.parametrize("sender", list(TCIM_TABLE))
+async def test_tcim_permission_table(tcim_template, tmp_path, sender, action):
+    shutil.copytree(tcim_template, tmp_path / "bot")
+    uc = await UseCases.open(tmp_path / "bot", clock=FakeClock())
+    uc.room = f"!cercle-{CODE}:cpts.test"
+    steps = [(IDE_CERCLE, uc.room, TCIM_ASK), (DR_TCIM, uc.direct_room(DR_TCIM), "accepter P-TEST/1"),
+             (IDE_CERCLE, uc.room, "!tcim confirmer"), (DR_TCIM, uc.room, "!tcim charte tout"),
+             (DR_TCIM, uc.room, "!tcim debut"), (DR_TCIM, uc.room, "!tcim fin")]
+    try:
+        for i, (who, room, body) in enumerate(steps[:TCIM_BEFORE[action] + (1 if TCIM_BEFORE[action] else 0)]):
+            await uc.say(who, room, body)
+            if i == 0:
+                await uc.fire_due()
+            if i == 1:
+                await uc.say(DR_TCIM, uc.room, "!rdv 1 demain 14h teleconsultation")
+        await uc.sent()
+        before = await tcim_state(uc)
+        replies = await uc.say(sender, uc.room, TCIM_COMMANDS[action])
+        answer = replies[0].body if replies else ""
+        if TCIM_TABLE[sender][TCIM_ACTIONS.index(action)]:
+            assert TCIM_SUCCESS[action] in " ".join(r.body for r in replies), answer
+            assert await tcim_state(uc) != before
+        else:
+            assert answer.startswith(("⛔", "🙏")), answer
+            assert await tcim_state(uc) == before, "a refusal must write nothing"
+            assert all(r.room_id == uc.room for r in replies), "a refusal is posted nowhere else"
+    finally:
+        await uc.close()

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from commands import build_registry
 from commands.arguments import Duration, ParseContext, Text, Word
-from commands.registry import CommandNotFound, CommandRegistry, Option, Param, UsageError
+from commands.registry import CommandGroup, CommandNotFound, CommandRegistry, Option, Param, UsageError
 
 NOW = datetime(2026, 3, 12, 9, 0, tzinfo=timezone.utc)
 CTX = ParseContext(now=NOW)
@@ -93,10 +93,40 @@ def test_help_and_msc4332_derive_from_declarations():
 def test_every_declared_example_parses():
     """The examples shown to clinicians in `aide` must be accepted by the parser itself."""
     r = build_registry()
-    for cmd in r.commands:
+    for cmd in r.runnable:  # a family's subcommands included
         for example in cmd.examples:
             inv = r.parse(example, CTX, direct=not example.startswith(("!", "/")))
             assert inv.command is cmd, example
+
+
+def test_a_family_picks_its_subcommand_by_the_second_word():
+    r = CommandRegistry()
+    group = CommandGroup()
+    group.family("tcim", summary="téléconsultation conjointe")
+
+    @group.command("tcim debut", aliases=["démarrer"], summary="démarrer",
+                   params=[Param("elements", Text(), optional=True)], examples=["!tcim debut tout"])
+    async def debut(ctx, elements=None):
+        pass
+
+    r.include(group)
+    inv = r.parse("!TCIM Démarrer identite consentement", CTX, direct=False)
+    assert inv.command.name == "tcim debut" and inv.arguments == {"elements": "identite consentement"}
+    family = r.find("tcim")
+    assert family.usage() == "!tcim <debut> …" and inv.command.usage() == "!tcim debut [<commentaire>]"
+    for body, said in [("!tcim", "précisez une sous-commande"), ("!tcim fin", "« fin » n'est pas une sous-commande")]:
+        with pytest.raises(UsageError) as e:
+            r.parse(body, CTX, direct=False)
+        assert said in e.value.message and "debut" in e.value.message
+    assert "- `!tcim debut [<commentaire>]` : démarrer" in r.help_for(family)
+    assert "Autres noms : `!tcim démarrer`" in r.help_for(inv.command)
+    assert [c["syntax"] for c in r.msc4332_content()["commands"]] == ["tcim debut {elements}"]
+
+
+def test_a_subcommand_needs_its_family_first():
+    r = CommandRegistry()
+    with pytest.raises(ValueError, match="before its family"):
+        r.command("tcim debut", summary="x")(lambda ctx: None)
 
 
 def test_scoped_help_lists_only_what_works_there():
