@@ -25,6 +25,7 @@ from bot.cross_signing import CrossSigningClient
 from bot.deadlines import DeadlineRunner
 from bot.dispatch import command_context, dispatch
 from bot.identity import cross_signing_client, ensure_identity
+from bot.metrics import Metrics
 from bot.outbox import OutboxSender
 from bot.sync import HomeserverWatch, SyncIntake, homeserver_unreachable
 from bot.wiring import Wiring, compose
@@ -44,8 +45,9 @@ class BotError(Exception):
 
 class Bot:
     def __init__(self, config: Config, store: Store, clock: Clock, client: AsyncClient, password: str,
-                 wiring: Wiring):
+                 wiring: Wiring, metrics: Metrics | None = None):
         self.config = config
+        self.metrics = metrics or Metrics()  # bot/metrics.py, served by bot/health.py
         self.store = store
         self.clock = clock
         self.client = client
@@ -64,15 +66,16 @@ class Bot:
         self.identity_status: str | None = None
         self.identity_warning: str | None = None
         self.outbox = OutboxSender(config, store, client, clock, self.homeserver, self._wake_worker.set,
-                                   self._cross_signing)
+                                   self._cross_signing, self.metrics)
         self.intake = SyncIntake(config, store, client, clock, self.services, self.homeserver,
-                                 self._wake_worker.set, self.outbox.rooms_changed)
-        self.deadlines = DeadlineRunner(store, clock, self.services, wiring.deadline_handlers, self.outbox.flush)
+                                 self._wake_worker.set, self.outbox.rooms_changed, self.metrics)
+        self.deadlines = DeadlineRunner(store, clock, self.services, wiring.deadline_handlers, self.outbox.flush,
+                                        metrics=self.metrics)
 
     # --- startup ---------------------------------------------------------------------------
     @classmethod
     async def open(cls, config: Config, clock: Clock, registry: CommandRegistry | None = None,
-                   store: Store | None = None) -> "Bot":
+                   store: Store | None = None, metrics: Metrics | None = None) -> "Bot":
         data_dir = config.storage.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         if store is None:
@@ -86,7 +89,7 @@ class Bot:
                                      pickle_key=store.cipher.derive("nio-pickle-key"),
                                      max_limit_exceeded=0, max_timeouts=0),
         )
-        bot = cls(config, store, clock, client, password, compose(config, store, clock, registry))
+        bot = cls(config, store, clock, client, password, compose(config, store, clock, registry), metrics)
         await bot._login_once()
         return bot
 
@@ -221,7 +224,8 @@ class Bot:
             changes = self.store.inbox_changes
             pending = await self.store.pending_events(limit=limit)
             for event in pending:
-                await dispatch(self, event)
+                if await dispatch(self, event):  # a command: its answer's send closes the reply latency
+                    self.metrics.awaiting_reply(event.event_id, event.origin_ts)
                 await self.flush_outbox()
             if len(pending) < limit and self.store.inbox_changes == changes:
                 return

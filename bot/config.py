@@ -123,6 +123,33 @@ class DeliveryConfig(_Section):
     stuck_after_s: float = Field(600.0, gt=0)
 
 
+class HttpConfig(_Section):
+    # Health and Prometheus metrics (bot/health.py). Off unless set: `cercle up` turns it on, on a
+    # free loopback port. Keep it on loopback or behind the reverse proxy: /metrics is not public.
+    listen: str | None = None  # "127.0.0.1:9480"
+    sync_max_age_s: float = Field(120.0, gt=0)  # /health: a successful sync within this long
+    outbox_max_age_s: float = Field(300.0, gt=0)  # /health: no pending send older than this
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        host, _, port = v.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError("adresse attendue sous la forme hôte:port, par exemple 127.0.0.1:9480")
+        return v
+
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+class LogConfig(_Section):
+    # "text": French lines as always; "json": one JSON object per line, for log shippers.
+    format: Literal["text", "json"] = "text"
+
+
 class TcimConfig(_Section):
     # One unguessable room per teleconsultation under this base (a Jitsi server, or an Element
     # Call URL ending in « #/room/ » or similar): the bot appends « tcim-<random> » (issue 12).
@@ -151,6 +178,8 @@ class Config(_Section):
     trust: TrustConfig = TrustConfig()
     sync: SyncConfig = SyncConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    http: HttpConfig = HttpConfig()
+    log: LogConfig = LogConfig()
     tcim: TcimConfig = TcimConfig()
     dialogue: DialogueConfig = DialogueConfig()
 
@@ -173,6 +202,8 @@ ENV_OVERRIDES = {
     "CERCLE_TIMEZONE": ("cpts", "timezone"),
     "CERCLE_TARIFS": ("cpts", "tarifs"),
     "CERCLE_UNVERIFIED_DEVICES": ("trust", "unverified_devices"),
+    "CERCLE_HTTP_LISTEN": ("http", "listen"),
+    "CERCLE_LOG_FORMAT": ("log", "format"),
     "CERCLE_TCIM_VIDEO_BASE": ("tcim", "video_base"),
 }
 

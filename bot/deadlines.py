@@ -17,6 +17,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.orm.exc import StaleDataError
 
 from bot.dispatch import command_context
+from bot.metrics import Metrics
 from domain.clock import Clock
 from rooms.services import Services
 from storage.repositories import Store
@@ -33,8 +34,10 @@ DEADLINE_BATCH = 200
 
 class DeadlineRunner:
     def __init__(self, store: Store, clock: Clock, services: Services, handlers: dict,
-                 after_pass: Callable[..., Awaitable[object]], batch_size: int = DEADLINE_BATCH):
+                 after_pass: Callable[..., Awaitable[object]], batch_size: int = DEADLINE_BATCH,
+                 metrics: Metrics | None = None):
         self.store = store
+        self.metrics = metrics or Metrics()
         self.batch_size = max(1, batch_size)
         self.clock = clock
         self.services = services  # what each handler's context gets
@@ -144,14 +147,15 @@ class DeadlineRunner:
         (nothing of the batch is then written). Same guard as one by one: the `status = 'pending'`
         update (take_deadline) is in the transaction that fires, so a row fires once at most."""
         try:
+            fired = []
             async with self.store.session.begin() as session:
-                fired = 0
                 for deadline in batch:
                     # Taken one at a time, just before its handler: a handler may cancel a later
                     # deadline of the batch (e.g. a closed request's other timers), as one by one.
                     if await self._take_and_fire(session, deadline):
-                        fired += 1
-                return fired
+                        fired.append(deadline)
+            self._count(fired)  # once committed: a batch rolled back and fired in halves counts once
+            return len(fired)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # StaleDataError included: _fire_one logs and retries the culprit
@@ -170,11 +174,18 @@ class DeadlineRunner:
         await handler(ctx, deadline)
         return True
 
+    def _count(self, fired: list) -> None:
+        now = self.clock.now()
+        for deadline in fired:
+            self.metrics.deadline_fired(deadline.due_at, now)
+
     async def _fire_one(self, deadline) -> bool | None:
         """True if fired here, False if someone else did (or no handler), None to try again."""
         try:
             async with self.store.session.begin() as session:
-                return await self._take_and_fire(session, deadline)
+                fired = await self._take_and_fire(session, deadline)
+            self._count([deadline] if fired else [])
+            return fired
         except StaleDataError:  # an answer changed the request meanwhile: still pending, tried again
             log.info("échéance %s reportée (conflit d'écriture)", deadline.ref)
             return None

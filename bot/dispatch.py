@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from contextvars import ContextVar
 
 from nio import JoinError, ToDeviceMessage
 from nio.crypto.attachments import decrypt_attachment
@@ -23,6 +24,16 @@ from storage.repositories import IncomingEvent
 
 log = logging.getLogger("cercle.dispatch")
 
+# What the event being dispatched turned out to be, for the metrics: {"command": declared name or
+# None for an unknown word, "outcome": see bot.metrics.OUTCOMES}. Empty when it was no command.
+_COMMAND: ContextVar[dict | None] = ContextVar("command", default=None)
+
+
+def _note(command: str | None, outcome: str) -> None:
+    noted = _COMMAND.get()
+    if noted is not None:
+        noted.update(command=command, outcome=outcome)
+
 
 def command_context(services: Services, session, room_id: str, room_kind: str, sender: str,
                     event_id: str) -> CommandContext:
@@ -31,7 +42,20 @@ def command_context(services: Services, session, room_id: str, room_kind: str, s
                           sender=sender, event_id=event_id, now=services.clock.now())
 
 
-async def dispatch(bot, event: IncomingEvent, attempts: int = 3) -> None:
+async def dispatch(bot, event: IncomingEvent, attempts: int = 3) -> bool:
+    """Handle `event` in one transaction; True if it was a command (answered, refused or failed)."""
+    noted: dict = {}
+    token = _COMMAND.set(noted)
+    try:
+        await _dispatch(bot, event, attempts)
+    finally:
+        _COMMAND.reset(token)
+    if noted:
+        bot.metrics.command(noted["command"], noted["outcome"])
+    return bool(noted)
+
+
+async def _dispatch(bot, event: IncomingEvent, attempts: int) -> None:
     handler = HANDLERS.get(event.kind)
     try:
         async with bot.store.session.begin() as session:
@@ -42,9 +66,12 @@ async def dispatch(bot, event: IncomingEvent, attempts: int = 3) -> None:
     except StaleDataError:
         # A timer changed the same request meanwhile: nothing was written, handle it again on fresh data.
         if attempts > 1:
-            return await dispatch(bot, event, attempts - 1)
+            return await _dispatch(bot, event, attempts - 1)
         await _fail(bot, event, "conflit d'écriture répété")
     except Refusal as refusal:
+        noted = _COMMAND.get()
+        if noted and noted["outcome"] == "ok":
+            noted["outcome"] = "refusee"
         async with bot.store.session.begin() as session:
             ctx = bot.context(session, event.room_id, "", event.sender, event.event_id)
             ctx.reply_privately = (getattr(refusal, "private", False)
@@ -62,6 +89,9 @@ async def dispatch(bot, event: IncomingEvent, attempts: int = 3) -> None:
 
 
 async def _fail(bot, event: IncomingEvent, error: str) -> None:
+    noted = _COMMAND.get()
+    if noted:
+        noted["outcome"] = "erreur"
     async with bot.store.session.begin() as session:
         if event.kind == "message":
             ctx = bot.context(session, event.room_id, "", event.sender, event.event_id)
@@ -129,10 +159,12 @@ async def handle_message(bot, session, event: IncomingEvent) -> None:
     try:
         invocation = bot.registry.parse(body, parse_ctx, direct=(kind == "direct"))
     except CommandNotFound as e:
+        _note(None, "usage")  # the typed word is never a label
         hint = f" Vouliez-vous dire {' ou '.join('`!' + s + '`' for s in e.suggestions)} ?" if e.suggestions else ""
         ctx.reply(f"⚠️ Commande inconnue : « {literal(e.word)} ».{hint}\nTapez `!aide` pour la liste des commandes.")
         return
     except UsageError as e:
+        _note(e.command.name, "usage")
         ctx.reply_privately = await _identity_in_shared_room(bot, session, event)  # the error may quote it
         if await dialogue.start(ctx, body, content, direct=(kind == "direct")):
             return  # only required arguments were missing: the bot asks for them
@@ -141,15 +173,18 @@ async def handle_message(bot, session, event: IncomingEvent) -> None:
     if invocation is None:
         return
     cmd = invocation.command
+    _note(cmd.name, "ok")  # changed below if refused or failed
     ctx.reply_privately = await _identity_in_shared_room(bot, session, event)
     if cmd.requires:
         refusal = await bot.services.directory.refusal(session, event.sender, cmd.requires)
         if refusal:
+            _note(cmd.name, "refusee")
             ctx.reply(refusal)
             await leave_if_no_member_left(bot, session, record)
             return
     refusal = await dialogue.place_refusal(ctx, cmd)
     if refusal:
+        _note(cmd.name, "refusee")
         ctx.reply(refusal)
         return
     await dialogue.run(ctx, invocation)  # the same checks and handler a confirmed dialogue runs
@@ -205,6 +240,7 @@ async def handle_undecryptable(bot, session, event: IncomingEvent) -> None:
         await request_key_from_sender(bot.client, event)
     except Exception as e:  # an already pending request is fine; the French answer matters more
         log.info("demande de clé non envoyée : %s", e)
+    bot.metrics.undecryptable.inc()
     await tell_undecryptable(bot.services, session, event)
 
 

@@ -40,6 +40,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bot.config import Config
 from bot.cross_signing import CrossSigningClient
+from bot.metrics import Metrics
 from bot.room_creation import RoomLookupError, create_direct_room, create_patient_room, find_created_room
 from bot.sync import HomeserverWatch, homeserver_unreachable
 from bot.trust import TrustCache
@@ -86,8 +87,9 @@ Sender = Callable[[object, dict], Awaitable["bool | Later | object"]]
 class OutboxSender:
     def __init__(self, config: Config, store: Store, client: AsyncClient, clock: Clock,
                  homeserver: HomeserverWatch, wake_worker: Callable[[], None],
-                 cross_signing: Callable[[], CrossSigningClient]):
+                 cross_signing: Callable[[], CrossSigningClient], metrics: Metrics | None = None):
         self.store = store
+        self.metrics = metrics or Metrics()
         self.client = client
         self.clock = clock
         self.homeserver = homeserver
@@ -289,6 +291,8 @@ class OutboxSender:
         await self._prepare_room_keys(item.room_id)
         response = await self.client.room_send(item.room_id, "m.room.message", content,
                                                tx_id=item.txn_id, ignore_unverified_devices=True)
+        if isinstance(response, RoomSendResponse):
+            self.metrics.message_sent(content, wall_ms())
         return await self._done(item, response, RoomSendResponse)
 
     async def _send_event(self, item, content: dict):

@@ -32,6 +32,7 @@ from nio import (
 
 from bot.config import Config
 from bot.dispatch import request_key_from_sender, tell_undecryptable
+from bot.metrics import Metrics
 from domain.clock import Clock, wall_ms
 from domain.polls import poll_response
 from rooms.services import Services
@@ -103,8 +104,10 @@ class SyncIntake:
 
     def __init__(self, config: Config, store: Store, client: AsyncClient, clock: Clock, services: Services,
                  homeserver: HomeserverWatch, wake_worker: Callable[[], None],
-                 members_changed: Callable[[set[str]], None]):
+                 members_changed: Callable[[set[str]], None], metrics: Metrics | None = None):
         self.store = store
+        self.metrics = metrics or Metrics()
+        self.last_sync_at: float | None = None  # monotonic instant of the last successful sync
         self.client = client
         self.clock = clock
         self.services = services  # to tell a sender, once, that their message stayed unreadable
@@ -140,11 +143,13 @@ class SyncIntake:
             try:
                 attempt = self.homeserver.attempt()
                 await self.sync_once()
+                self.metrics.sync_duration.observe(time.monotonic() - attempt)
                 self.homeserver.reachable(attempt)
                 backoff = 1.0
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # homeserver unreachable, 5xx, timeouts: retry with backoff
+                self.metrics.sync_failures.inc()
                 if homeserver_unreachable(e) or isinstance(e, SyncFailed):
                     self.homeserver.failed(e)
                     log.debug("synchronisation impossible : nouvel essai dans %.0f s", backoff)
@@ -192,6 +197,8 @@ class SyncIntake:
             await self.retry_waiting_keys()
         except Exception:  # never let it stop the sync: the waiting events stay recorded
             log.exception("nouvel essai de déchiffrement impossible")
+        self.last_sync_at = time.monotonic()
+        self.metrics.last_sync.set_to_current_time()
         self.synced_once.set()
 
     def _must_store(self, events: list[IncomingEvent], response: SyncResponse, first: bool) -> bool:
@@ -339,6 +346,7 @@ class SyncIntake:
                     if await self.store.give_up_waiting(session, event.event_id, self.clock.now(),
                                                         "clé refusée" if withheld else "clé non reçue"):
                         if not withheld:
+                            self.metrics.undecryptable.inc()
                             await tell_undecryptable(self.services, session, event)
                 self._wake_worker()
                 continue

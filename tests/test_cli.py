@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,12 @@ async def test_cercle_up_answers_aide_stops_cleanly_and_restarts_on_the_same_dat
         assert {"medecin_generaliste", "infirmier", "sage_femme", "pharmacien", "masseur_kinesitherapeute"} <= professions
         assert [a["role"] for a in demo["accounts"]].count("coordinateur") == 1
         assert "Commandes de Cercle" in await ask_aide(demo, tmp_path, "1")
+        # Health and metrics on a free loopback port, named in demo.json and in the banner.
+        assert demo["http"].startswith("http://127.0.0.1:") and f"{demo['http']}/health" in banner
+        with urllib.request.urlopen(f"{demo['http']}/health", timeout=10) as r:
+            assert r.status == 200 and json.load(r)["status"] == "ok"
+        with urllib.request.urlopen(f"{demo['http']}/metrics", timeout=10) as r:
+            assert 'cercle_commands_total{command="aide",outcome="ok"} 1.0' in r.read().decode()
     finally:
         assert stop(proc) == 0
     out = proc.stdout.read()
