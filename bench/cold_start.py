@@ -92,7 +92,7 @@ async def cold_start(s, spec_bot, probe, room: str) -> dict:
         ready = await spec_bot.wait("ready", 600)
         rss, peak = spec_bot.memory_mb()
         return {"reply_s": replied - spec_bot.started_at, "sync_s": ready["t"] - spec_bot.started_at,
-                "rss": rss, "peak": peak}
+                "rss": rss, "peak": peak, "first_sync": ready.get("first_sync") or {}}
     finally:
         await spec_bot.stop()
 
@@ -143,8 +143,11 @@ async def main(small: bool, runs: int, sizes: list[int] | None) -> None:
                     refs.append(ref["reply_s"])
                     rows.append((n, run, f"{big['reply_s']:.2f}", f"{big['sync_s']:.2f}", f"{big['rss']:.0f}",
                                  f"{big['peak']:.0f}", f"{ref['reply_s']:.2f}", f"{big['reply_s'] / ref['reply_s']:.2f}"))
+                    first = big["first_sync"]
                     print(f"  run {run} : réponse {big['reply_s']:.2f} s (réf. 10 salons {ref['reply_s']:.2f} s), "
-                          f"RSS {big['rss']:.0f} Mo", flush=True)
+                          f"RSS {big['rss']:.0f} Mo ; 1re sync : {first.get('bytes', 0)} octets, "
+                          f"{first.get('rooms', 0)} salons, {first.get('state', 0)} événements d'état, "
+                          f"{first.get('timeline', 0)} de chronologie", flush=True)
                 medians[n] = (p50(replies), p50(refs), max(float(r[4]) for r in rows if r[0] == n))
             print()
             print(table(rows, ("salons", "run", "1re réponse s", "1re sync s", "RSS Mo", "pic RSS Mo",
