@@ -173,6 +173,10 @@ class SyncIntake:
             timeout=0 if starting else timeout, sync_filter=self.sync_filter, since=since)
         if isinstance(response, SyncError) or not isinstance(response, SyncResponse):
             raise SyncFailed(getattr(response, "message", str(response)))
+        if self.client.olm is not None:
+            # nio re-queries a changed device list only for members of the rooms it holds; since a
+            # start holds only the rooms that had news, any user whose keys it has is re-queried.
+            self.client.olm.add_changed_users(set(response.device_list.changed) & self.client.olm.tracked_users)
         await self._crypto_housekeeping()
         now = self.clock.now()
         events = await self._collect(response, first=first)

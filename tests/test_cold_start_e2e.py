@@ -3,6 +3,8 @@ token without asking for every room's full state, and still writes, encrypted fo
 devices, in rooms its first sync did not bring (their state is read when first needed)."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from rooms.messages import render
@@ -111,3 +113,38 @@ async def test_a_member_who_joined_while_the_bot_was_down_reads_its_messages(har
     # are read from the server, not guessed from a sync that no longer carries them.
     reply = await answered(dr, harness, pair, "aide")
     assert "Commandes de Cercle" in reply.body
+
+
+async def test_a_new_device_of_a_member_seen_before_gets_the_key_of_a_room_quiet_since_the_start(
+        harness: BotHarness, people, synapse, tmp_path):
+    """The bot knows the member's devices from a room it has loaded; the member then leaves that
+    room and logs in a new device. The change must still be heard through a room the bot has not
+    loaded since the start, or the new device gets no key for the bot's next message there."""
+    dr = await people()
+    ide = await people("ide", "infirmier")
+    seen = await room_with_bot(dr, harness, invite=(ide.user_id,))
+    quiet = await room_with_bot(dr, harness, invite=(ide.user_id,))
+    for room_id in (seen, quiet):
+        await ide.join(room_id)
+        await dr.wait_joined(room_id, ide.user_id)
+    await answered(dr, harness, seen, "!aide")
+    await harness.idle()
+    await harness.restart()
+
+    await answered(ide, harness, seen, "!aide")  # the bot reads `seen` and learns ide's devices
+    assert quiet not in harness.bot.client.rooms
+    await ide.client.room_leave(seen)
+    phone = await Clinician.login(synapse.url, ide.user_id, ide.password, tmp_path / "ide-phone")
+    try:
+        # Give the bot's sync time to hear of the new device (without the fix it never does).
+        store = harness.bot.client.device_store
+        end = asyncio.get_running_loop().time() + 20
+        while (asyncio.get_running_loop().time() < end
+               and phone.client.device_id not in {d.id for d in store.active_user_devices(ide.user_id)}):
+            await asyncio.sleep(0.2)
+        await queue_notice(harness, quiet, "Nouvelle consigne pour l'équipe.")
+        notice = await phone.wait_for_message(quiet, sender=harness.user_id,
+                                              predicate=lambda m: "consigne" in m.body, timeout=40)
+        assert notice.encrypted
+    finally:
+        await phone.close()
