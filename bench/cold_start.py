@@ -89,10 +89,11 @@ async def cold_start(s, spec_bot, probe, room: str) -> dict:
     try:
         await probe.wait_for_message(room, sender=bot_user, predicate=lambda m: m.in_reply_to() == sent, timeout=600)
         replied = time.monotonic()
+        cpu_s = spec_bot.cpu_ms() / 1000  # the bot's own work to its first reply: less noisy than the wall clock
         ready = await spec_bot.wait("ready", 600)
         rss, peak = spec_bot.memory_mb()
         return {"reply_s": replied - spec_bot.started_at, "sync_s": ready["t"] - spec_bot.started_at,
-                "rss": rss, "peak": peak}
+                "rss": rss, "peak": peak, "cpu_s": cpu_s, "first_sync": ready.get("first_sync") or {}}
     finally:
         await spec_bot.stop()
 
@@ -125,7 +126,7 @@ async def main(small: bool, runs: int, sizes: list[int] | None) -> None:
                       for k, b in bots.items()}
             await grow(api, pool, tokens["ref"], 1, 10)  # the reference bot: 10 rooms with the probe's
             have = 1
-            rows, medians = [], {}
+            rows, medians, cpu_medians = [], {}, {}
             for n in sizes:
                 t0 = time.monotonic()
                 await grow(api, pool, tokens["big"], have, n)
@@ -134,27 +135,39 @@ async def main(small: bool, runs: int, sizes: list[int] | None) -> None:
                 print(f"{n} salons : {made} créés en {time.monotonic() - t0:.0f} s ({machine_note()})", flush=True)
                 catch_up = await cold_start(s, bots["big"], probe, rooms["big"])  # first start after the growth
                 print(f"  premier démarrage après création (rattrapage) : réponse {catch_up['reply_s']:.1f} s", flush=True)
-                replies, refs = [], []
+                replies, refs, cpus, ref_cpus = [], [], [], []
                 for run in range(1, runs + 1):
                     order = ("ref", "big") if run % 2 else ("big", "ref")
                     got = {k: await cold_start(s, bots[k], probe, rooms[k]) for k in order}
                     big, ref = got["big"], got["ref"]
                     replies.append(big["reply_s"])
                     refs.append(ref["reply_s"])
+                    cpus.append(big["cpu_s"])
+                    ref_cpus.append(ref["cpu_s"])
                     rows.append((n, run, f"{big['reply_s']:.2f}", f"{big['sync_s']:.2f}", f"{big['rss']:.0f}",
-                                 f"{big['peak']:.0f}", f"{ref['reply_s']:.2f}", f"{big['reply_s'] / ref['reply_s']:.2f}"))
+                                 f"{big['peak']:.0f}", f"{ref['reply_s']:.2f}", f"{big['reply_s'] / ref['reply_s']:.2f}",
+                                 f"{big['cpu_s']:.2f}", f"{ref['cpu_s']:.2f}"))
+                    first = big["first_sync"]
                     print(f"  run {run} : réponse {big['reply_s']:.2f} s (réf. 10 salons {ref['reply_s']:.2f} s), "
-                          f"RSS {big['rss']:.0f} Mo", flush=True)
+                          f"CPU {big['cpu_s']:.2f} s (réf. {ref['cpu_s']:.2f} s), RSS {big['rss']:.0f} Mo ; 1re sync : {first.get('bytes', 0)} octets, "
+                          f"{first.get('rooms', 0)} salons, {first.get('state', 0)} événements d'état, "
+                          f"{first.get('timeline', 0)} de chronologie", flush=True)
                 medians[n] = (p50(replies), p50(refs), max(float(r[4]) for r in rows if r[0] == n))
+                cpu_medians[n] = (p50(cpus), p50(ref_cpus))
             print()
             print(table(rows, ("salons", "run", "1re réponse s", "1re sync s", "RSS Mo", "pic RSS Mo",
-                               "réf. 10 salons s", "ratio")))
+                               "réf. 10 salons s", "ratio", "CPU s", "réf. CPU s")))
             slope, intercept = least_squares([float(n) for n in medians], [m[0] for m in medians.values()])
             at10k = intercept + slope * 10000
             top = sizes[-1]
             reply, ref, rss = medians[top]
             print()
             print(f"pente (moindres carrés) : {slope * 1000:.2f} ms par salon, ordonnée {intercept:.2f} s")
+            cpu_slope, cpu_intercept = least_squares([float(n) for n in cpu_medians],
+                                                     [m[0] for m in cpu_medians.values()])
+            print(f"pente CPU du bot jusqu'à sa 1re réponse : {cpu_slope * 1000:.2f} ms par salon, ordonnée "
+                  f"{cpu_intercept:.2f} s ; projection 10 000 salons {cpu_intercept + cpu_slope * 10000:.1f} s de CPU ; "
+                  "ratio CPU / réf. 10 salons : " + ", ".join(f"{n} : {c / r:.2f}" for n, (c, r) in cpu_medians.items()))
             label = "" if top == 2000 else f"  (cibles pour 2 000 salons, mesuré à {top})"
             print(f"à {top} salons, médianes :{label}")
             print(f"  1re réponse {reply:.2f} s          cible ≤ {TARGET_REPLY_S:.0f} s  {mark(reply <= TARGET_REPLY_S)}")

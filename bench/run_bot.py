@@ -26,6 +26,27 @@ async def stdin_closed() -> None:
         pass
 
 
+def watch_first_sync(client) -> dict:
+    """Fills the returned dict with the size of the first /sync response the client reads: bytes,
+    joined rooms, state and timeline events (what a start costs the homeserver and the bot)."""
+    seen: dict = {}
+    parse_body = client.parse_body
+
+    async def parse(transport_response):
+        if seen or "/sync" not in transport_response.url.path:
+            return await parse_body(transport_response)
+        raw = await transport_response.read()
+        data = json.loads(raw)
+        rooms = (data.get("rooms") or {}).get("join") or {}
+        seen.update(bytes=len(raw), rooms=len(rooms),
+                    state=sum(len((r.get("state") or {}).get("events") or []) for r in rooms.values()),
+                    timeline=sum(len((r.get("timeline") or {}).get("events") or []) for r in rooms.values()))
+        return data
+
+    client.parse_body = parse
+    return seen
+
+
 async def run_cercle(spec: dict) -> None:
     from bench.common import cercle_config
     from bot.app import Bot
@@ -35,6 +56,7 @@ async def run_cercle(spec: dict) -> None:
     config = cercle_config(spec["homeserver"], spec["user_id"], spec["password"], Path(spec["data_dir"]),
                            timeout_ms=spec.get("timeout_ms", 30000))
     bot = await Bot.open(config, SystemClock())
+    first_sync = watch_first_sync(bot.client)
     say("opened")
     if spec.get("enrol"):
         now = bot.clock.now()
@@ -45,7 +67,7 @@ async def run_cercle(spec: dict) -> None:
                                           communes=["Brétigny-sur-Orge"], cotisation_until=now + timedelta(days=365))
     runner = asyncio.create_task(bot.run())
     await asyncio.wait_for(bot.synced_once.wait(), 300)
-    say("ready")
+    say("ready", first_sync=first_sync)
     waiter = asyncio.create_task(stdin_closed())
     await asyncio.wait([runner, waiter], return_when=asyncio.FIRST_COMPLETED)
     await bot.stop()

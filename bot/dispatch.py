@@ -106,7 +106,7 @@ async def _identity_in_shared_room(bot, session, event: IncomingEvent) -> bool:
     """A command carrying a patient's identity, typed anywhere but the sender's direct chat with the bot."""
     if event.kind != "message":
         return False
-    kind = room_kind(bot, await session.get(RoomRecord, event.room_id))
+    kind = await room_kind(bot, await session.get(RoomRecord, event.room_id))
     if kind == "direct":
         return False
     body = event.payload.get("body", "")
@@ -133,13 +133,17 @@ async def _mark(session, event_id: str, status: str, now, error: str | None = No
                           .values(status=status, handled_at=now, error=error))
 
 
-def room_kind(bot, record) -> str:
+async def room_kind(bot, record) -> str:
     """patient | coordination | direct | other; a two-person room with the bot counts as direct."""
     if record is None:
         return "other"
     if record.kind in ("patient", "coordination", "direct"):
         return record.kind
     room = bot.client.rooms.get(record.room_id)
+    if room is None or not (room.members_synced or (room.summary and room.summary.joined_member_count)):
+        # After a start the sync brings a room's members only as they change (no full state):
+        # read them once (the answer needs them anyway to be encrypted for the room).
+        room = await bot.outbox.room(record.room_id)
     if room is not None and room.joined_count == 2:
         return "direct"
     return record.kind
@@ -147,7 +151,7 @@ def room_kind(bot, record) -> str:
 
 async def handle_message(bot, session, event: IncomingEvent) -> None:
     record = await session.get(RoomRecord, event.room_id)
-    kind = room_kind(bot, record)
+    kind = await room_kind(bot, record)
     body = event.payload.get("body", "")
     ctx = bot.context(session, event.room_id, kind, event.sender, event.event_id)
     content = event.payload.get("content") or {}
@@ -223,7 +227,7 @@ async def handle_poll_response(bot, session, event: IncomingEvent) -> None:
     if handler is None:
         return
     record = await session.get(RoomRecord, event.room_id)
-    ctx = bot.context(session, event.room_id, room_kind(bot, record), event.sender, event.event_id)
+    ctx = bot.context(session, event.room_id, await room_kind(bot, record), event.sender, event.event_id)
     await handler(ctx, ref, list(event.payload.get("answers") or []))
 
 
@@ -329,7 +333,7 @@ async def handle_reaction(bot, session, event: IncomingEvent) -> None:
     if handler is None:
         return
     record = await session.get(RoomRecord, event.room_id)
-    ctx = bot.context(session, event.room_id, room_kind(bot, record), event.sender, event.event_id)
+    ctx = bot.context(session, event.room_id, await room_kind(bot, record), event.sender, event.event_id)
     await handler(ctx, event.payload.get("reacts_to"))
 
 

@@ -1,9 +1,10 @@
 """The outbox sender: outbox rows -> homeserver, one small sender per action, in a table.
 
 An item is sent with its stored transaction id (the homeserver deduplicates a send that had in
-fact gone through before a crash). Before an encrypted message, the room's members are read from
-the server where the bot changed them, and the room key is rotated if a current device was not
-covered; the trust policy (bot.trust) decides which devices get it.
+fact gone through before a crash). Before the first write in a room since the start, and where the
+bot changed its members, the room's state is read from the server (OutboxSender.room: a start
+does not sync every room's state); the room key is rotated if a current device was not covered;
+the trust policy (bot.trust) decides which devices get it.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from nio import (
     AsyncClient,
     Event,
     LocalProtocolError,
+    MatrixRoom,
     RoomCreateError,
     RoomCreateResponse,
     RoomGetStateResponse,
@@ -342,13 +344,11 @@ class OutboxSender:
             return Later(f"recherche de la conversation directe impossible ({str(e)[:80]})")
         if room_id is None:
             return Later("conversation directe pas encore créée")
-        room = self.client.rooms.get(room_id)
-        if room is None:
-            return Later("conversation directe pas encore synchronisée")
         # The server is the truth for membership: after a start the sync lazy-loads members, so
         # someone who never spoke in the chat is missing from room.users until we ask.
-        if not await self._ensure_members(room_id):
-            return Later("membres de la conversation illisibles")
+        room = await self.room(room_id)
+        if room is None:
+            return Later("conversation directe pas encore lisible")
         if user_id not in room.users:  # they left the chat, or declined it
             if item.last_error == INVITED:
                 return Later(INVITED)  # invited once for this message; `cercle status` shows it if it lasts
@@ -358,7 +358,8 @@ class OutboxSender:
                 return response
             if not already_in_room(response):
                 return Later(INVITED)
-            if not await self._ensure_members(room_id) or user_id not in room.users:
+            room = await self.room(room_id)
+            if room is None or user_id not in room.users:
                 return Later("membre annoncé présent mais introuvable")
         if user_id in room.invited_users:
             return Later(INVITED)  # keys shared before they join would not reach their devices
@@ -371,9 +372,9 @@ class OutboxSender:
         return await self._done(item, response, RoomSendResponse)
 
     async def _send_state(self, item, content: dict):
-        room = self.client.rooms.get(item.room_id)
+        room = await self.room(item.room_id)
         if room is None:
-            return Later("salon pas encore synchronisé")  # to know our power level
+            return Later("salon pas encore lisible")  # to know our power level
         if content.get("optional") and not await self.may_send_state(room, content["type"]):
             await self.store.outbox_done(item.id, self.clock.now(), error="pas le droit d'envoyer cet état ici")
             return False
@@ -459,30 +460,46 @@ class OutboxSender:
                     "coordinateurs si cela se reproduit."), now)
         return False
 
-    # --- members and room keys ----------------------------------------------------------------
-    async def _ensure_members(self, room_id: str) -> bool:
-        """Load the room's members (joined and invited) from the server, once per room until the
-        bot itself changes them; the sync keeps them current afterwards. False if unreadable."""
+    # --- rooms, members and room keys ---------------------------------------------------------------
+    async def room(self, room_id: str) -> MatrixRoom | None:
+        """The room as nio must know it before the bot writes in it: members (joined and invited),
+        encryption, power levels. None if the bot is not in it, or its state is unreadable for now.
+
+        A start syncs incrementally from the stored token, so nio knows only the rooms where
+        something happened while the bot was down, and those only by the state that changed
+        (issue 11: no full-state sync of every room at each start). The room's whole state is
+        read from the server (one request) the first time the bot needs it since the start, and
+        again after the bot itself changed the members; the sync keeps it current afterwards."""
         room = self.client.rooms.get(room_id)
-        if room is None:
-            return False
-        if room.members_synced and room_id not in self._members_dirty:
-            return True
+        if room is not None and room.members_synced and room_id not in self._members_dirty:
+            return room
         self._members_dirty.discard(room_id)  # a change made while we read is marked again
         state = await self.client.room_get_state(room_id)
         if not isinstance(state, RoomGetStateResponse):
             self._members_dirty.add(room_id)
-            return False
+            return None
         self.member_reads += 1
-        for source in state.events:
-            if source.get("type") == "m.room.member":
-                event = Event.parse_event(source)
-                if isinstance(event, RoomMemberEvent):
-                    room.handle_membership(event)
+        events = [e for e in map(Event.parse_event, state.events) if isinstance(e, Event)]
+        if room_id not in self.client.rooms:
+            # The server answers for a room the bot has left too (its state at the departure).
+            me = [e for e in events if isinstance(e, RoomMemberEvent) and e.state_key == self.user_id]
+            if not me or me[-1].membership != "join":
+                return None
+            self.client.rooms[room_id] = MatrixRoom(room_id, self.user_id, room_id in self.client.encrypted_rooms)
+        room = self.client.rooms[room_id]
+        for event in events:  # as nio applies a sync's state block (AsyncClient._handle_joined_state)
+            if isinstance(event, RoomMemberEvent):
+                room.handle_membership(event)
+            else:
+                room.handle_event(event)
         room.members_synced = True
+        if room.encrypted and room_id not in self.client.encrypted_rooms:
+            self.client.encrypted_rooms.add(room_id)
+            if self.client.store:
+                self.client.store.save_encrypted_rooms({room_id})
         if room.encrypted and self.client.olm is not None:
-            self.client.olm.update_tracked_users(room)
-        return True
+            self.client.olm.update_tracked_users(room)  # devices of members not seen since the start
+        return room
 
     async def _prepare_room_keys(self, room_id: str) -> None:
         """Make sure the next message's room key reaches every current device, invitees included.
@@ -491,11 +508,11 @@ class OutboxSender:
         change; right after the bot invited someone, its sync has not seen it yet. So: re-read the
         members where the bot invited someone, then rotate if a current device was not covered.
         """
-        room = self.client.rooms.get(room_id)
-        if room is None or not room.encrypted:
+        room = await self.room(room_id)
+        if room is None:
+            raise LocalProtocolError("salon illisible (membres, chiffrement)")
+        if not room.encrypted:
             return
-        if not await self._ensure_members(room_id):
-            raise LocalProtocolError("membres du salon illisibles")
         if self.client.should_query_keys:
             await self.client.keys_query()
         await self._apply_trust_policy(room_id)

@@ -166,17 +166,22 @@ class SyncIntake:
             self._loaded = True
         since = self._token
         first = since is None
-        # After a start, the full state (every room, members lazy-loaded): nio keeps no room list
-        # on disk, and the bot must be able to write in a room that has been quiet since.
+        # A start resumes from the stored token like any sync (what nio's store_sync_tokens does),
+        # without full_state: the answer then grows with what happened while the bot was down, not
+        # with its rooms (issue 11). nio keeps no room list on disk, so a room quiet since has no
+        # MatrixRoom: the outbox reads its state when the bot first writes there (OutboxSender.room).
         starting = not self.synced_once.is_set()
         timeout = self._sync.timeout_ms
         if self._key_wait_deadline_ms is not None:
             timeout = max(0, min(timeout, self._key_wait_deadline_ms - wall_ms()))
         response = await self.client.sync(
-            timeout=0 if starting else timeout, sync_filter=self.sync_filter,
-            since=since, full_state=starting)
+            timeout=0 if starting else timeout, sync_filter=self.sync_filter, since=since)
         if isinstance(response, SyncError) or not isinstance(response, SyncResponse):
             raise SyncFailed(getattr(response, "message", str(response)))
+        if self.client.olm is not None:
+            # nio re-queries a changed device list only for members of the rooms it holds; since a
+            # start holds only the rooms that had news, any user whose keys it has is re-queried.
+            self.client.olm.add_changed_users(set(response.device_list.changed) & self.client.olm.tracked_users)
         await self._crypto_housekeeping()
         now = self.clock.now()
         events = await self._collect(response, first=first)
