@@ -1,0 +1,74 @@
+"""Cross-feature review (TCIM, suivi, questionnaires, indemnités, indicateurs merged together): each
+test pins a defect found when the features met, on the middle tier (tests/usecase.py)."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import select
+
+from domain.clock import FakeClock
+from storage.models import Act, Inclusion
+from tests.usecase import UseCases
+
+CODE = "P-REVU"
+MT = "@mt:cpts.test"
+IDE = "@ide:cpts.test"
+SF = "@sf:cpts.test"
+START = datetime(2026, 3, 12, 9, 0, tzinfo=timezone.utc)
+
+
+async def _world(tmp_path, *parcours: str, database_url: str | None = None) -> UseCases:
+    uc = await UseCases.open(tmp_path / "bot", database_url=database_url, clock=FakeClock(START))
+    await uc.enrol(MT, "medecin_generaliste", name="Dr Martin")
+    await uc.enrol(IDE, "infirmier", name="Julie Petit")
+    await uc.enrol(SF, "sage_femme", name="Sophie Leroy")
+    uc.room = await uc.patient(CODE, [MT, IDE, SF], mt=MT)
+    async with uc.bot.store.session.begin() as session:
+        for p in parcours:
+            session.add(Inclusion(patient_code=CODE, parcours=p, included_by=MT, included_at=uc.now()))
+    return uc
+
+
+def _bodies(sent) -> str:
+    return "\n".join(s.body for s in sent)
+
+
+async def test_sortir_cancels_the_pending_suivi_reminders_of_that_parcours(tmp_path):
+    uc = await _world(tmp_path, "plaie", "insuffisance_cardiaque")
+    try:
+        await uc.say(IDE, uc.room, "!suivi fiche")
+        assert {d.kind for d in await uc.pending_deadlines()} >= {"suivi.rappel", "suivi.retard"}
+        out = await uc.say(MT, uc.room, "!sortir plaie cicatrisation obtenue")
+        assert "Sortie du parcours" in _bodies(out)
+        left = [d for d in await uc.pending_deadlines() if d.kind in ("suivi.rappel", "suivi.retard")]
+        assert left == []  # nothing left to announce for a parcours the patient left
+        assert "Suivi" not in _bodies(await uc.fire_due(timedelta(days=31)))
+    finally:
+        await uc.close()
+
+
+async def test_free_text_signs_of_a_red_flag_stay_out_of_the_plain_ledger(tmp_path):
+    uc = await _world(tmp_path, "insuffisance_cardiaque")
+    try:
+        sent = await uc.say(IDE, uc.room, '!redflag signes="majoration_omi,chute chez sa fille Mme Durand" '
+                                          "spo2=91 essoufflement")
+        assert "RED FLAG" in _bodies(sent) and "chute chez sa fille" in _bodies(sent)  # the encrypted room says it
+        async with uc.bot.store.session() as s:
+            act = await s.scalar(select(Act).where(Act.kind == "red_flag"))
+        assert "Durand" not in repr(act.details) and "chute" not in repr(act.details)
+        assert "Majoration des OMI" in repr(act.details)  # the parcours' own labels are data, not free text
+    finally:
+        await uc.close()
+
+
+async def test_free_text_signs_of_an_alerte_are_encrypted_and_still_in_the_cahier(tmp_path):
+    uc = await _world(tmp_path, "perinatalite")
+    try:
+        await uc.say(IDE, uc.room, '!alerte signes="saignement, vue chez Mme Durand" ta=150/95 céphalées')
+        async with uc.bot.store.session() as s:
+            act = await s.scalar(select(Act).where(Act.kind == "alerte_critique"))
+        assert "Durand" not in repr(act.details)
+        journal = _bodies(await uc.say(MT, uc.room, "!journal"))
+        assert "Alerte critique" in journal and "vue chez Mme Durand" in journal
+    finally:
+        await uc.close()
