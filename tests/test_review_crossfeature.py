@@ -72,3 +72,21 @@ async def test_free_text_signs_of_an_alerte_are_encrypted_and_still_in_the_cahie
         assert "Alerte critique" in journal and "vue chez Mme Durand" in journal
     finally:
         await uc.close()
+
+
+async def test_a_tcim_accepted_counts_as_an_acceptance_in_activite(tmp_path, database_url):
+    uc = await UseCases.open(tmp_path / "bot", database_url=database_url, clock=FakeClock(START))
+    try:
+        await uc.enrol(IDE, "infirmier", name="Julie Petit")
+        await uc.enrol(MT, "medecin_generaliste", name="Dr Martin", roles=["tcim"])
+        room = await uc.patient(CODE, [IDE])
+        await uc.say(IDE, room, "!tcim demande snp sans_mt=oui deplacement=non toux fébrile, patiente alitée")
+        await uc.fire_due()
+        await uc.say(MT, uc.direct_room(MT), f"accepter {CODE}/1")
+        mois = f"{uc.now():%Y-%m}"
+        mine = _bodies(await uc.say(MT, uc.direct_room(MT), f"activite {mois}"))
+        assert "demandes que vous avez acceptées : 1" in mine
+        asked = _bodies(await uc.say(IDE, uc.direct_room(IDE), f"activite {mois}"))
+        assert "demandes faites : 1, dont 1 acceptée(s)" in asked
+    finally:
+        await uc.close()
