@@ -90,3 +90,16 @@ async def test_a_tcim_accepted_counts_as_an_acceptance_in_activite(tmp_path, dat
         assert "demandes faites : 1, dont 1 acceptée(s)" in asked
     finally:
         await uc.close()
+
+
+async def test_the_plaie_fiche_fields_have_the_bounds_of_the_donnees_de_base(tmp_path):
+    uc = await _world(tmp_path, "plaie")
+    try:
+        for bad, name in (("longueur=-3", "Longueur"), ("largeur=250", "Largeur"), ("douleur_eva=15", "EVA")):
+            refused = await uc.say(IDE, uc.room, f"!suivi fiche {bad}")
+            assert name in refused[0].body and "Usage" in refused[0].body, bad
+        async with uc.bot.store.session() as s:
+            assert (await s.scalars(select(Act).where(Act.kind == "suivi"))).all() == []  # nothing recorded
+        assert "noté" in (await uc.say(IDE, uc.room, "!suivi fiche longueur=3 douleur_eva=4"))[0].body
+    finally:
+        await uc.close()
