@@ -277,13 +277,14 @@ async def lines(session: AsyncSession, trimestre: Trimestre, user_id: str | None
 
 
 async def demande_refs(session: AsyncSession, acts: list[Act]) -> dict[str, str]:
-    """ "demande:12" -> "P-7K3Q/3" (what clinicians type), for the lines that have one."""
-    ids = {int(a.ref.split(":")[1]) for a in acts if a.ref and a.ref.startswith("demande:")}
+    """ "demande:12" -> "P-7K3Q/3" (what clinicians type), for the lines that have one; a TCIM's
+    lines (rooms.tcim: "tcim:<request id>") name their request too."""
+    ids = {int(a.ref.split(":")[1]) for a in acts if a.ref and a.ref.startswith(("demande:", "tcim:"))}
     if not ids:
         return {}
     rows = (await session.execute(select(DemandeRow.id, DemandeRow.patient_code, DemandeRow.numero)
                                   .where(DemandeRow.id.in_(ids)))).all()
-    return {f"demande:{i}": f"{code}/{n}" for i, code, n in rows}
+    return {f"{kind}:{i}": f"{code}/{n}" for i, code, n in rows for kind in ("demande", "tcim")}
 
 
 def to_do(act: Act, refs: dict[str, str]) -> str:

@@ -103,3 +103,18 @@ async def test_the_plaie_fiche_fields_have_the_bounds_of_the_donnees_de_base(tmp
         assert "noté" in (await uc.say(IDE, uc.room, "!suivi fiche longueur=3 douleur_eva=4"))[0].body
     finally:
         await uc.close()
+
+
+async def test_a_pending_tcim_line_names_its_request_in_indemnites(tmp_path):
+    uc = await UseCases.open(tmp_path / "bot", clock=FakeClock(START))
+    try:
+        await uc.enrol(IDE, "infirmier", name="Julie Petit")
+        await uc.enrol(MT, "medecin_generaliste", name="Dr Martin", roles=["tcim"])
+        room = await uc.patient(CODE, [IDE])
+        await uc.say(IDE, room, "!tcim demande snp sans_mt=oui deplacement=non toux fébrile, patiente alitée")
+        await uc.fire_due()
+        await uc.say(MT, uc.direct_room(MT), f"accepter {CODE}/1")
+        mine = _bodies(await uc.say(MT, uc.direct_room(MT), "indemnites"))
+        assert f"{CODE}/1" in mine and "<n°>" not in mine  # what to type, with the request's number
+    finally:
+        await uc.close()
