@@ -323,8 +323,12 @@ async def _record(ctx, patient: Patient, keys: list[str], day: date | None, valu
             stored, signs = _fiche(ctx, p, e, value)
         row = await observations.record(ctx.session, ctx.store.cipher, patient_code=patient.code, parcours=p.code,
                                         kind="suivi", element=e.code, value=stored, at=at, by=ctx.sender, now=ctx.now)
-        await indemnites.record(ctx, user_id=ctx.sender, kind="suivi", ref=f"observation:{row.id}",
-                                patient_code=patient.code, parcours=p.code, element=e.code)
+        # One act per professional, élément and day done: the same élément typed again that day (a
+        # correction, a double post, « fait » after `!suivi`) is kept as an observation, not paid twice.
+        done = at.astimezone(ctx.services.tz).date()
+        await indemnites.record(ctx, user_id=ctx.sender, kind="suivi",
+                                ref=f"suivi-acte:{patient.code}:{p.code}:{e.code}:{done:%Y-%m-%d}",
+                                patient_code=patient.code, parcours=p.code, element=e.code, observation=row.id)
         lines.append(f"✅ **{e.libelle}** ({p.nom}) noté : {_day(ctx, at)}"
                      + (f", {literal(show_fait(e, stored))}" if stored else "") + ".")
         if signs:

@@ -118,3 +118,20 @@ async def test_a_pending_tcim_line_names_its_request_in_indemnites(tmp_path):
         assert f"{CODE}/1" in mine and "<n°>" not in mine  # what to type, with the request's number
     finally:
         await uc.close()
+
+
+async def test_the_same_suivi_element_noted_twice_the_same_day_is_one_ledger_line(tmp_path):
+    uc = await _world(tmp_path, "insuffisance_cardiaque")
+    try:
+        await uc.say(IDE, uc.room, "!suivi consultation_mg")
+        await uc.say(IDE, uc.room, "!suivi consultation_mg")  # typed again (a correction, a double post)
+        async with uc.bot.store.session() as s:
+            assert len((await s.scalars(select(Act).where(Act.kind == "suivi"))).all()) == 1
+        uc.clock.advance(timedelta(days=1))
+        await uc.say(IDE, uc.room, "!suivi consultation_mg")  # another day: another act
+        await uc.say(MT, uc.room, "!suivi consultation_mg")  # someone else: their own act
+        async with uc.bot.store.session() as s:
+            acts = (await s.scalars(select(Act).where(Act.kind == "suivi"))).all()
+        assert sorted(a.user_id for a in acts) == [IDE, IDE, MT]
+    finally:
+        await uc.close()
