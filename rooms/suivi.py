@@ -328,7 +328,8 @@ async def _record(ctx, patient: Patient, keys: list[str], day: date | None, valu
         done = at.astimezone(ctx.services.tz).date()
         await indemnites.record(ctx, user_id=ctx.sender, kind="suivi",
                                 ref=f"suivi-acte:{patient.code}:{p.code}:{e.code}:{done:%Y-%m-%d}",
-                                patient_code=patient.code, parcours=p.code, element=e.code, observation=row.id)
+                                patient_code=patient.code, parcours=p.code, element=e.code, observation=row.id,
+                                photos=isinstance(stored, dict) and stored["champs"].get(PHOTOS_FIELD) is True)
         lines.append(f"✅ **{e.libelle}** ({p.nom}) noté : {_day(ctx, at)}"
                      + (f", {literal(show_fait(e, stored))}" if stored else "") + ".")
         if signs:
@@ -418,6 +419,10 @@ async def _may_record(ctx, patient: Patient) -> bool:
         return False
     return any(m.user_id == ctx.sender for m in await cercle_members(ctx.session, patient.code))
 
+
+# The fiche's « Photos postées » field: the plaie suivi act's other criterion (S000 L922 « Poste de
+# photos et renseignement de la fiche de suivi »; data/parcours/plaie.yaml, tarif plaie_suivi).
+PHOTOS_FIELD = "photos_postees"
 
 _DONE = ("fait", "faite", "ok", "✅", "realise", "realisee", "fini", "effectue", "effectuee")
 

@@ -135,3 +135,19 @@ async def test_the_same_suivi_element_noted_twice_the_same_day_is_one_ledger_lin
         assert sorted(a.user_id for a in acts) == [IDE, IDE, MT]
     finally:
         await uc.close()
+
+
+async def test_a_plaie_fiche_with_photos_makes_the_suivi_line_eligible(tmp_path):
+    uc = await _world(tmp_path, "plaie")
+    try:
+        await uc.say(IDE, uc.room, "!suivi fiche longueur=3 photos_postees=oui")
+        async with uc.bot.store.session() as s:
+            act = await s.scalar(select(Act).where(Act.kind == "suivi"))
+        assert (act.etat, act.montant_cents) == ("eligible", 1500), act.motif
+        uc.clock.advance(timedelta(days=1))
+        await uc.say(IDE, uc.room, "!suivi fiche longueur=3 photos_postees=non")
+        async with uc.bot.store.session() as s:
+            later = (await s.scalars(select(Act).where(Act.kind == "suivi").order_by(Act.id))).all()[-1]
+        assert later.etat == "en_attente" and "photo" in later.motif
+    finally:
+        await uc.close()
