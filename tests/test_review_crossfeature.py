@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from domain.clock import FakeClock
 from storage.models import Act, Inclusion
+from tests import test_questionnaires_usecases as vigie
 from tests.usecase import UseCases
 
 CODE = "P-REVU"
@@ -149,5 +150,33 @@ async def test_a_plaie_fiche_with_photos_makes_the_suivi_line_eligible(tmp_path)
         async with uc.bot.store.session() as s:
             later = (await s.scalars(select(Act).where(Act.kind == "suivi").order_by(Act.id))).all()[-1]
         assert later.etat == "en_attente" and "photo" in later.motif
+    finally:
+        await uc.close()
+
+
+async def test_a_questionnaire_is_not_addressed_to_nor_answered_by_someone_out_of_the_cercle(tmp_path):
+    from_vigie = vigie  # the questionnaires' own world: a vigie request accepted by the référent, then !inclure
+    INCLUDED_AT, VIGIE, SOS, REFERENT = from_vigie.INCLUDED_AT, from_vigie.CODE, from_vigie.MT, from_vigie.REF
+    _include_with_referent, _reply, _run, _vote = (from_vigie._include_with_referent, from_vigie._reply,
+                                                   from_vigie._run, from_vigie._vote)
+    uc = await from_vigie._world(tmp_path)
+    try:
+        await _include_with_referent(uc)
+        await uc.fire_due()  # J0, to the médecin SOS
+        await uc.say(SOS, uc.room, "!questionnaire pause")
+        await uc.remove_member(VIGIE, REFERENT)  # the référent leaves the cercle before J7
+        uc.clock.advance(INCLUDED_AT + timedelta(days=8, hours=13) - uc.now())  # 9h in Paris: anyone's hours
+        started = await uc.fire_due()
+        j7 = await _run(uc, "vigie-j7")
+        assert j7.addressee == SOS, "J7 must go to someone of the cercle (the inclusion's author)"
+        assert REFERENT not in _bodies(started)
+        # A former member's vote or reply is not counted, as `!q` typed by them would be refused.
+        await _vote(uc, REFERENT, f"questionnaire:{j7.id}:1:0", ["2"])
+        assert (await _run(uc, "vigie-j7")).current == 1
+        await uc.remove_member(VIGIE, SOS)
+        await _vote(uc, SOS, f"questionnaire:{j7.id}:1:0", ["2"])
+        refused = await _reply(uc, SOS, f"questionnaire:{j7.id}:1:0", "non")
+        assert (await _run(uc, "vigie-j7")).current == 1  # nothing recorded
+        assert "cercle" in _bodies(refused)
     finally:
         await uc.close()
