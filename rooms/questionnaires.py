@@ -17,6 +17,7 @@ The questions are data (domain.questionnaires, data/questionnaires/*.yaml). Here
 """
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -311,8 +312,10 @@ async def on_vote(ctx, ref: str, answer_ids: list[str]) -> None:
     reponse = reponse_au_vote(q, answer_ids)
     if q.type == "choix_multiple":
         # Element sends one vote per tap: the selection counts once it has not changed for SETTLE.
+        # The choices are an answer (health data): encrypted in the timer's plain JSON payload.
+        chosen = base64.b64encode(ctx.store.cipher.encrypt_json(list(answer_ids), f"{ref}:vote")).decode()
         await postpone(ctx.session, KIND_SETTLE, ref, ctx.now + SETTLE, ctx.now,
-                       {"room_id": run.room_id, "answer_ids": list(answer_ids), "par": ctx.sender})
+                       {"room_id": run.room_id, "answers_enc": chosen, "par": ctx.sender})
         return
     if reponse is not None:
         await record(ctx, run, reponse, "vote")
@@ -323,7 +326,10 @@ async def vote_settled(ctx, deadline) -> None:
     run = await _run_for_ref(ctx, deadline.ref)
     if run is None:
         return
-    reponse = reponse_au_vote(questionnaire_of(ctx, run).question(run.current), deadline.payload.get("answer_ids", []))
+    chosen = deadline.payload.get("answers_enc")
+    answer_ids = (ctx.store.cipher.decrypt_json(base64.b64decode(chosen), f"{deadline.ref}:vote") if chosen
+                  else deadline.payload.get("answer_ids", []))  # a row planned before the choices were encrypted
+    reponse = reponse_au_vote(questionnaire_of(ctx, run).question(run.current), answer_ids)
     if reponse is None:
         return  # the vote was withdrawn
     ctx.sender = deadline.payload.get("par", run.addressee)  # the trail names the voter, not the timer

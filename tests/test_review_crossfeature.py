@@ -180,3 +180,22 @@ async def test_a_questionnaire_is_not_addressed_to_nor_answered_by_someone_out_o
         assert "cercle" in _bodies(refused)
     finally:
         await uc.close()
+
+
+async def test_a_pending_multiple_choice_vote_is_not_kept_in_clear_in_the_timer(tmp_path):
+    uc = await vigie._world(tmp_path)
+    try:
+        await vigie._include_with_referent(uc)
+        uc.clock.advance(vigie.INCLUDED_AT + timedelta(days=7, hours=13) - uc.now())  # J7, 9h in Paris
+        await uc.fire_due()
+        j7 = (await vigie._run(uc, "vigie-j7")).id
+        await vigie._vote(uc, vigie.REF, f"questionnaire:{j7}:1:0", ["2"])
+        await uc.say(vigie.REF, uc.room, "!q 1")
+        await vigie._vote(uc, vigie.REF, f"questionnaire:{j7}:4:0", ["5", "6"])
+        settle = [d for d in await uc.pending_deadlines() if d.kind == "questionnaire.vote"]
+        assert len(settle) == 1
+        assert set(settle[0].payload) == {"room_id", "par", "answers_enc"}  # the choices, encrypted
+        sent = await uc.fire_due(timedelta(minutes=2))
+        assert sent[0].content["text"].startswith("Réponse : ")  # still recorded once it settles
+    finally:
+        await uc.close()
