@@ -461,8 +461,8 @@ def _ref(patient: Patient, element: str, due: datetime, user_id: str) -> str:
 
 async def replan(ctx, patient: Patient) -> None:
     """Plan each élément's next reminders: one row per professional concerned, at their next allowed
-    hour. Rows of an earlier plan still pending are cancelled; a (kind, ref) that exists already —
-    fired included — is not planned again: each reminder is sent once."""
+    hour. Rows of an earlier plan still pending are cancelled; a (kind, ref) that fired is not planned
+    again (each reminder is sent once); a cancelled one wanted again is re-armed."""
     if patient.room_id is None:
         return
     planned: set[tuple[str, str]] = set()
@@ -500,6 +500,8 @@ async def replan(ctx, patient: Patient) -> None:
     by_key = {(d.kind, d.ref): d for d in pending}
     for kind, ref, due_at, payload in wanted:
         row = by_key.get((kind, ref))
+        if row is not None and row.status == "cancelled":
+            row.status, row.payload = "pending", payload  # never sent: wanted again (a parcours rejoined)
         if row is not None and row.status == "pending" and row.due_at != due_at:
             row.due_at = due_at  # the professional's hours changed since it was planned
         if (kind, ref) not in existing:

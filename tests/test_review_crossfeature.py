@@ -199,3 +199,18 @@ async def test_a_pending_multiple_choice_vote_is_not_kept_in_clear_in_the_timer(
         assert sent[0].content["text"].startswith("Réponse : ")  # still recorded once it settles
     finally:
         await uc.close()
+
+
+async def test_a_parcours_left_by_mistake_and_rejoined_gets_its_reminders_back(tmp_path):
+    uc = await _world(tmp_path, "perinatalite", "insuffisance_cardiaque")
+    try:
+        await uc.say(SF, uc.room, "!donnees debut_grossesse=15/01/2026")
+        planned = sorted((d.kind, d.ref) for d in await uc.pending_deadlines() if d.kind.startswith("suivi.r"))
+        assert planned
+        await uc.say(MT, uc.room, "!sortir perinatalite erreur de saisie")
+        assert not [d for d in await uc.pending_deadlines() if d.kind.startswith("suivi.r")]
+        await uc.say(MT, uc.room, "!inclure perinatalite carte=oui")
+        again = sorted((d.kind, d.ref) for d in await uc.pending_deadlines() if d.kind.startswith("suivi.r"))
+        assert again == planned  # never sent, so planned again (each reminder is still sent once)
+    finally:
+        await uc.close()
