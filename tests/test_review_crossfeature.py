@@ -214,3 +214,20 @@ async def test_a_parcours_left_by_mistake_and_rejoined_gets_its_reminders_back(t
         assert again == planned  # never sent, so planned again (each reminder is still sent once)
     finally:
         await uc.close()
+
+
+async def test_a_professional_removed_from_the_cercle_gets_no_more_reminders_about_the_patient(tmp_path):
+    uc = await _world(tmp_path, "plaie")
+    try:
+        await uc.enrol("@ide2:cpts.test", "infirmier", name="Paul Second")
+        await uc.say(MT, uc.room, "!cercle ajouter @ide2:cpts.test")
+        await uc.say(IDE, uc.room, "!suivi fiche")
+        users = {d.payload["user_id"] for d in await uc.pending_deadlines() if d.kind.startswith("suivi.r")}
+        assert users == {IDE, "@ide2:cpts.test"}
+        await uc.say(MT, uc.room, f"!cercle retirer {IDE}")
+        users = {d.payload["user_id"] for d in await uc.pending_deadlines() if d.kind.startswith("suivi.r")}
+        assert users == {"@ide2:cpts.test"}
+        reminders = [s for s in await uc.fire_due(timedelta(days=31)) if "Suivi" in s.body]
+        assert reminders and all(IDE not in s.body for s in reminders)
+    finally:
+        await uc.close()
