@@ -462,6 +462,11 @@ async def on_closed(ctx, patient: Patient, row: DemandeRow, d: Demande) -> None:
     tc = await _hooked(ctx, patient, row, d)
     if tc is None or tc.st.etat in (Etat.CLOSE, Etat.INTERROMPUE):
         return
+    if d.etat is not DemandeEtat.ANNULEE and tc.st.etat is not Etat.REALISEE:
+        # « close » counts as a TCIM done (indicators): only once the teleconsultation took place.
+        ctx.refuse(f"{tc.n} : la téléconsultation n'a pas eu lieu ({ETAT_TEXTE[tc.st.etat]}). Elle se clôt "
+                   "d'elle-même après le compte-rendu et l'ordonnance reçue ; pour l'arrêter : "
+                   "`!tcim interrompre <motif>`.", usage=False)
     if d.etat is DemandeEtat.ANNULEE:
         tc.st.interrompre(ctx.sender, d.motif_annulation or "demande annulée", ctx.now)
     else:

@@ -7,7 +7,8 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import select
 
 from domain.clock import FakeClock
-from storage.models import Act, Inclusion
+from storage.models import Act, Inclusion, TcimRecord
+from storage.models import Demande as DemandeRow
 from tests import test_questionnaires_usecases as vigie
 from tests.usecase import UseCases
 
@@ -229,5 +230,26 @@ async def test_a_professional_removed_from_the_cercle_gets_no_more_reminders_abo
         assert users == {"@ide2:cpts.test"}
         reminders = [s for s in await uc.fire_due(timedelta(days=31)) if "Suivi" in s.body]
         assert reminders and all(IDE not in s.body for s in reminders)
+    finally:
+        await uc.close()
+
+
+async def test_cloturer_cannot_mark_a_tcim_that_never_took_place_as_done(tmp_path):
+    uc = await UseCases.open(tmp_path / "bot", clock=FakeClock(START))
+    try:
+        await uc.enrol(IDE, "infirmier", name="Julie Petit")
+        await uc.enrol(MT, "medecin_generaliste", name="Dr Martin", roles=["tcim"])
+        room = await uc.patient(CODE, [IDE])
+        await uc.say(IDE, room, "!tcim demande snp sans_mt=oui deplacement=non toux fébrile, patiente alitée")
+        await uc.fire_due()
+        await uc.say(MT, uc.direct_room(MT), f"accepter {CODE}/1")
+        await uc.sent()
+        refused = _bodies(await uc.say(MT, room, "!cloturer 1"))
+        assert "tcim interrompre" in refused
+        async with uc.bot.store.session() as s:
+            rec = await s.scalar(select(TcimRecord))
+            row = await s.scalar(select(DemandeRow))
+        assert rec.etat == "acceptee"  # not counted among the TCIM done (indicators)
+        assert row.etat == "acceptee"  # the refusal rolled the whole command back
     finally:
         await uc.close()
