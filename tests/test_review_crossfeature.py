@@ -10,7 +10,7 @@ from domain.clock import FakeClock
 from storage.models import Act, Inclusion, TcimRecord
 from storage.models import Demande as DemandeRow
 from tests import test_questionnaires_usecases as vigie
-from tests.usecase import UseCases
+from tests.usecase import COORDINATION_ROOM, UseCases
 
 CODE = "P-REVU"
 MT = "@mt:cpts.test"
@@ -251,5 +251,18 @@ async def test_cloturer_cannot_mark_a_tcim_that_never_took_place_as_done(tmp_pat
             row = await s.scalar(select(DemandeRow))
         assert rec.etat == "acceptee"  # not counted among the TCIM done (indicators)
         assert row.etat == "acceptee"  # the refusal rolled the whole command back
+    finally:
+        await uc.close()
+
+
+async def test_an_impossible_quarter_is_named_as_such(tmp_path):
+    uc = await _world(tmp_path)
+    try:
+        await uc.enrol("@co:cpts.test", "autre", name="Claire Coord", roles=["coordinateur"])
+        for who, room, body in ((IDE, uc.direct_room(IDE), "indemnites 2026-T5"),
+                                ("@co:cpts.test", COORDINATION_ROOM, "!bordereau 2026-T9"),
+                                ("@co:cpts.test", COORDINATION_ROOM, f"!bordereau valider {IDE} 2026-T0")):
+            answer = (await uc.say(who, room, body))[0].body
+            assert "de T1 à T4" in answer and "Usage" in answer, (body, answer)
     finally:
         await uc.close()
