@@ -329,6 +329,7 @@ async def interrupt(ctx, patient: Patient, ref, motif: str) -> None:
     _refuse_if(ctx, tc.st.interrompre(ctx.sender, motif, ctx.now), tc)
     if tc.d.etat not in (DemandeEtat.CLOTUREE, DemandeEtat.ANNULEE):
         annuler(tc.d, ctx.sender, f"TCIM interrompue : {motif}", ctx.now)
+        await demandes.close_notices(ctx, patient, tc.d)  # the signatories asked in their direct chat
     await ctx.services.store.cancel_deadlines(f"demande:{tc.row.id}", session=ctx.session)
     await _cancel_timers(tc)
     tc.log("interruption", motif)

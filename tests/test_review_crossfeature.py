@@ -266,3 +266,27 @@ async def test_an_impossible_quarter_is_named_as_such(tmp_path):
             assert "de T1 à T4" in answer and "Usage" in answer, (body, answer)
     finally:
         await uc.close()
+
+
+async def test_the_pool_is_told_when_a_request_or_a_tcim_it_was_asked_is_called_off(tmp_path):
+    uc = await UseCases.open(tmp_path / "bot", clock=FakeClock(START))
+    try:
+        dr_a, dr_b = "@dr.a:cpts.test", "@dr.b:cpts.test"
+        await uc.enrol(IDE, "infirmier", name="Julie Petit")
+        await uc.enrol(dr_a, "medecin_generaliste", name="Anne Abel", roles=["tcim"])
+        await uc.enrol(dr_b, "medecin_generaliste", name="Bruno Blanc", roles=["tcim"])
+        room = await uc.patient(CODE, [IDE])
+        await uc.say(IDE, room, "!tcim demande snp sans_mt=oui deplacement=non toux fébrile, patiente alitée")
+        asked = [s.recipient for s in await uc.fire_due() if s.action == "direct"]
+        assert sorted(asked) == [dr_a, dr_b]
+        sent = await uc.say(IDE, room, "!tcim interrompre la patiente part aux urgences")
+        told = {s.recipient: s.body for s in sent if s.action == "direct"}
+        assert set(told) == {dr_a, dr_b}
+        assert all(f"{CODE}/1" in b and "annulée" in b and "Dupont" not in b and "urgences" not in b
+                   for b in told.values())  # code only, and not the clinical reason
+        await uc.say(IDE, room, "!dec medecin snp toux fébrile")
+        await uc.fire_due(timedelta(hours=3))
+        sent = await uc.say(IDE, room, "!annuler 2 plus besoin")
+        assert {s.recipient for s in sent if s.action == "direct"} == {dr_a, dr_b}
+    finally:
+        await uc.close()
