@@ -123,6 +123,7 @@ class Ligne:
     cotisation_jusqu_au: datetime | None = None
     roles_demandeur: frozenset[str] = frozenset()
     criteres: frozenset[str] = frozenset()  # the criteria already met
+    annulee: bool = False  # its request was called off (!annuler, TCIM interrompue): nothing more will come
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,9 @@ def tarifer(bareme: Bareme, ligne: Ligne, tz: ZoneInfo) -> Tarif:
         return Tarif(Etat.NON_ELIGIBLE, r.montant_cents,
                      f"cotisation non à jour le {_jour(ligne.at, tz)}", **common)
     manque = tuple(c for c in r.criteres if c not in ligne.criteres)
+    if manque and ligne.annulee:
+        return Tarif(Etat.NON_ELIGIBLE, r.montant_cents, "demande annulée avant : "
+                     + ", ".join(CRITERES[c][0] for c in manque), **common)
     if manque:
         return Tarif(Etat.EN_ATTENTE, r.montant_cents,
                      "manque : " + ", ".join(CRITERES[c][0] for c in manque), manque=manque, **common)

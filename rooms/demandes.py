@@ -383,6 +383,7 @@ async def cancel(ctx, patient: Patient, row: DemandeRow, motif: str) -> None:
     await _save(ctx, outcome, row, d)
     await on_closed(ctx, row, outcome)
     await close_notices(ctx, patient, d)
+    await indemnites.call_off(ctx, f"demande:{row.id}")
     await _flow_hook(ctx, "cancelled", patient, row, d)
 
 

@@ -88,6 +88,14 @@ async def add_criterion(ctx, ref: str, critere: str, *, user_id: str | None = No
     return acts
 
 
+async def call_off(ctx, ref: str) -> None:
+    """The request of `ref` was called off: its lines still waiting for a criterion will not get it
+    (priced non éligible, no more « à compléter » hints); those already éligible stay so."""
+    for act in (await ctx.session.scalars(select(Act).where(Act.ref == ref, Act.correction == 0))).all():
+        act.details = {**act.details, "annulee": True}  # a new dict: JSON change seen
+        await price(ctx.session, ctx.services, act, ctx.now)
+
+
 async def reprice_user(ctx, user_id: str) -> int:
     """The professional's lines after a directory change (cotisation corrected): open lines move,
     frozen ones get corrections."""
@@ -202,7 +210,7 @@ async def facts(session: AsyncSession, services, act: Act, cache: dict) -> Ligne
     return Ligne(acte=act.kind, at=act.at, parcours=act.parcours, flux=details.get("flow"),
                  profession=prof.profession if prof else None,
                  cotisation_jusqu_au=prof.cotisation_until if prof else None,
-                 roles_demandeur=frozenset(roles), criteres=frozenset(met))
+                 roles_demandeur=frozenset(roles), criteres=frozenset(met), annulee=bool(details.get("annulee")))
 
 
 async def _cached(session, cache: dict, model, key):

@@ -330,6 +330,7 @@ async def interrupt(ctx, patient: Patient, ref, motif: str) -> None:
     if tc.d.etat not in (DemandeEtat.CLOTUREE, DemandeEtat.ANNULEE):
         annuler(tc.d, ctx.sender, f"TCIM interrompue : {motif}", ctx.now)
         await demandes.close_notices(ctx, patient, tc.d)  # the signatories asked in their direct chat
+    await indemnites.call_off(ctx, tc.ref)
     await ctx.services.store.cancel_deadlines(f"demande:{tc.row.id}", session=ctx.session)
     await _cancel_timers(tc)
     tc.log("interruption", motif)
@@ -470,6 +471,7 @@ async def on_closed(ctx, patient: Patient, row: DemandeRow, d: Demande) -> None:
                    "`!tcim interrompre <motif>`.", usage=False)
     if d.etat is DemandeEtat.ANNULEE:
         tc.st.interrompre(ctx.sender, d.motif_annulation or "demande annulée", ctx.now)
+        await indemnites.call_off(ctx, tc.ref)
     else:
         tc.st.etat, tc.st.closed_at = Etat.CLOSE, ctx.now
     await _cancel_timers(tc)

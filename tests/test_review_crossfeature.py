@@ -290,3 +290,25 @@ async def test_the_pool_is_told_when_a_request_or_a_tcim_it_was_asked_is_called_
         assert {s.recipient for s in sent if s.action == "direct"} == {dr_a, dr_b}
     finally:
         await uc.close()
+
+
+async def test_an_interrupted_tcim_does_not_leave_its_lines_waiting_for_a_cr_forever(tmp_path):
+    uc = await UseCases.open(tmp_path / "bot", clock=FakeClock(START))
+    try:
+        await uc.enrol(IDE, "infirmier", name="Julie Petit")
+        await uc.enrol(MT, "medecin_generaliste", name="Dr Martin", roles=["tcim"])
+        room = await uc.patient(CODE, [IDE])
+        await uc.say(IDE, room, "!tcim demande snp sans_mt=oui deplacement=non toux fébrile, patiente alitée")
+        await uc.fire_due()
+        await uc.say(MT, uc.direct_room(MT), f"accepter {CODE}/1")
+        await uc.say(MT, room, "!rdv 1 demain 14h teleconsultation")
+        await uc.say(IDE, room, "!tcim confirmer")
+        await uc.say(IDE, room, "!tcim interrompre la patiente part aux urgences")
+        async with uc.bot.store.session() as s:
+            acts = {a.kind: a for a in (await s.scalars(select(Act).where(Act.kind.like("tcim%")))).all()}
+        assert {k: a.etat for k, a in acts.items()} == {"tcim_medecin": "non_eligible", "tcim_infirmier": "non_eligible"}
+        assert "annulée" in acts["tcim_medecin"].motif
+        mine = _bodies(await uc.say(MT, uc.direct_room(MT), "indemnites"))
+        assert "!cr" not in mine  # no hint to post a CR on a request called off
+    finally:
+        await uc.close()
