@@ -293,7 +293,7 @@ def _date_and_value(ctx, rest: list[str]) -> tuple[date | None, str | None]:
     day, words = None, []
     for word in rest:
         looks_like_date = any(ch.isdigit() for ch in word) and word.count("/") == 2
-        parsed = parse_date(word, today) if looks_like_date else None
+        parsed = parse_date(word, today)  # JJ/MM/AAAA, and « hier », « aujourd'hui »
         if looks_like_date and parsed is None:
             ctx.refuse(f"« {literal(word)} » n'est pas une date qui existe (JJ/MM/AAAA)")
         if parsed is not None and day is None:

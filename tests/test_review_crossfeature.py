@@ -312,3 +312,12 @@ async def test_an_interrupted_tcim_does_not_leave_its_lines_waiting_for_a_cr_for
         assert "!cr" not in mine  # no hint to post a CR on a request called off
     finally:
         await uc.close()
+
+
+async def test_suivi_done_hier_is_recorded_yesterday(tmp_path):
+    uc = await _world(tmp_path, "insuffisance_cardiaque")
+    try:
+        done = (await uc.say(IDE, uc.room, "!suivi consultation_mg hier"))[0].body
+        assert "mercredi 11 mars" in done and "hier" not in done.split("noté :")[1]
+    finally:
+        await uc.close()
