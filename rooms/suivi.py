@@ -615,7 +615,7 @@ async def digest_pro(ctx, deadline) -> None:
         d = demandes.read(ctx.store.cipher, row)
         if d.acceptee_par == user:
             mine.append(f"- {row.patient_code}/{d.numero} · {d.libelle or d.flow} ({d.etat.value.replace('_', ' ')})")
-        elif d.acceptee_par is None and user in d.sollicites:
+        elif d.acceptee_par is None and user in d.sollicites and user not in d.refus:  # declined: answered
             asked.append(f"- {row.patient_code}/{d.numero} · {d.libelle or d.flow} : réponse attendue")
     lines += ["", "**Demandes en attente de votre réponse**", *(asked or ["- aucune"])]
     lines += ["", "**Vos prises en charge en cours**", *(mine or ["- aucune"])]

@@ -321,3 +321,15 @@ async def test_suivi_done_hier_is_recorded_yesterday(tmp_path):
         assert "mercredi 11 mars" in done and "hier" not in done.split("noté :")[1]
     finally:
         await uc.close()
+
+
+async def test_the_weekly_digest_does_not_wait_for_an_answer_already_given(tmp_path):
+    uc = await _world(tmp_path)
+    try:
+        await uc.say(MT, uc.direct_room(MT), "horaires 8h-19h")  # plans MT's weekly digest
+        await uc.say(IDE, uc.room, "!dec medecin snp toux fébrile depuis 3 jours")
+        await uc.say(MT, uc.room, "!refuser 1 absent cette semaine")
+        digest = [s for s in await uc.fire_due(timedelta(days=7)) if "Ce qui vous attend" in s.body]
+        assert not any(f"{CODE}/1" in s.body for s in digest if s.recipient == MT)
+    finally:
+        await uc.close()
