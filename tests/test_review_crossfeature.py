@@ -333,3 +333,21 @@ async def test_the_weekly_digest_does_not_wait_for_an_answer_already_given(tmp_p
         assert not any(f"{CODE}/1" in s.body for s in digest if s.recipient == MT)
     finally:
         await uc.close()
+
+
+async def test_a_second_slot_that_passes_without_start_is_escalated_too(tmp_path):
+    uc = await UseCases.open(tmp_path / "bot", clock=FakeClock(START))
+    try:
+        await uc.enrol(IDE, "infirmier", name="Julie Petit")
+        await uc.enrol(MT, "medecin_generaliste", name="Dr Martin", roles=["tcim"])
+        room = await uc.patient(CODE, [IDE])
+        await uc.say(IDE, room, "!tcim demande snp sans_mt=oui deplacement=non toux fébrile, patiente alitée")
+        await uc.fire_due()
+        await uc.say(MT, uc.direct_room(MT), f"accepter {CODE}/1")
+        for slot in range(2):
+            await uc.say(MT, room, "!rdv 1 demain 14h teleconsultation")
+            await uc.say(IDE, room, "!tcim confirmer")
+            late = [s for s in await uc.fire_due(timedelta(days=1, hours=6)) if s.room_id == COORDINATION_ROOM]
+            assert len(late) == 1 and "créneau passé sans début" in late[0].body, f"slot {slot + 1}"
+    finally:
+        await uc.close()
