@@ -46,10 +46,11 @@ class ArgumentError(Exception):
 
     `markup` is the same text with the user's input wrapped in literal() (for render())."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, *, final: bool = False):
         super().__init__(unmark(message))
         self.message = unmark(message)
         self.markup = message
+        self.final = final  # the word is of this type but wrong: an optional parameter does not pass it on
 
 
 # --- tokens ------------------------------------------------------------------------------

@@ -10,7 +10,14 @@ from commands.arguments import ArgType, ArgumentError, Choice
 from commands.cercle import resolve_person
 from commands.demandes import DemandeRef
 from commands.registry import COORDINATION, DIRECT, CommandGroup, Param
-from domain.indemnites import Trimestre, dernier_trimestre_termine, euros, parse_trimestre, trimestre_de
+from domain.indemnites import (
+    Trimestre,
+    dernier_trimestre_termine,
+    euros,
+    looks_like_trimestre,
+    parse_trimestre,
+    trimestre_de,
+)
 from domain.markup import literal
 from rooms import indemnites
 
@@ -27,7 +34,7 @@ class Quarter(ArgType):
         try:
             return parse_trimestre(text), pos + 1
         except ValueError as e:
-            raise ArgumentError(str(e)) from None
+            raise ArgumentError(str(e), final=looks_like_trimestre(text)) from None
 
 
 class Target(ArgType):
@@ -41,7 +48,9 @@ class Target(ArgType):
         text = tokens[pos].text.strip()
         try:
             parse_trimestre(text)
-        except ValueError:
+        except ValueError as e:
+            if looks_like_trimestre(text):  # 2026-T9: an impossible quarter, not a professional
+                raise ArgumentError(str(e), final=True) from None
             return text, pos + 1
         raise ArgumentError("un trimestre n'est pas un professionnel")
 

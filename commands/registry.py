@@ -373,9 +373,9 @@ class CommandRegistry:
                 continue
             try:
                 value, pos_after = param.type.parse(positional, pos, ctx)
-            except ArgumentError:
+            except ArgumentError as e:
                 # An optional argument that does not fit leaves the words to the next one.
-                if param.optional and index < len(cmd.params) - 1:
+                if param.optional and index < len(cmd.params) - 1 and not e.final:
                     arguments[param.name] = None
                     continue
                 raise

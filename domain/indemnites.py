@@ -123,6 +123,7 @@ class Ligne:
     cotisation_jusqu_au: datetime | None = None
     roles_demandeur: frozenset[str] = frozenset()
     criteres: frozenset[str] = frozenset()  # the criteria already met
+    annulee: bool = False  # its request was called off (!annuler, TCIM interrompue): nothing more will come
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,9 @@ def tarifer(bareme: Bareme, ligne: Ligne, tz: ZoneInfo) -> Tarif:
         return Tarif(Etat.NON_ELIGIBLE, r.montant_cents,
                      f"cotisation non à jour le {_jour(ligne.at, tz)}", **common)
     manque = tuple(c for c in r.criteres if c not in ligne.criteres)
+    if manque and ligne.annulee:
+        return Tarif(Etat.NON_ELIGIBLE, r.montant_cents, "demande annulée avant : "
+                     + ", ".join(CRITERES[c][0] for c in manque), **common)
     if manque:
         return Tarif(Etat.EN_ATTENTE, r.montant_cents,
                      "manque : " + ", ".join(CRITERES[c][0] for c in manque), manque=manque, **common)
@@ -217,9 +221,19 @@ def dernier_trimestre_termine(now: datetime, tz: ZoneInfo) -> Trimestre:
 _TRIMESTRE = re.compile(r"^(?:(\d{4})[-/ ]?[tq]([1-4])|[tq]([1-4])[-/ ]?(\d{4}))$", re.IGNORECASE)
 
 
+_TRIMESTRE_LIBRE = re.compile(r"^(?:\d{4}[-/ ]?[tq]\d+|[tq]\d+[-/ ]?\d{4})$", re.IGNORECASE)
+
+
+def looks_like_trimestre(text: str) -> bool:
+    """`2026-T5`: meant as a quarter, even an impossible one (answered as such, not as something else)."""
+    return bool(_TRIMESTRE_LIBRE.match(text.strip()))
+
+
 def parse_trimestre(text: str) -> Trimestre:
     """`2026-T3`, `2026T3`, `T3-2026`, `2026-Q3`; raises ValueError with a French message."""
     m = _TRIMESTRE.match(text.strip())
+    if not m and looks_like_trimestre(text):
+        raise ValueError(f"« {text} » n'est pas un trimestre : un trimestre va de T1 à T4 (par exemple 2026-T3)")
     if not m:
         raise ValueError(f"trimestre attendu sous la forme 2026-T3, pas « {text} »")
     annee, numero = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))

@@ -150,6 +150,7 @@ class TcimState:
         if self.etat is not Etat.CRENEAU_PROPOSE:
             return f"la TCIM est {ETAT_TEXTE[self.etat]} : il n'y a pas de créneau à confirmer"
         self.confirme_par, self.confirme_at, self.etat = par, now, Etat.CONFIRMEE
+        self.retard_signale = False  # a new slot: its own escalation if it passes too
         return None
 
     def contre_proposer(self, texte: str) -> str | None:

@@ -6,6 +6,7 @@ whether she consulted (the `alerte.suivi` deadline, in DEADLINE_HANDLERS at the 
 """
 from __future__ import annotations
 
+import base64
 import re
 
 from domain.markup import literal
@@ -57,6 +58,23 @@ def pick_signs(signes: str | None, constates) -> tuple[list[str], list[str]]:
     return known, free
 
 
+def _signs(ctx, ref: str, known: list[str], free: list[str]) -> dict:
+    """The ledger line's signs: the parcours' own labels in clear (data), the free-text ones
+    encrypted (clinical text typed by a person; Act.details is a plain column, decisions.md 9)."""
+    details = {"signes": known}
+    if free:
+        blob = ctx.store.cipher.encrypt_json(free, f"{ref}:signes")
+        details["signes_libres_enc"] = base64.b64encode(blob).decode()
+    return details
+
+
+def signs_of(cipher, act) -> list[str]:
+    """Every sign of a red-flag or alerte line, the free-text ones decrypted (cahier de liaison)."""
+    free = act.details.get("signes_libres_enc")
+    return [*(act.details.get("signes") or []),
+            *(cipher.decrypt_json(base64.b64decode(free), f"{act.ref}:signes") if free else [])]
+
+
 async def red_flag(ctx, patient: Patient, texte: str, *, signes: str | None, parcours: str | None,
                    confirme: bool) -> None:
     """`!redflag`: check the values against the parcours' thresholds, then ask the MT (8 h)."""
@@ -101,7 +119,7 @@ async def red_flag(ctx, patient: Patient, texte: str, *, signes: str | None, par
     await indemnites.record(ctx, user_id=ctx.sender, kind="red_flag", ref=f"demande:{row.id}",
                             patient_code=patient.code, parcours=candidates[0].code if candidates else None,
                             criteres=("commentaire",), flow=flow.code, seuils=[h.code for h in hits],
-                            signes=known + free)
+                            **_signs(ctx, f"demande:{row.id}", known, free))
     mt = patient.medecin_traitant
     ctx.reply(_red_flag_notice(ctx, patient, d, flow, candidates, hits, known + free, notes),
               mentions=await names(ctx.session, [mt] if mt else []), ref=f"demande:{row.id}:red_flag")
@@ -158,7 +176,7 @@ async def alerte_critique(ctx, patient: Patient, texte: str, *, signes: str | No
     ctx.reply("\n".join(lines), mentions=noms)
     await indemnites.record(ctx, user_id=ctx.sender, kind="alerte_critique", ref=f"alerte:{ctx.event_id}",
                             patient_code=patient.code, parcours=p.code, criteres=("commentaire",),
-                            signes=known + free, seuils=[h.code for h in hits])
+                            seuils=[h.code for h in hits], **_signs(ctx, f"alerte:{ctx.event_id}", known, free))
     await ctx.services.store.add_deadline("alerte.suivi", f"alerte:{patient.code}:{ctx.event_id}", due, ctx.now,
                                           payload={"room_id": patient.room_id, "auteur": ctx.sender,
                                                    "mention": sorted(mention)}, session=ctx.session)

@@ -3,6 +3,7 @@ accepter, refuser). The commands (commands/cercle.py) parse and call these use c
 from __future__ import annotations
 
 from domain.markup import literal
+from rooms import suivi
 from rooms.directory import direct_room_of, has_role, profession_label, resolve_person
 from rooms.patients import (
     add_member,
@@ -36,6 +37,7 @@ async def add_to_cercle(ctx, patient: Patient, prof: Professional) -> None:
         ctx.refuse(f"{literal(prof.display_name)} fait déjà partie du cercle", usage=False)
     invite_with_identity(ctx, patient, prof.user_id, f"ajout par {ctx.sender}")
     ctx.reply(f"✅ {literal(prof.display_name)} ({profession_label(prof.profession)}) est invité·e dans le cercle.")
+    await suivi.replan(ctx, patient)  # the follow-up reminders now concern them too
 
 
 async def remove_from_cercle(ctx, patient: Patient, prof: Professional) -> None:
@@ -47,6 +49,7 @@ async def remove_from_cercle(ctx, patient: Patient, prof: Professional) -> None:
     row.removed_at = ctx.now
     ctx.queue("kick", patient.room_id, {"user_id": prof.user_id, "reason": f"retiré du cercle par {ctx.sender}"})
     ctx.reply(f"✅ {literal(prof.display_name)} est retiré·e du cercle.")
+    await suivi.replan(ctx, patient)  # their pending follow-up reminders about this patient are cancelled
 
 
 async def request_access(ctx, code: str) -> None:
@@ -86,6 +89,7 @@ async def answer_access(ctx, patient: Patient, cible: str, *, accept: bool) -> N
     await add_member(ctx.session, patient.code, prof.user_id, "habituel", ctx.sender, ctx.now)
     invite_with_identity(ctx, patient, prof.user_id, f"accès accordé par {ctx.sender}")
     ctx.reply(f"✅ Accès accordé à {literal(prof.display_name)}.")
+    await suivi.replan(ctx, patient)
 
 
 async def _approvers(ctx, patient: Patient) -> set[str]:

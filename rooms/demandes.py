@@ -395,7 +395,20 @@ async def cancel(ctx, patient: Patient, row: DemandeRow, motif: str) -> None:
     outcome = annuler(d, ctx.sender, motif, ctx.now)
     await _save(ctx, outcome, row, d)
     await on_closed(ctx, row, outcome)
+    await close_notices(ctx, patient, d)
+    await indemnites.call_off(ctx, f"demande:{row.id}")
     await _flow_hook(ctx, "cancelled", patient, row, d)
+
+
+async def close_notices(ctx, patient: Patient, d: Demande) -> None:
+    """Called off: those asked outside the cercle (pool, direct notices) are told their notice is
+    closed, as they are when someone accepts; code only, not the reason (clinical, for the cercle)."""
+    if d.acceptee_par is not None:
+        return  # their notices were closed at the acceptance (on_accepted)
+    members = {m.user_id for m in await cercle_members(ctx.session, patient.code)}
+    for u in sorted(set(d.sollicites) - members):
+        queue_direct(ctx, u, f"✖️ La demande {demande_ref(patient, d)} a été annulée. Merci, votre notification "
+                             "est close.")
 
 
 async def _flow_hook(ctx, step: str, patient: Patient, row: DemandeRow, d: Demande) -> bool:

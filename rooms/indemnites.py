@@ -88,6 +88,14 @@ async def add_criterion(ctx, ref: str, critere: str, *, user_id: str | None = No
     return acts
 
 
+async def call_off(ctx, ref: str) -> None:
+    """The request of `ref` was called off: its lines still waiting for a criterion will not get it
+    (priced non éligible, no more « à compléter » hints); those already éligible stay so."""
+    for act in (await ctx.session.scalars(select(Act).where(Act.ref == ref, Act.correction == 0))).all():
+        act.details = {**act.details, "annulee": True}  # a new dict: JSON change seen
+        await price(ctx.session, ctx.services, act, ctx.now)
+
+
 async def reprice_user(ctx, user_id: str) -> int:
     """The professional's lines after a directory change (cotisation corrected): open lines move,
     frozen ones get corrections."""
@@ -202,7 +210,7 @@ async def facts(session: AsyncSession, services, act: Act, cache: dict) -> Ligne
     return Ligne(acte=act.kind, at=act.at, parcours=act.parcours, flux=details.get("flow"),
                  profession=prof.profession if prof else None,
                  cotisation_jusqu_au=prof.cotisation_until if prof else None,
-                 roles_demandeur=frozenset(roles), criteres=frozenset(met))
+                 roles_demandeur=frozenset(roles), criteres=frozenset(met), annulee=bool(details.get("annulee")))
 
 
 async def _cached(session, cache: dict, model, key):
@@ -277,13 +285,14 @@ async def lines(session: AsyncSession, trimestre: Trimestre, user_id: str | None
 
 
 async def demande_refs(session: AsyncSession, acts: list[Act]) -> dict[str, str]:
-    """ "demande:12" -> "P-7K3Q/3" (what clinicians type), for the lines that have one."""
-    ids = {int(a.ref.split(":")[1]) for a in acts if a.ref and a.ref.startswith("demande:")}
+    """ "demande:12" -> "P-7K3Q/3" (what clinicians type), for the lines that have one; a TCIM's
+    lines (rooms.tcim: "tcim:<request id>") name their request too."""
+    ids = {int(a.ref.split(":")[1]) for a in acts if a.ref and a.ref.startswith(("demande:", "tcim:"))}
     if not ids:
         return {}
     rows = (await session.execute(select(DemandeRow.id, DemandeRow.patient_code, DemandeRow.numero)
                                   .where(DemandeRow.id.in_(ids)))).all()
-    return {f"demande:{i}": f"{code}/{n}" for i, code, n in rows}
+    return {f"{kind}:{i}": f"{code}/{n}" for i, code, n in rows for kind in ("demande", "tcim")}
 
 
 def to_do(act: Act, refs: dict[str, str]) -> str:

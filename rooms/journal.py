@@ -25,6 +25,7 @@ from domain.parcours import find_parcours
 from domain.suivi import show_value
 from domain.text import normalize
 from rooms import demandes, tcim
+from rooms.alertes import signs_of
 from rooms.directory import names
 from rooms.questionnaires import answers_of
 from rooms.suivi import show_fait
@@ -98,9 +99,12 @@ async def source_demandes(ctx, patient: Patient) -> list[Entree]:
 async def source_alertes(ctx, patient: Patient) -> list[Entree]:
     rows = (await ctx.session.scalars(select(Act).where(Act.patient_code == patient.code,
                                                         Act.kind == "alerte_critique"))).all()
-    return [Entree(a.at, a.user_id, "Alerte critique" + (f" : {', '.join(a.details.get('signes', []))}"
-                                                        if a.details.get("signes") else ""), a.parcours, "alerte")
-            for a in rows]
+    out = []
+    for a in rows:
+        signes = signs_of(ctx.store.cipher, a)
+        out.append(Entree(a.at, a.user_id, "Alerte critique" + (f" : {', '.join(signes)}" if signes else ""),
+                          a.parcours, "alerte"))
+    return out
 
 
 async def source_questionnaires(ctx, patient: Patient) -> list[Entree]:

@@ -74,6 +74,7 @@ async def exit_parcours(ctx, patient: Patient, parcours: str, raison: str) -> No
     inclusion.end_reason_enc = ctx.services.store.cipher.encrypt_text(raison, f"inclusion:{inclusion.id}")
     await questionnaires.on_exit(ctx, inclusion)
     await ctx.session.flush()
+    await suivi.replan(ctx, patient)  # that parcours' pending reminders are cancelled (its éléments are no longer planned)
     names = await _parcours_names(ctx, patient)
     if names:
         ctx.queue("state", patient.room_id, {"type": "m.room.name", "state_key": "",

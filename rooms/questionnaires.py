@@ -17,12 +17,14 @@ The questions are data (domain.questionnaires, data/questionnaires/*.yaml). Here
 """
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
 
 from sqlalchemy import select
 
 from domain.markup import literal
 from domain.notification_hours import ALWAYS, NotificationHours
+from domain.permissions import may_act_in_cercle
 from domain.questionnaires import (
     Question,
     Questionnaire,
@@ -37,7 +39,9 @@ from domain.questionnaires import (
 )
 from domain.text import format_french_datetime
 from rooms import demandes
+from rooms.access import actor, require_cercle
 from rooms.directory import names
+from rooms.patients import cercle_members
 from storage.models import Demande as DemandeRow
 from storage.models import Inclusion, Patient, Professional, QuestionnaireRun
 from storage.questionnaires import postpone, runs_of_inclusion, runs_of_patient
@@ -101,7 +105,9 @@ async def on_exit(ctx, inclusion: Inclusion) -> None:
 async def addressee(ctx, patient: Patient, run: QuestionnaireRun, qn: Questionnaire) -> str:
     """Who answers, as the questionnaire file says (`destinataire`): the professional who holds the
     patient's request of this parcours, i.e. its last acceptor (`porteur`: the Vigie Référent), or
-    its requester (`demandeur`: the médecin SOS, for J0); else the author of the inclusion."""
+    its requester (`demandeur`: the médecin SOS, for J0); else the author of the inclusion. Only a
+    current member of the cercle: someone who left it is not asked about the patient (decisions.md 10)."""
+    members = {m.user_id for m in await cercle_members(ctx.session, patient.code)}
     rows = (await ctx.session.scalars(select(DemandeRow).where(DemandeRow.room_id == patient.room_id)
                                       .order_by(DemandeRow.id.desc()))).all()
     for row in rows:
@@ -110,9 +116,11 @@ async def addressee(ctx, patient: Patient, run: QuestionnaireRun, qn: Questionna
             continue
         if qn.destinataire == "demandeur":
             d = demandes.read(ctx.store.cipher, row)
-            return d.pour_compte_de or d.demandeur  # a secretary's request belongs to her professional
-        if row.acceptee_par:
-            return row.acceptee_par
+            who = d.pour_compte_de or d.demandeur  # a secretary's request belongs to her professional
+        else:
+            who = row.acceptee_par
+        if who in members:
+            return who
     inclusion = await ctx.session.get(Inclusion, run.inclusion_id)
     return inclusion.included_by
 
@@ -251,6 +259,8 @@ async def answer_typed(ctx, text: str) -> None:
 async def _typed(ctx, run: QuestionnaireRun, text: str) -> None:
     if run.status == "en_pause":
         ctx.refuse("le questionnaire est en pause : `!questionnaire reprendre` d'abord", usage=False)
+    # A reply skips the dispatch's checks: the cercle is checked here, as for `!q`.
+    await require_cercle(ctx, await ctx.session.get(Patient, run.patient_code))
     if ctx.sender != run.addressee:
         ctx.refuse(await _not_yours(ctx, run), usage=False)
     q = questionnaire_of(ctx, run).question(run.current)
@@ -289,6 +299,8 @@ async def on_vote(ctx, ref: str, answer_ids: list[str]) -> None:
     run = await _run_for_ref(ctx, ref)
     if run is None:
         return  # an ended poll, a paused questionnaire, or not ours
+    if not may_act_in_cercle(await actor(ctx, await ctx.session.get(Patient, run.patient_code), ctx.sender)):
+        return  # a former member's vote (votes skip the dispatch's cercle check)
     if ctx.sender != run.addressee:
         told = f"{ref} {ctx.sender}"
         if told not in (run.told or []):  # once per voter and question: Element resends at each change
@@ -300,8 +312,10 @@ async def on_vote(ctx, ref: str, answer_ids: list[str]) -> None:
     reponse = reponse_au_vote(q, answer_ids)
     if q.type == "choix_multiple":
         # Element sends one vote per tap: the selection counts once it has not changed for SETTLE.
+        # The choices are an answer (health data): encrypted in the timer's plain JSON payload.
+        chosen = base64.b64encode(ctx.store.cipher.encrypt_json(list(answer_ids), f"{ref}:vote")).decode()
         await postpone(ctx.session, KIND_SETTLE, ref, ctx.now + SETTLE, ctx.now,
-                       {"room_id": run.room_id, "answer_ids": list(answer_ids), "par": ctx.sender})
+                       {"room_id": run.room_id, "answers_enc": chosen, "par": ctx.sender})
         return
     if reponse is not None:
         await record(ctx, run, reponse, "vote")
@@ -312,7 +326,10 @@ async def vote_settled(ctx, deadline) -> None:
     run = await _run_for_ref(ctx, deadline.ref)
     if run is None:
         return
-    reponse = reponse_au_vote(questionnaire_of(ctx, run).question(run.current), deadline.payload.get("answer_ids", []))
+    chosen = deadline.payload.get("answers_enc")
+    answer_ids = (ctx.store.cipher.decrypt_json(base64.b64decode(chosen), f"{deadline.ref}:vote") if chosen
+                  else deadline.payload.get("answer_ids", []))  # a row planned before the choices were encrypted
+    reponse = reponse_au_vote(questionnaire_of(ctx, run).question(run.current), answer_ids)
     if reponse is None:
         return  # the vote was withdrawn
     ctx.sender = deadline.payload.get("par", run.addressee)  # the trail names the voter, not the timer

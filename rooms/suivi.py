@@ -293,7 +293,7 @@ def _date_and_value(ctx, rest: list[str]) -> tuple[date | None, str | None]:
     day, words = None, []
     for word in rest:
         looks_like_date = any(ch.isdigit() for ch in word) and word.count("/") == 2
-        parsed = parse_date(word, today) if looks_like_date else None
+        parsed = parse_date(word, today)  # JJ/MM/AAAA, and « hier », « aujourd'hui »
         if looks_like_date and parsed is None:
             ctx.refuse(f"« {literal(word)} » n'est pas une date qui existe (JJ/MM/AAAA)")
         if parsed is not None and day is None:
@@ -323,8 +323,13 @@ async def _record(ctx, patient: Patient, keys: list[str], day: date | None, valu
             stored, signs = _fiche(ctx, p, e, value)
         row = await observations.record(ctx.session, ctx.store.cipher, patient_code=patient.code, parcours=p.code,
                                         kind="suivi", element=e.code, value=stored, at=at, by=ctx.sender, now=ctx.now)
-        await indemnites.record(ctx, user_id=ctx.sender, kind="suivi", ref=f"observation:{row.id}",
-                                patient_code=patient.code, parcours=p.code, element=e.code)
+        # One act per professional, élément and day done: the same élément typed again that day (a
+        # correction, a double post, « fait » after `!suivi`) is kept as an observation, not paid twice.
+        done = at.astimezone(ctx.services.tz).date()
+        await indemnites.record(ctx, user_id=ctx.sender, kind="suivi",
+                                ref=f"suivi-acte:{patient.code}:{p.code}:{e.code}:{done:%Y-%m-%d}",
+                                patient_code=patient.code, parcours=p.code, element=e.code, observation=row.id,
+                                photos=isinstance(stored, dict) and stored["champs"].get(PHOTOS_FIELD) is True)
         lines.append(f"✅ **{e.libelle}** ({p.nom}) noté : {_day(ctx, at)}"
                      + (f", {literal(show_fait(e, stored))}" if stored else "") + ".")
         if signs:
@@ -415,6 +420,10 @@ async def _may_record(ctx, patient: Patient) -> bool:
     return any(m.user_id == ctx.sender for m in await cercle_members(ctx.session, patient.code))
 
 
+# The fiche's « Photos postées » field: the plaie suivi act's other criterion (S000 L922 « Poste de
+# photos et renseignement de la fiche de suivi »; data/parcours/plaie.yaml, tarif plaie_suivi).
+PHOTOS_FIELD = "photos_postees"
+
 _DONE = ("fait", "faite", "ok", "✅", "realise", "realisee", "fini", "effectue", "effectuee")
 
 
@@ -452,8 +461,8 @@ def _ref(patient: Patient, element: str, due: datetime, user_id: str) -> str:
 
 async def replan(ctx, patient: Patient) -> None:
     """Plan each élément's next reminders: one row per professional concerned, at their next allowed
-    hour. Rows of an earlier plan still pending are cancelled; a (kind, ref) that exists already —
-    fired included — is not planned again: each reminder is sent once."""
+    hour. Rows of an earlier plan still pending are cancelled; a (kind, ref) that fired is not planned
+    again (each reminder is sent once); a cancelled one wanted again is re-armed."""
     if patient.room_id is None:
         return
     planned: set[tuple[str, str]] = set()
@@ -491,6 +500,8 @@ async def replan(ctx, patient: Patient) -> None:
     by_key = {(d.kind, d.ref): d for d in pending}
     for kind, ref, due_at, payload in wanted:
         row = by_key.get((kind, ref))
+        if row is not None and row.status == "cancelled":
+            row.status, row.payload = "pending", payload  # never sent: wanted again (a parcours rejoined)
         if row is not None and row.status == "pending" and row.due_at != due_at:
             row.due_at = due_at  # the professional's hours changed since it was planned
         if (kind, ref) not in existing:
@@ -604,7 +615,7 @@ async def digest_pro(ctx, deadline) -> None:
         d = demandes.read(ctx.store.cipher, row)
         if d.acceptee_par == user:
             mine.append(f"- {row.patient_code}/{d.numero} · {d.libelle or d.flow} ({d.etat.value.replace('_', ' ')})")
-        elif d.acceptee_par is None and user in d.sollicites:
+        elif d.acceptee_par is None and user in d.sollicites and user not in d.refus:  # declined: answered
             asked.append(f"- {row.patient_code}/{d.numero} · {d.libelle or d.flow} : réponse attendue")
     lines += ["", "**Demandes en attente de votre réponse**", *(asked or ["- aucune"])]
     lines += ["", "**Vos prises en charge en cours**", *(mine or ["- aucune"])]

@@ -329,6 +329,8 @@ async def interrupt(ctx, patient: Patient, ref, motif: str) -> None:
     _refuse_if(ctx, tc.st.interrompre(ctx.sender, motif, ctx.now), tc)
     if tc.d.etat not in (DemandeEtat.CLOTUREE, DemandeEtat.ANNULEE):
         annuler(tc.d, ctx.sender, f"TCIM interrompue : {motif}", ctx.now)
+        await demandes.close_notices(ctx, patient, tc.d)  # the signatories asked in their direct chat
+    await indemnites.call_off(ctx, tc.ref)
     await ctx.services.store.cancel_deadlines(f"demande:{tc.row.id}", session=ctx.session)
     await _cancel_timers(tc)
     tc.log("interruption", motif)
@@ -462,8 +464,14 @@ async def on_closed(ctx, patient: Patient, row: DemandeRow, d: Demande) -> None:
     tc = await _hooked(ctx, patient, row, d)
     if tc is None or tc.st.etat in (Etat.CLOSE, Etat.INTERROMPUE):
         return
+    if d.etat is not DemandeEtat.ANNULEE and tc.st.etat is not Etat.REALISEE:
+        # « close » counts as a TCIM done (indicators): only once the teleconsultation took place.
+        ctx.refuse(f"{tc.n} : la téléconsultation n'a pas eu lieu ({ETAT_TEXTE[tc.st.etat]}). Elle se clôt "
+                   "d'elle-même après le compte-rendu et l'ordonnance reçue ; pour l'arrêter : "
+                   "`!tcim interrompre <motif>`.", usage=False)
     if d.etat is DemandeEtat.ANNULEE:
         tc.st.interrompre(ctx.sender, d.motif_annulation or "demande annulée", ctx.now)
+        await indemnites.call_off(ctx, tc.ref)
     else:
         tc.st.etat, tc.st.closed_at = Etat.CLOSE, ctx.now
     await _cancel_timers(tc)

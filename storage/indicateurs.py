@@ -28,6 +28,7 @@ RED_FLAG = "red_flag"
 TCIM_REALISEES = ("realisee", "close")  # domain.tcim.Etat: close only follows realisee
 TCIM_INTERROMPUES = ("interrompue",)  # the flow of data/flows.yaml a !redflag creates
 RECHERCHE_MT = "recherche_mt"
+TCIM_MEDECIN = "tcim_medecin"  # the TCIM doctor's ledger line: « acceptation + visio » (issue 12)
 
 
 def _ref_demande():
@@ -39,11 +40,14 @@ def _first_acceptances(since: datetime, user_id: str | None = None):
     """Each request's first acceptance since `since`, as a derived table keyed by ref. Joining the
     ledger to the requests through it, rather than Act directly, keeps the join linear: the ref is
     an expression of demande.id, which no index serves (SQLite indexes the derived table)."""
-    stmt = select(Act.ref.label("ref"), func.min(Act.at).label("at")).where(Act.kind == "acceptation", Act.at >= since,
-                                                                          ORIGINAL)
+    # A TCIM's acceptance is its doctor's line (kind tcim_medecin, ref tcim:<id>, written by rooms.tcim
+    # instead of « acceptation »); it names its request in details.demande.
+    ref = case((Act.kind == TCIM_MEDECIN, Act.details["demande"].as_string()), else_=Act.ref)
+    stmt = select(ref.label("ref"), func.min(Act.at).label("at")).where(
+        Act.kind.in_(("acceptation", TCIM_MEDECIN)), Act.at >= since, ORIGINAL)
     if user_id is not None:
         stmt = stmt.where(Act.user_id == user_id)
-    return stmt.group_by(Act.ref).subquery()
+    return stmt.group_by(ref).subquery()
 
 
 class Requetes:
