@@ -316,6 +316,10 @@ def anniversaire(naissance: date, years: int) -> date:
     return Periode(nombre=years, unite="an").apres(naissance) if years else naissance
 
 
+def _first_of_next_month(day: date) -> date:
+    return date(day.year + day.month // 12, day.month % 12 + 1, 1)
+
+
 def age_le(naissance: date, day: date) -> int:
     """Age in whole years on `day`."""
     years = day.year - naissance.year
@@ -433,8 +437,11 @@ def _phased(e: ElementSuivi, r, c: Contexte, faits: list[Fait]) -> Echeance | No
     last_day = faits[-1].at.astimezone(c.tz).date() if faits else None
     in_phase = [f for f in faits if age_le(c.naissance, f.at.astimezone(c.tz).date()) >= first_min]
     if last_day is None or age_le(c.naissance, last_day) < first_min:
-        # Nothing in the screening ages yet: due from the first phase's birthday (or now, if past).
-        day = max(anniversaire(c.naissance, first_min), last_day or inclusion_day, inclusion_day)
+        # Nothing in the screening ages yet: due from the first phase's birthday (or now, if past),
+        # rounded up to the first of the next month: the timer row's instant is stored in clear, and
+        # the birthday itself would give away the birth date (a screening « from 25 » is not to the day).
+        day = max(_first_of_next_month(anniversaire(c.naissance, first_min)), last_day or inclusion_day,
+                  inclusion_day)
         if phase_at(age_le(c.naissance, day)) is None:
             return None
         due = at_local(day, c.tz) if day > inclusion_day else c.inclusion

@@ -257,6 +257,12 @@ def _gyn(catalogue, code, faits=(), naissance=BORN, inclusion=INCLUSION, **donne
     return ech.due.astimezone(PARIS).date() if ech else None
 
 
+def test_a_first_screening_is_due_on_the_first_of_the_month_after_the_birthday(catalogue):
+    for born, due in ((date(1990, 12, 31), date(2016, 1, 1)), (date(1990, 1, 1), date(2015, 2, 1))):
+        young = datetime(2010, 1, 1, tzinfo=timezone.utc)
+        assert _gyn(catalogue, "frottis", naissance=born, inclusion=young) == due
+
+
 def test_ages_and_birthdays_including_29_february():
     assert age_le(BORN, date(2015, 6, 14)) == 24 and age_le(BORN, date(2015, 6, 15)) == 25
     leap = date(2000, 2, 29)
@@ -266,8 +272,10 @@ def test_ages_and_birthdays_including_29_february():
 
 def test_frottis_from_25_then_one_year_then_3_years_then_5_years_until_65(catalogue):
     young = datetime(2010, 1, 1, tzinfo=timezone.utc)
-    assert _gyn(catalogue, "frottis", inclusion=young) == date(2015, 6, 15)       # 25th birthday
-    assert _gyn(catalogue, "frottis", [date(2015, 6, 14)], inclusion=young) == date(2015, 6, 15)  # at 24: wait
+    # From the 25th birthday, on the first of the next month: the timer's instant is stored in
+    # clear and must not give the birth date away.
+    assert _gyn(catalogue, "frottis", inclusion=young) == date(2015, 7, 1)
+    assert _gyn(catalogue, "frottis", [date(2015, 6, 14)], inclusion=young) == date(2015, 7, 1)  # at 24: wait
     assert _gyn(catalogue, "frottis", [date(2015, 6, 15)]) == date(2016, 6, 15)  # first at 25: +1 an
     assert _gyn(catalogue, "frottis", [date(2015, 6, 15), date(2016, 6, 15)]) == date(2019, 6, 15)  # then 3 ans
     assert _gyn(catalogue, "frottis", [date(2020, 6, 14)]) == date(2021, 6, 14)  # 29: still the 25-30 phase
@@ -282,15 +290,15 @@ def test_frottis_due_now_when_older_than_25_without_any(catalogue):
 
 
 def test_mammographie_from_50_every_2_years(catalogue):
-    assert _gyn(catalogue, "mammographie") == date(2040, 6, 15)                  # 50th birthday
-    assert _gyn(catalogue, "mammographie", [date(2040, 6, 14)]) == date(2040, 6, 15)  # at 49
+    assert _gyn(catalogue, "mammographie") == date(2040, 7, 1)                   # 50th birthday, next month
+    assert _gyn(catalogue, "mammographie", [date(2040, 6, 14)]) == date(2040, 7, 1)  # at 49
     assert _gyn(catalogue, "mammographie", [date(2040, 6, 15)]) == date(2042, 6, 15)
     assert _gyn(catalogue, "mammographie", [date(2070, 6, 15)]) == date(2072, 6, 15)  # no upper age given
 
 
 def test_mammographie_born_on_29_february(catalogue):
     assert _gyn(catalogue, "mammographie", naissance=date(1980, 2, 29),
-                inclusion=datetime(2020, 1, 1, tzinfo=timezone.utc)) == date(2030, 2, 28)
+                inclusion=datetime(2020, 1, 1, tzinfo=timezone.utc)) == date(2030, 3, 1)
     assert _gyn(catalogue, "mammographie", [date(2030, 2, 28)], naissance=date(1980, 2, 29)) == date(2032, 2, 28)
 
 
