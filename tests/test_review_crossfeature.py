@@ -7,10 +7,10 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import select
 
 from domain.clock import FakeClock
-from storage.models import Act, Inclusion, TcimRecord
+from storage.models import Act, TcimRecord
 from storage.models import Demande as DemandeRow
 from tests import test_questionnaires_usecases as vigie
-from tests.usecase import COORDINATION_ROOM, UseCases
+from tests.usecase import COORDINATION_ROOM, UseCases, patient_in_parcours
 
 CODE = "P-REVU"
 MT = "@mt:cpts.test"
@@ -20,15 +20,7 @@ START = datetime(2026, 3, 12, 9, 0, tzinfo=timezone.utc)
 
 
 async def _world(tmp_path, *parcours: str, database_url: str | None = None) -> UseCases:
-    uc = await UseCases.open(tmp_path / "bot", database_url=database_url, clock=FakeClock(START))
-    await uc.enrol(MT, "medecin_generaliste", name="Dr Martin")
-    await uc.enrol(IDE, "infirmier", name="Julie Petit")
-    await uc.enrol(SF, "sage_femme", name="Sophie Leroy")
-    uc.room = await uc.patient(CODE, [MT, IDE, SF], mt=MT)
-    async with uc.bot.store.session.begin() as session:
-        for p in parcours:
-            session.add(Inclusion(patient_code=CODE, parcours=p, included_by=MT, included_at=uc.now()))
-    return uc
+    return await patient_in_parcours(tmp_path, CODE, MT, IDE, SF, *parcours, start=START, database_url=database_url)
 
 
 def _bodies(sent) -> str:

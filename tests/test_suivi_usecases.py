@@ -6,10 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select
 
-from domain.clock import FakeClock
-from storage.models import Act, Inclusion, Observation, Professional
+from storage.models import Act, Observation, Professional
 from storage.repositories import IncomingEvent
-from tests.usecase import UseCases
+from tests.usecase import UseCases, patient_in_parcours
 
 CODE = "P-SUIV"
 MT = "@mt:cpts.test"
@@ -20,15 +19,7 @@ START = datetime(2026, 3, 12, 9, 0, tzinfo=timezone.utc)
 
 
 async def _world(tmp_path, *parcours: str, start: datetime = START, database_url: str | None = None) -> UseCases:
-    uc = await UseCases.open(tmp_path / "bot", database_url=database_url, clock=FakeClock(start))
-    await uc.enrol(MT, "medecin_generaliste", name="Dr Martin")
-    await uc.enrol(IDE, "infirmier", name="Julie Petit")
-    await uc.enrol(SF, "sage_femme", name="Sophie Leroy")
-    uc.room = await uc.patient(CODE, [MT, IDE, SF], mt=MT)
-    async with uc.bot.store.session.begin() as session:
-        for p in parcours:
-            session.add(Inclusion(patient_code=CODE, parcours=p, included_by=MT, included_at=uc.now()))
-    return uc
+    return await patient_in_parcours(tmp_path, CODE, MT, IDE, SF, *parcours, start=start, database_url=database_url)
 
 
 def _bodies(sent) -> str:

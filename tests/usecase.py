@@ -20,7 +20,7 @@ from bot.wiring import compose
 from domain.clock import FakeClock
 from rooms.directory import upsert_professional
 from rooms.patients import Identity, encrypt_identity
-from storage.models import CercleMember, Deadline, OutboxItem, Patient
+from storage.models import CercleMember, Deadline, Inclusion, OutboxItem, Patient
 from storage.repositories import IncomingEvent, open_store
 
 BOT = "@cercle:cpts.test"
@@ -179,3 +179,18 @@ class UseCases:
 
     def now(self) -> datetime:
         return self.clock.now()
+
+
+async def patient_in_parcours(tmp_path, code: str, mt: str, ide: str, sf: str, *parcours: str, start,
+                              database_url: str | None = None) -> UseCases:
+    """A médecin traitant, a nurse and a midwife in the directory, a patient whose cercle they form
+    (`uc.room`), included in `parcours` at `start`: the usual world of the follow-up tests."""
+    uc = await UseCases.open(tmp_path / "bot", database_url=database_url, clock=FakeClock(start))
+    await uc.enrol(mt, "medecin_generaliste", name="Dr Martin")
+    await uc.enrol(ide, "infirmier", name="Julie Petit")
+    await uc.enrol(sf, "sage_femme", name="Sophie Leroy")
+    uc.room = await uc.patient(code, [mt, ide, sf], mt=mt)
+    async with uc.bot.store.session.begin() as session:
+        for p in parcours:
+            session.add(Inclusion(patient_code=code, parcours=p, included_by=mt, included_at=uc.now()))
+    return uc
