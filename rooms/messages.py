@@ -9,6 +9,7 @@ links only for the mention pills render() itself created.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import re
 
@@ -60,6 +61,13 @@ def sanitize(formatted: str, pills: set[str] = frozenset()) -> str:
                      attribute_filter=keep, url_schemes={"https"}, link_rel=None, strip_comments=True)
 
 
+@functools.lru_cache(maxsize=512)
+def _markdown(template: str) -> str:
+    """Markdown → HTML of a template: the bot's own text with user spans stashed as slots, so the
+    same answer (`aide`, a usage line, a notice) converts once per process, not once per message."""
+    return _md.reset().convert(template)
+
+
 def render(md_text: str, *, mentions: dict[str, str] | None = None, reply_to: str | None = None,
            msgtype: str = "m.notice") -> dict:
     """Build an m.room.message content from Markdown.
@@ -77,7 +85,7 @@ def render(md_text: str, *, mentions: dict[str, str] | None = None, reply_to: st
 
     template = unmark(LITERAL_RE.sub(stash, md_text.translate(_NO_SLOTS)))
     body = _plain(template)
-    formatted = _md.reset().convert(template)
+    formatted = _markdown(template)
     pills = set()
     for user_id, name in mentions.items():
         name = unmark(name)
