@@ -58,9 +58,6 @@ class Bot:
         self.reaction_handlers: dict[str, object] = wiring.reaction_handlers
         self.poll_handlers: dict[str, object] = wiring.poll_handlers
         self.reply_handlers: dict[str, object] = wiring.reply_handlers
-        self._inbox_clear = False  # every pending event handled as of the last pass (a read first)
-        self._unlisted_seen = -1  # never equal before the first read
-        self._seen_by_inbox_read: set[str] = set()
         self._at_start = wiring.at_start  # what the use-case modules plan at each start (their AT_START)
         self.homeserver = HomeserverWatch()  # shared by the three parts: one log line per change
         self._wake_worker = asyncio.Event()  # the inbox worker's doorbell
@@ -220,26 +217,17 @@ class Bot:
             await self.schedule_wakeup()
 
     async def process_inbox(self) -> None:
-        """Handle pending events until none is left. What the sync just recorded is handed over in
-        memory (issue 11: not read back); the table is read at the first pass, when a batch was
-        full, and when something else made events pending (a room key arrived, a gap was filled)."""
+        """Handle pending events until none is left; the inbox is read again only when the sync
+        recorded something meanwhile (or a batch was full)."""
         limit = 200
         while True:
-            fresh, unlisted = self.store.take_recorded_events()
-            if self._inbox_clear and unlisted == self._unlisted_seen:
-                pending = [e for e in fresh if e.event_id not in self._seen_by_inbox_read]
-                self._seen_by_inbox_read.clear()
-            else:  # the read covers what was taken above: it was committed before
-                pending = await self.store.pending_events(limit=limit)
-                self._seen_by_inbox_read = {e.event_id for e in pending}
-            self._unlisted_seen = unlisted
-            self._inbox_clear = False  # until this batch is handled (an error leaves it so: read again)
+            changes = self.store.inbox_changes
+            pending = await self.store.pending_events(limit=limit)
             for event in pending:
-                await dispatch(self, event)
+                if await dispatch(self, event):  # a command: its answer's send closes the reply latency
+                    self.metrics.awaiting_reply(event.event_id, event.origin_ts)
                 await self.flush_outbox()
-            self._inbox_clear = len(pending) < limit
-            if (self._inbox_clear and not self.store.recorded_events
-                    and self.store.unlisted_changes == unlisted):
+            if len(pending) < limit and self.store.inbox_changes == changes:
                 return
 
     def context(self, session, room_id: str, room_kind: str, sender: str, event_id: str) -> CommandContext:

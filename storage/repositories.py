@@ -41,8 +41,6 @@ class Store:
         self.committed_outbox: list[tuple[OutboxItem, dict]] = []
         self.touched_deadline: datetime | None = None
         self.inbox_changes = 0  # bumped after each commit that makes inbox events pending
-        self.recorded_events: list[IncomingEvent] = []  # pending events this process just recorded
-        self.unlisted_changes = 0  # events made pending without being listed above (key arrived, gap)
         session_class = type("StoreSession", (Session,), {})
         event.listen(session_class, "before_flush", _note_deadline_changes)
         event.listen(session_class, "after_commit", self._after_commit)
@@ -117,25 +115,17 @@ class Store:
             if events:
                 ids = [e.event_id for e in events]
                 known = set((await s.scalars(select(InboxEvent.event_id).where(InboxEvent.event_id.in_(ids)))).all())
-            fresh = []
+            new = 0
             for e in events:
                 if e.event_id in known:
                     continue
                 known.add(e.event_id)
                 s.add(self._inbox_row(e, now))
-                fresh.append(e)
+                new += 1
             await self.set_state("sync_token", next_batch, session=s)
-        if fresh:
+        if new:
             self.inbox_changes += 1
-            self.recorded_events.extend(e for e in fresh if e.status == "pending")
-        return len(fresh)
-
-    def take_recorded_events(self) -> tuple[list[IncomingEvent], int]:
-        """The pending events recorded by this process since the last call, and the count of
-        changes not listed there (a room key arrived, a gap was filled): when it moved, the caller
-        reads the table."""
-        taken, self.recorded_events = self.recorded_events, []
-        return taken, self.unlisted_changes
+        return new
 
     async def record_event(self, event: IncomingEvent, now: datetime) -> bool:
         """Record one event outside a sync batch (e.g. recovered from a gap). False if already known."""
@@ -143,7 +133,6 @@ class Store:
             async with self.session.begin() as s:
                 s.add(self._inbox_row(event, now))
             self.inbox_changes += 1
-            self.unlisted_changes += 1
             return True
         except IntegrityError:
             return False
@@ -174,7 +163,6 @@ class Store:
                 .values(kind=kind, status="pending",
                         payload_enc=self.cipher.encrypt_json(payload, f"inbox:{event_id}")))
         self.inbox_changes += 1
-        self.unlisted_changes += 1
         return result.rowcount == 1
 
     @staticmethod
