@@ -23,6 +23,18 @@ async def _world(tmp_path, *parcours: str, database_url: str | None = None) -> U
     return await patient_in_parcours(tmp_path, CODE, MT, IDE, SF, *parcours, start=START, database_url=database_url)
 
 
+async def _tcim_accepted(tmp_path) -> tuple[UseCases, str]:
+    """A nurse's TCIM for a patient, accepted by a doctor who signed the protocol (MT)."""
+    uc = await UseCases.open(tmp_path / "bot", clock=FakeClock(START))
+    await uc.enrol(IDE, "infirmier", name="Julie Petit")
+    await uc.enrol(MT, "medecin_generaliste", name="Dr Martin", roles=["tcim"])
+    room = await uc.patient(CODE, [IDE])
+    await uc.say(IDE, room, "!tcim demande snp sans_mt=oui deplacement=non toux fébrile, patiente alitée")
+    await uc.fire_due()
+    await uc.say(MT, uc.direct_room(MT), f"accepter {CODE}/1")
+    return uc, room
+
+
 def _bodies(sent) -> str:
     return "\n".join(s.body for s in sent)
 
@@ -100,14 +112,8 @@ async def test_the_plaie_fiche_fields_have_the_bounds_of_the_donnees_de_base(tmp
 
 
 async def test_a_pending_tcim_line_names_its_request_in_indemnites(tmp_path):
-    uc = await UseCases.open(tmp_path / "bot", clock=FakeClock(START))
+    uc, room = await _tcim_accepted(tmp_path)
     try:
-        await uc.enrol(IDE, "infirmier", name="Julie Petit")
-        await uc.enrol(MT, "medecin_generaliste", name="Dr Martin", roles=["tcim"])
-        room = await uc.patient(CODE, [IDE])
-        await uc.say(IDE, room, "!tcim demande snp sans_mt=oui deplacement=non toux fébrile, patiente alitée")
-        await uc.fire_due()
-        await uc.say(MT, uc.direct_room(MT), f"accepter {CODE}/1")
         mine = _bodies(await uc.say(MT, uc.direct_room(MT), "indemnites"))
         assert f"{CODE}/1" in mine and "<n°>" not in mine  # what to type, with the request's number
     finally:
@@ -227,14 +233,8 @@ async def test_a_professional_removed_from_the_cercle_gets_no_more_reminders_abo
 
 
 async def test_cloturer_cannot_mark_a_tcim_that_never_took_place_as_done(tmp_path):
-    uc = await UseCases.open(tmp_path / "bot", clock=FakeClock(START))
+    uc, room = await _tcim_accepted(tmp_path)
     try:
-        await uc.enrol(IDE, "infirmier", name="Julie Petit")
-        await uc.enrol(MT, "medecin_generaliste", name="Dr Martin", roles=["tcim"])
-        room = await uc.patient(CODE, [IDE])
-        await uc.say(IDE, room, "!tcim demande snp sans_mt=oui deplacement=non toux fébrile, patiente alitée")
-        await uc.fire_due()
-        await uc.say(MT, uc.direct_room(MT), f"accepter {CODE}/1")
         await uc.sent()
         refused = _bodies(await uc.say(MT, room, "!cloturer 1"))
         assert "tcim interrompre" in refused
@@ -285,14 +285,8 @@ async def test_the_pool_is_told_when_a_request_or_a_tcim_it_was_asked_is_called_
 
 
 async def test_an_interrupted_tcim_does_not_leave_its_lines_waiting_for_a_cr_forever(tmp_path):
-    uc = await UseCases.open(tmp_path / "bot", clock=FakeClock(START))
+    uc, room = await _tcim_accepted(tmp_path)
     try:
-        await uc.enrol(IDE, "infirmier", name="Julie Petit")
-        await uc.enrol(MT, "medecin_generaliste", name="Dr Martin", roles=["tcim"])
-        room = await uc.patient(CODE, [IDE])
-        await uc.say(IDE, room, "!tcim demande snp sans_mt=oui deplacement=non toux fébrile, patiente alitée")
-        await uc.fire_due()
-        await uc.say(MT, uc.direct_room(MT), f"accepter {CODE}/1")
         await uc.say(MT, room, "!rdv 1 demain 14h teleconsultation")
         await uc.say(IDE, room, "!tcim confirmer")
         await uc.say(IDE, room, "!tcim interrompre la patiente part aux urgences")
@@ -328,14 +322,8 @@ async def test_the_weekly_digest_does_not_wait_for_an_answer_already_given(tmp_p
 
 
 async def test_a_second_slot_that_passes_without_start_is_escalated_too(tmp_path):
-    uc = await UseCases.open(tmp_path / "bot", clock=FakeClock(START))
+    uc, room = await _tcim_accepted(tmp_path)
     try:
-        await uc.enrol(IDE, "infirmier", name="Julie Petit")
-        await uc.enrol(MT, "medecin_generaliste", name="Dr Martin", roles=["tcim"])
-        room = await uc.patient(CODE, [IDE])
-        await uc.say(IDE, room, "!tcim demande snp sans_mt=oui deplacement=non toux fébrile, patiente alitée")
-        await uc.fire_due()
-        await uc.say(MT, uc.direct_room(MT), f"accepter {CODE}/1")
         for slot in range(2):
             await uc.say(MT, room, "!rdv 1 demain 14h teleconsultation")
             await uc.say(IDE, room, "!tcim confirmer")
