@@ -151,8 +151,12 @@ class OutboxSender:
                 self._seen_by_full_read.clear()
                 if not fresh:
                     return 0
-                if await self._send_batch(fresh, set(), set(), set()) == 0:
-                    return 0
+                try:
+                    if await self._send_batch(fresh, set(), set(), set()) == 0:
+                        return 0
+                except Exception:
+                    self._backlog_empty = False  # the items after the failure: the next flush reads them
+                    raise
             changed, self._rooms_changed = self._rooms_changed, set()
             tried: set[int] = set()
             blocked: set[str] = set()
