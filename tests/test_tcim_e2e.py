@@ -17,7 +17,7 @@ import pytest
 from bot.coordination import ensure_coordinator_room
 from domain.clock import FakeClock
 from tests.bot_harness import BotHarness
-from tests.clinician import Clinician
+from tests.test_demandes_e2e import Team as DemandesTeam
 
 pytestmark = pytest.mark.synapse
 
@@ -25,40 +25,21 @@ ASK = "!tcim demande snp {} toux fébrile depuis 3 jours, patiente alitée"
 ELIGIBLE = "sans_mt=oui deplacement=non"
 
 
-class Team:
-    def __init__(self, harness, register, synapse, tmp_path, clock):
-        self.harness, self.register, self.synapse, self.tmp_path, self.clock = harness, register, synapse, tmp_path, clock
-        self.people: dict[str, Clinician] = {}
-        self.dms: dict[str, str] = {}
+class Team(DemandesTeam):
+    """The déclenchement tests' CPTS (tests/test_demandes_e2e.py), with its fake clock, longer
+    waits (a TCIM walk sends more per step) and the bot's own lines that answer no command."""
 
-    async def person(self, key, profession, name, roles=None):
-        user_id, password = self.register(key)
-        await self.harness.enrol(user_id, profession, name=name, roles=roles)
-        self.people[key] = await Clinician.login(self.synapse.url, user_id, password, self.tmp_path / f"store-{key}")
-        return self.people[key]
+    def __init__(self, harness, register, synapse, tmp_path, clock):
+        super().__init__(harness, register, synapse, tmp_path)
+        self.clock = clock
 
     async def ask(self, key, room, text, timeout=30):
-        c = self.people[key]
-        sent = await c.send_text(room, text)
-        return await c.wait_for_message(room, sender=self.harness.user_id,
-                                        predicate=lambda m: m.in_reply_to() == sent, timeout=timeout)
+        return await super().ask(key, room, text, timeout=timeout)
 
     async def line(self, key, text, room=None, timeout=30):
         """The bot's next line in the room (not a reply) containing `text`."""
         return await self.people[key].wait_for_message(room or self.patient_room, sender=self.harness.user_id,
                                                        predicate=lambda m: text in m.body, timeout=timeout)
-
-    async def dm(self, key) -> str:
-        if key not in self.dms:
-            c = self.people[key]
-            room = await c.wait_for_invite(predicate=lambda r: r.room_id not in (self.patient_room, self.coord_room))
-            await c.join(room)
-            self.dms[key] = room
-        return self.dms[key]
-
-    async def fire(self):
-        await self.harness.bot.fire_due_deadlines()
-        await self.harness.idle()
 
 
 @pytest.fixture
@@ -85,8 +66,7 @@ async def team(synapse, register, tmp_path):
     t.patient_room = await ide.wait_for_invite()
     await ide.join(t.patient_room)
     yield t
-    for c in t.people.values():
-        await c.close()
+    await t.close()
     await harness.stop()
 
 
