@@ -31,7 +31,8 @@ logging.getLogger("nio").setLevel(logging.ERROR)  # "Missing session for device"
 
 
 # --- the reference bot -------------------------------------------------------------------------
-async def echo_bot(url: str, user_id: str, password: str, store: Path) -> tuple[AsyncClient, asyncio.Task]:
+async def echo_bot(url: str, user_id: str, password: str, store: Path,
+                   before_sync=None) -> tuple[AsyncClient, asyncio.Task]:
     """The trivial reference: answer every text message with an encrypted m.notice, nothing else."""
     store.mkdir(parents=True, exist_ok=True)
     client = AsyncClient(url, user_id, store_path=str(store), config=AsyncClientConfig(encryption_enabled=True))
@@ -51,6 +52,8 @@ async def echo_bot(url: str, user_id: str, password: str, store: Path) -> tuple[
     client.add_event_callback(on_invite, InviteMemberEvent)
     client.add_event_callback(on_message, RoomMessageText)
     await client.sync(timeout=0, full_state=True)
+    if before_sync:
+        before_sync(client)
     return client, asyncio.create_task(client.sync_forever(timeout=30000))
 
 
@@ -68,6 +71,7 @@ class BotProcess:
     spec: dict
     proc: asyncio.subprocess.Process | None = None
     events: dict[str, dict] = field(default_factory=dict)
+    traces: list[dict] = field(default_factory=list)  # "trace" lines (bench/phases.py), in order
     started_at: float = 0.0  # time.monotonic() just before the process was spawned
     _reader: asyncio.Task | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -90,7 +94,10 @@ class BotProcess:
                 msg = json.loads(line)
             except ValueError:
                 continue
-            self.events[msg["event"]] = msg
+            if msg["event"] == "trace":
+                self.traces.append(msg)
+            else:
+                self.events[msg["event"]] = msg
             self._changed.set()
         self._changed.set()
 
@@ -152,17 +159,18 @@ class Stack:
         self.passwords[user_id] = password
         return user_id
 
-    def cercle(self, user_id: str, enrol: list[tuple[str, str]] = (), timeout_ms: int = 30000) -> BotProcess:
+    def cercle(self, user_id: str, enrol: list[tuple[str, str]] = (), timeout_ms: int = 30000,
+               trace: bool = False) -> BotProcess:
         """enrol: (user_id, profession) put in the directory before the bot runs."""
         data_dir = self.work / user_id[1:].split(":")[0]
         return BotProcess("cercle", {"homeserver": self.url, "user_id": user_id,
                                      "password": self.passwords[user_id], "data_dir": str(data_dir),
-                                     "timeout_ms": timeout_ms, "enrol": list(map(list, enrol))})
+                                     "timeout_ms": timeout_ms, "enrol": list(map(list, enrol)), "trace": trace})
 
-    def echo(self, user_id: str) -> BotProcess:
+    def echo(self, user_id: str, trace: bool = False) -> BotProcess:
         return BotProcess("echo", {"homeserver": self.url, "user_id": user_id,
                                    "password": self.passwords[user_id],
-                                   "data_dir": str(self.work / user_id[1:].split(":")[0])})
+                                   "data_dir": str(self.work / user_id[1:].split(":")[0]), "trace": trace})
 
     async def start(self, bot: BotProcess, timeout: float = 120) -> BotProcess:
         self.spec_count += 1

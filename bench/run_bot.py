@@ -26,6 +26,63 @@ async def stdin_closed() -> None:
         pass
 
 
+def trace_http(client) -> None:
+    """With "trace" in the spec (bench/phases.py): one JSON line per /sync answer (when its headers
+    came, when its body was read, the timeline event ids) and per event sent (start, end)."""
+    send, parse_body = client.send, client.parse_body
+    sync_headers = [0.0]
+
+    async def traced_send(method, path, *args, **kwargs):
+        start = time.monotonic()
+        response = await send(method, path, *args, **kwargs)
+        if method == "PUT" and "/send/" in path:
+            say("trace", kind="put", start=start, end=time.monotonic())
+        elif "/sync" in path:
+            sync_headers[0] = time.monotonic()
+        else:
+            say("trace", kind="http", method=method, path=path.split("?")[0][:60], start=start, end=time.monotonic())
+        return response
+
+    async def traced_parse(transport_response):
+        if "/sync" not in transport_response.url.path:
+            return await parse_body(transport_response)
+        headers_at = sync_headers[0]
+        data = json.loads(await transport_response.read())
+        ids = [ev.get("event_id") for room in ((data.get("rooms") or {}).get("join") or {}).values()
+               for ev in (room.get("timeline") or {}).get("events") or []]
+        say("trace", kind="sync", headers=headers_at, body=time.monotonic(), ids=ids)
+        return data
+
+    client.send, client.parse_body = traced_send, traced_parse
+
+
+def trace_steps(bot) -> None:
+    """With "trace": one JSON line per step of Cercle's command path (start, end), to tell where the
+    time between the /sync answer and the PUT of the reply goes (bench/phases.py --steps)."""
+    import bot.app as app
+
+    def wrap(owner, name, label):
+        inner = getattr(owner, name)
+
+        async def timed(*args, **kwargs):
+            start = time.monotonic()
+            try:
+                return await inner(*args, **kwargs)
+            finally:
+                say("trace", kind="step", name=label, start=start, end=time.monotonic())
+        setattr(owner, name, timed)
+
+    wrap(bot.client, "receive_response", "nio receive_response")
+    wrap(bot.intake, "_crypto_housekeeping", "crypto housekeeping")
+    wrap(bot.intake, "_collect", "collect")
+    wrap(bot.store, "record_sync", "record_sync")
+    wrap(bot.intake, "retry_waiting_keys", "retry_waiting_keys")
+    wrap(bot.store, "pending_events", "pending_events")
+    wrap(app, "dispatch", "dispatch")
+    wrap(bot.outbox, "flush", "outbox flush")
+    wrap(bot.client, "room_send", "room_send")
+
+
 def watch_first_sync(client) -> dict:
     """Fills the returned dict with the size of the first /sync response the client reads: bytes,
     joined rooms, state and timeline events (what a start costs the homeserver and the bot)."""
@@ -57,6 +114,9 @@ async def run_cercle(spec: dict) -> None:
                            timeout_ms=spec.get("timeout_ms", 30000))
     bot = await Bot.open(config, SystemClock())
     first_sync = watch_first_sync(bot.client)
+    if spec.get("trace"):
+        trace_http(bot.client)
+        trace_steps(bot)
     say("opened")
     if spec.get("enrol"):
         now = bot.clock.now()
@@ -79,7 +139,8 @@ async def run_cercle(spec: dict) -> None:
 async def run_echo(spec: dict) -> None:
     from bench.common import echo_bot
 
-    client, task = await echo_bot(spec["homeserver"], spec["user_id"], spec["password"], Path(spec["data_dir"]))
+    client, task = await echo_bot(spec["homeserver"], spec["user_id"], spec["password"], Path(spec["data_dir"]),
+                                  before_sync=trace_http if spec.get("trace") else None)
     say("ready")
     await stdin_closed()
     task.cancel()

@@ -121,6 +121,9 @@ class DeliveryConfig(_Section):
     retry_base_s: float = Field(1.0, gt=0)
     retry_max_s: float = Field(60.0, gt=0)
     stuck_after_s: float = Field(600.0, gt=0)
+    # Rooms sent to at once (in order within each room): a burst of answers in fifty rooms waits
+    # for about one send, not fifty in a row.
+    parallel_rooms: int = Field(16, ge=1, le=256)
 
 
 class HttpConfig(_Section):

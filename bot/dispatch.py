@@ -129,8 +129,10 @@ async def _protect_identity(bot, session, event: IncomingEvent) -> None:
 
 
 async def _mark(session, event_id: str, status: str, now, error: str | None = None) -> None:
+    # No ORM synchronisation: the handler's session holds no InboxEvent object to keep in step.
     await session.execute(update(InboxEvent).where(InboxEvent.event_id == event_id)
-                          .values(status=status, handled_at=now, error=error))
+                          .values(status=status, handled_at=now, error=error)
+                          .execution_options(synchronize_session=False))
 
 
 async def room_kind(bot, record) -> str:

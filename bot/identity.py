@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-
-from nio import AsyncClient
+from typing import TYPE_CHECKING
 
 from bot.cross_signing import CrossSigningClient
 from bot.cross_signing_keys import CrossSigningError, CrossSigningKeys
+
+if TYPE_CHECKING:  # nio (0.8 s to import) stays out of `cercle status`, which imports SECRET_KEY
+    from nio import AsyncClient
 
 log = logging.getLogger("cercle.identity")
 

@@ -102,6 +102,12 @@ class OutboxSender:
         self._cross_signing = cross_signing
         self.trust_cache = TrustCache()  # bot.trust: devices already judged, per user
         self._flush_lock = asyncio.Lock()
+        # Room keys are prepared (device lists, trust, Olm sessions claimed, key shared) one room at
+        # a time, even when sends to several rooms run at once: nio's share of a group session
+        # claims one-time keys and creates Olm sessions, which two rooms must not do together.
+        self._keys_lock = asyncio.Lock()
+        self._pump: asyncio.Task | None = None  # the background flush started by kick()
+        self._pump_again = False
         self._members_dirty: set[str] = set()  # rooms where the bot invited someone its sync has not seen
         self._rooms_changed: set[str] = set()  # rooms whose membership a sync changed since the last flush
         self._direct_rooms: dict[str, str] = {}  # professional -> the bot's direct chat with them
@@ -172,9 +178,71 @@ class OutboxSender:
         await self._watch_backlog(backlog)
         return len(backlog)
 
+    def kick(self) -> None:
+        """Start sending what was just committed, in the background, and return at once: the
+        inbox worker goes on with the next event while this answer is on the wire. Kicked while a
+        flush runs, another follows it and takes everything committed meanwhile (in parallel
+        across rooms). `settle()` waits until they are done."""
+        if self._pump is not None and not self._pump.done():
+            self._pump_again = True
+            return
+        self._pump_again = False
+        self._pump = asyncio.create_task(self._pump_loop(), name="outbox")
+
+    async def _pump_loop(self) -> None:
+        while True:
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # as the worker loop would: say it, and let the worker try again
+                if homeserver_unreachable(e):
+                    self.homeserver.failed(e)
+                else:
+                    log.exception("erreur d'envoi")
+                self._arm_retry(1.0)
+                return
+            if not self._pump_again:
+                return
+            self._pump_again = False
+
+    async def settle(self) -> None:
+        """Wait for the background sends started by kick()."""
+        while self._pump is not None and not self._pump.done():
+            await asyncio.shield(self._pump)
+
+    def cancel_pump(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+
     async def _send_batch(self, batch, tried: set[int], blocked: set[str], changed: set[str]) -> int | None:
-        """Send in order, an item that must wait holding back the later ones of its room; returns
-        how many were held back, or None when the homeserver is unreachable (stop trying)."""
+        """Send in order within each room, rooms in parallel (delivery.parallel_rooms at once), an
+        item that must wait holding back the later ones of its room; returns how many were held
+        back, or None when the homeserver is unreachable (stop trying)."""
+        queues: dict[str, list] = {}
+        for item, content in batch:
+            queues.setdefault(self._order_key(item, content), []).append((item, content))
+        if len(queues) == 1:
+            return await self._send_queue(batch, tried, blocked, changed)
+        slots = asyncio.Semaphore(self._delivery.parallel_rooms)
+
+        async def one_room(queue):
+            async with slots:
+                return await self._send_queue(queue, tried, blocked, changed)
+
+        outcomes = await asyncio.gather(*(one_room(q) for q in queues.values()), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return None if None in outcomes else sum(outcomes)
+
+    def _order_key(self, item, content: dict) -> str:
+        """What keeps its order: a room; a direct message goes with its chat once that is known."""
+        if item.action == "direct":
+            return self._direct_rooms.get(content["user_id"]) or self._outbox_key(item, content)
+        return item.room_id
+
+    async def _send_queue(self, batch, tried: set[int], blocked: set[str], changed: set[str]) -> int | None:
         now = wall_now()
         held = 0
         for item, content in batch:
@@ -512,23 +580,26 @@ class OutboxSender:
         change; right after the bot invited someone, its sync has not seen it yet. So: re-read the
         members where the bot invited someone, then rotate if a current device was not covered.
         """
-        room = await self.room(room_id)
-        if room is None:
-            raise LocalProtocolError("salon illisible (membres, chiffrement)")
-        if not room.encrypted:
-            return
-        if self.client.should_query_keys:
-            await self.client.keys_query()
-        await self._apply_trust_policy(room_id)
-        session = self.client.olm.outbound_group_sessions.get(room_id)
-        if session is None or not session.shared:
-            return
-        covered = session.users_shared_with | session.users_ignored
-        wanted = {(u, d.id) for u in room.users for d in self.client.device_store.active_user_devices(u)
-                  if not d.blacklisted}
-        departed = {u for u, _ in session.users_shared_with} - set(room.users)
-        if wanted - covered or departed:
-            self.client.invalidate_outbound_session(room_id)
+        async with self._keys_lock:
+            room = await self.room(room_id)
+            if room is None:
+                raise LocalProtocolError("salon illisible (membres, chiffrement)")
+            if not room.encrypted:
+                return
+            if self.client.should_query_keys:
+                await self.client.keys_query()
+            await self._apply_trust_policy(room_id)
+            session = self.client.olm.outbound_group_sessions.get(room_id)
+            if session is not None and session.shared:
+                covered = session.users_shared_with | session.users_ignored
+                wanted = {(u, d.id) for u in room.users for d in self.client.device_store.active_user_devices(u)
+                          if not d.blacklisted}
+                departed = {u for u, _ in session.users_shared_with} - set(room.users)
+                if wanted - covered or departed:
+                    self.client.invalidate_outbound_session(room_id)
+            if self.client.olm.should_share_group_session(room_id):
+                # Here, under the lock, rather than inside room_send, which may run beside another room's.
+                await self.client.share_group_session(room_id, ignore_unverified_devices=True)
 
     async def _apply_trust_policy(self, room_id: str) -> None:
         """bot.trust: cross-signed devices verified, the others per configuration."""

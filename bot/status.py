@@ -3,18 +3,20 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from nio import AsyncClient, AsyncClientConfig
-
 from bot.config import Config
 from bot.cross_signing import CrossSigningClient
 from bot.cross_signing_keys import CrossSigningKeys, device_is_cross_signed
 from bot.identity import SECRET_KEY
 from bot.secret_storage import restore_cross_signing_secrets
-from storage.repositories import open_store
+from storage.repositories import SchemaBehind, open_store
 
 
-async def _session(config: Config):
-    store = await open_store(config.storage.url(), config.storage.key_path(), create_key=False)
+async def _session(config: Config, migrate: bool = True):
+    try:
+        store = await open_store(config.storage.url(), config.storage.key_path(), create_key=False, migrate=migrate)
+    except SchemaBehind:
+        raise SystemExit("cercle : la base du bot précède cette version de Cercle ; le prochain démarrage du "
+                         "bot (`cercle run`) la met à jour, `cercle status` ensuite") from None
     device_id = await store.get_state("device_id")
     token = await store.get_secret("access_token")
     if not device_id or not token:
@@ -24,7 +26,8 @@ async def _session(config: Config):
 
 
 async def status(config: Config) -> str:
-    store, device_id, token = await _session(config)
+    # Read-only, and quick (issue 11: ≤ 1 s): no migration (Alembic), no nio.
+    store, device_id, token = await _session(config, migrate=False)
     user = config.matrix.user_id
     try:
         async with CrossSigningClient(config.matrix.homeserver, user, device_id, token, None) as cs:
@@ -70,6 +73,8 @@ async def outbox_lines(store, stuck_after_s: float, now: datetime | None = None)
 
 async def restore_identity(config: Config, recovery_key: str) -> str:
     """Fetch the cross-signing keys from secret storage with the recovery key, and sign this device."""
+    from nio import AsyncClient, AsyncClientConfig  # here: `cercle status` does without it
+
     store, device_id, token = await _session(config)
     user = config.matrix.user_id
     client = AsyncClient(config.matrix.homeserver, user, device_id=device_id,

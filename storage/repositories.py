@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 from storage.crypto import FieldCipher
-from storage.engine import make_engine, migrate, sessionmaker
+from storage.engine import latest_revision, make_engine, migrate, schema_revision, sessionmaker
 from storage.models import BotState, Deadline, InboxEvent, OutboxItem, RoomRecord
 
 
@@ -188,7 +188,7 @@ class Store:
     async def mark_event(self, event_id: str, status: str, now: datetime, error: str | None = None) -> None:
         async with self.session.begin() as s:
             await s.execute(update(InboxEvent).where(InboxEvent.event_id == event_id)
-                            .values(status=status, handled_at=now, error=error))
+                            .values(status=status, handled_at=now, error=error).execution_options(synchronize_session=False))
 
     async def get_room(self, room_id: str) -> RoomRecord | None:
         async with self.session() as s:
@@ -339,7 +339,8 @@ class Store:
                           error: str | None = None) -> None:
         async with self.session.begin() as s:
             await s.execute(update(OutboxItem).where(OutboxItem.id == item_id).values(
-                status="failed" if error else "sent", sent_at=now, event_id=event_id, error=error))
+                status="failed" if error else "sent", sent_at=now, event_id=event_id, error=error)
+                .execution_options(synchronize_session=False))
 
     async def created_room_id(self, placeholder: str) -> str | None:
         """The real room id behind a `pending:<creation key>` placeholder, once the room exists."""
@@ -372,7 +373,8 @@ class Store:
         async with self.session.begin() as s:
             await s.execute(update(OutboxItem).where(OutboxItem.id == item_id, OutboxItem.status == "pending")
                             .values(attempts=attempts, next_attempt_at=next_attempt_at,
-                                    first_try_at=first_try_at, last_error=(last_error or "")[:200] or None))
+                                    first_try_at=first_try_at, last_error=(last_error or "")[:200] or None)
+                            .execution_options(synchronize_session=False))
 
     async def outbox_stuck_reported(self, item_id: int, at: datetime) -> None:
         async with self.session.begin() as s:
@@ -428,7 +430,17 @@ def _forget_uncommitted(session: Session) -> None:
     session.info.pop(TOUCHED_DEADLINE, None)
 
 
-async def open_store(database_url: str, key_file, create_key: bool = True) -> Store:
+class SchemaBehind(Exception):
+    """The database predates this version of the bot: the bot's next start migrates it."""
+
+
+async def open_store(database_url: str, key_file, create_key: bool = True, migrate: bool = True) -> Store:
+    """The bot's store, migrated to the latest schema; `migrate=False` (operator commands that only
+    read) checks the schema is current instead of loading Alembic, and raises SchemaBehind."""
     store = Store(make_engine(database_url), FieldCipher.from_key_file(key_file, create=create_key))
-    await store.migrate()
+    if migrate:
+        await store.migrate()
+    elif await schema_revision(store.engine) != latest_revision():
+        await store.close()
+        raise SchemaBehind()
     return store

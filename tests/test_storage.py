@@ -56,6 +56,33 @@ async def test_migrations_are_idempotent(store):
     assert version is not None
 
 
+def test_latest_revision_is_alembics_head():
+    """`cercle status` checks the schema without loading Alembic: its idea of the head must be Alembic's."""
+    from alembic.script import ScriptDirectory
+
+    from storage.engine import MIGRATIONS, _alembic_config, latest_revision
+
+    config = _alembic_config(None)
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert latest_revision() == ScriptDirectory.from_config(config).get_current_head()
+
+
+async def test_a_read_only_open_refuses_a_schema_behind_and_opens_a_current_one(database_url, tmp_path):
+    """Operator commands open the store without migrating: a database the bot has not migrated yet
+    is named as such instead of failing on a missing column."""
+    from storage.engine import make_engine
+    from storage.repositories import SchemaBehind
+
+    engine = make_engine(database_url)  # an empty database: never migrated
+    await engine.dispose()
+    with pytest.raises(SchemaBehind):
+        await open_store(database_url, tmp_path / "k", migrate=False)
+    await (await open_store(database_url, tmp_path / "k")).close()  # the bot's start migrates
+    current = await open_store(database_url, tmp_path / "k", migrate=False)
+    assert await current.get_state("sync_token") is None
+    await current.close()
+
+
 async def test_state_and_secrets(store):
     assert await store.get_state("sync_token") is None
     await store.set_state("sync_token", "s1")
@@ -116,7 +143,11 @@ async def test_a_rolled_back_handler_leaves_no_outbox_row(store):
 
 
 async def test_concurrent_writes_to_a_request_do_not_overwrite_each_other(store):
-    """A timer and an answer loading the same request: the second write fails instead of undoing the first."""
+    """A timer and an answer on the same request at once: no write computed from what the other had
+    already changed. PostgreSQL (several connections): the second commit fails on the version
+    check. SQLite (one connection, storage.engine): the second waits, then reads the first's write."""
+    import asyncio
+
     from sqlalchemy.orm.exc import StaleDataError
 
     from storage.models import Demande
@@ -124,13 +155,24 @@ async def test_concurrent_writes_to_a_request_do_not_overwrite_each_other(store)
     async with store.session.begin() as s:
         s.add(Demande(patient_code="P-2345", room_id="!r", numero=1, flow="consultation", etat="en_attente",
                       demandeur="@a:b", created_at=NOW, data_enc=b"v1"))
-    async with store.session() as timer, store.session() as answer:
-        t_row = (await timer.scalars(select(Demande))).one()
-        a_row = (await answer.scalars(select(Demande))).one()
-        a_row.etat = "acceptee"
-        await answer.commit()
-        t_row.etat, t_row.data_enc = "expiree", b"v2-stale"  # computed from stale data
-        with pytest.raises(StaleDataError):
-            await timer.commit()
+    seen: dict[str, str] = {}
+
+    async def act(name: str, new_state: str):
+        async with store.session() as session:
+            row = (await session.scalars(select(Demande))).one()
+            seen[name] = row.etat
+            await asyncio.sleep(0.05)  # the other one runs meanwhile, if it can
+            if row.etat == "en_attente":
+                row.etat, row.data_enc = new_state, new_state.encode()
+            await session.commit()
+
+    results = await asyncio.gather(act("timer", "expiree"), act("answer", "acceptee"), return_exceptions=True)
     async with store.session() as s:
-        assert (await s.scalars(select(Demande))).one().etat == "acceptee"
+        final = (await s.scalars(select(Demande))).one().etat
+    stale = [name for name, r in zip(("timer", "answer"), results) if isinstance(r, StaleDataError)]
+    assert not [r for r in results if r is not None and not isinstance(r, StaleDataError)], results
+    if stale:  # both read "en_attente": the first commit stands, the second failed
+        assert len(stale) == 1 and seen == {"timer": "en_attente", "answer": "en_attente"}
+        assert final == {"timer": "acceptee", "answer": "expiree"}[stale[0]]
+    else:  # one after the other: the second saw the first's write and left it
+        assert final == "expiree" and seen == {"timer": "en_attente", "answer": "expiree"}
