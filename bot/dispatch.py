@@ -7,7 +7,6 @@ from contextvars import ContextVar
 
 from nio import JoinError, ToDeviceMessage
 from nio.crypto.attachments import decrypt_attachment
-from sqlalchemy import update
 from sqlalchemy.orm.exc import StaleDataError
 
 from commands import dialogue
@@ -19,8 +18,8 @@ from rooms.advertise import advertise_commands
 from rooms.context import CommandContext, Refusal
 from rooms.directory_import import import_directory
 from rooms.services import Services
-from storage.models import InboxEvent, RoomRecord
-from storage.repositories import IncomingEvent
+from storage.models import RoomRecord
+from storage.repositories import IncomingEvent, mark_event
 
 log = logging.getLogger("cercle.dispatch")
 
@@ -106,13 +105,14 @@ async def _identity_in_shared_room(bot, session, event: IncomingEvent) -> bool:
     """A command carrying a patient's identity, typed anywhere but the sender's direct chat with the bot."""
     if event.kind != "message":
         return False
-    kind = await room_kind(bot, await session.get(RoomRecord, event.room_id))
-    if kind == "direct":
-        return False
-    body = event.payload.get("body", "")
-    cmd = bot.registry.addressed_command(body, direct=False)
-    # The identity travels in the options (nom=…, naissance=…): a bare `!patient nouveau` holds none.
-    return cmd is not None and cmd.carries_identity and "=" in body
+    known = session.info.setdefault("identity_in_shared_room", {})  # asked twice per command
+    if event.event_id not in known:
+        kind = await room_kind(bot, await session.get(RoomRecord, event.room_id))
+        body = event.payload.get("body", "")
+        cmd = None if kind == "direct" else bot.registry.addressed_command(body, direct=False)
+        # The identity travels in the options (nom=…, naissance=…): a bare `!patient nouveau` holds none.
+        known[event.event_id] = cmd is not None and cmd.carries_identity and "=" in body
+    return known[event.event_id]
 
 
 async def _protect_identity(bot, session, event: IncomingEvent) -> None:
@@ -129,10 +129,7 @@ async def _protect_identity(bot, session, event: IncomingEvent) -> None:
 
 
 async def _mark(session, event_id: str, status: str, now, error: str | None = None) -> None:
-    # No ORM synchronisation: the handler's session holds no InboxEvent object to keep in step.
-    await session.execute(update(InboxEvent).where(InboxEvent.event_id == event_id)
-                          .values(status=status, handled_at=now, error=error)
-                          .execution_options(synchronize_session=False))
+    await mark_event(session, event_id, status, now, error)
 
 
 async def room_kind(bot, record) -> str:
@@ -153,6 +150,9 @@ async def room_kind(bot, record) -> str:
 
 async def handle_message(bot, session, event: IncomingEvent) -> None:
     record = await session.get(RoomRecord, event.room_id)
+    # Held for the transaction: the session's identity map keeps objects only while referenced,
+    # and the handler's checks look the room up again (one query each otherwise).
+    session.info["room_record"] = record
     kind = await room_kind(bot, record)
     body = event.payload.get("body", "")
     ctx = bot.context(session, event.room_id, kind, event.sender, event.event_id)

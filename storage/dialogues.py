@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.crypto import FieldCipher
@@ -43,11 +43,14 @@ def write_answers(cipher: FieldCipher, row: Dialogue, answers: dict[str, str | N
     row.answers_enc = cipher.encrypt_json(answers, _purpose(row, "answers"))
 
 
+# Read for every message (is it an answer?): built once, like storage.repositories' hot statements.
+ACTIVE_DIALOGUES = (select(Dialogue).where(Dialogue.sender == bindparam("sender"), Dialogue.room_id == bindparam("room_id"),
+                                           Dialogue.status == "active").order_by(Dialogue.id.desc()))
+
+
 async def active_dialogues(session: AsyncSession, sender: str, room_id: str) -> list[Dialogue]:
     """The person's open dialogues in this room, the latest first."""
-    return list((await session.scalars(select(Dialogue).where(
-        Dialogue.sender == sender, Dialogue.room_id == room_id, Dialogue.status == "active")
-        .order_by(Dialogue.id.desc()))).all())
+    return list((await session.scalars(ACTIVE_DIALOGUES, {"sender": sender, "room_id": room_id})).all())
 
 
 async def postpone(session: AsyncSession, row: Dialogue, expires_at: datetime) -> None:
