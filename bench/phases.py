@@ -12,6 +12,9 @@ CLOCK_MONOTONIC, the same clock in every process of the machine. Phases of one s
   bot send    the bot's PUT of its answer (encrypt + homeserver)
   to client   from that PUT's answer until the clinician has decrypted the answer
 
+Then, for Cercle, each step of its own between the /sync answer and its PUT (wall and CPU of
+the event loop's thread, p50): what is left of the "bot" phase, and where.
+
     .venv/bin/python -m bench.phases [--runs 3] [--n 20] [--command "!aide"]
 """
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 from bench.common import machine_note, p50, stack, table
 
 PHASES = ("send", "to bot", "read", "bot", "bot send", "to client", "total")
+STEPS = ("nio receive_response", "record_sync", "pending_events", "dispatch", "prepare keys", "room_send")
 
 
 def phases(bot, sent_id: str, t0: float, t_sent: float, t_reply: float) -> dict[str, float] | None:
@@ -38,6 +42,19 @@ def phases(bot, sent_id: str, t0: float, t_sent: float, t_reply: float) -> dict[
             "to client": ms(put["end"], t_reply), "total": ms(t0, t_reply)}
 
 
+def steps(bot, sent_id: str) -> dict[str, tuple[float, float]]:
+    """{step: (wall ms, CPU ms)} of Cercle's steps between the /sync holding the command and its PUT."""
+    sync = next((t for t in bot.traces if t["kind"] == "sync" and sent_id in t["ids"]), None)
+    put = next((t for t in bot.traces if sync and t["kind"] == "put" and t["start"] >= sync["body"]), None)
+    if sync is None or put is None:
+        return {}
+    found = {}
+    for t in bot.traces:
+        if t["kind"] == "step" and t["name"] not in found and sync["headers"] <= t["start"] <= put["start"]:
+            found[t["name"]] = ((t["end"] - t["start"]) * 1000, t["cpu_ms"])
+    return found
+
+
 async def sample(c, room: str, command: str, bot, responder: str) -> dict[str, float] | None:
     t0 = time.monotonic()
     sent = await c.send_text(room, command)
@@ -45,7 +62,10 @@ async def sample(c, room: str, command: str, bot, responder: str) -> dict[str, f
     await c.wait_for_message(room, sender=responder, predicate=lambda m: m.in_reply_to() == sent, timeout=60)
     t_reply = time.monotonic()
     await asyncio.sleep(0.2)  # the bot's last trace lines reach the reader
-    return phases(bot, sent, t0, t_sent, t_reply)
+    found = phases(bot, sent, t0, t_sent, t_reply)
+    if found is not None:
+        found["steps"] = steps(bot, sent)
+    return found
 
 
 async def main(runs: int, n: int, command: str) -> None:
@@ -64,7 +84,7 @@ async def main(runs: int, n: int, command: str) -> None:
                 await c.wait_joined(rooms[b], user, timeout=60)
                 for _ in range(2):  # warm-up: Olm sessions, room keys
                     await sample(c, rooms[b], command, bots[b], user)
-            rows = []
+            rows, step_rows = [], []
             for run in range(1, runs + 1):
                 got = {b: [] for b in bots}
                 for i in range(n):
@@ -74,9 +94,17 @@ async def main(runs: int, n: int, command: str) -> None:
                             got[b].append(one)
                 for b in bots:
                     rows.append((run, b, len(got[b]), *(f"{p50([g[p] for g in got[b]]):.1f}" for p in PHASES)))
+                for step in STEPS:
+                    seen = [g["steps"][step] for g in got["cercle"] if step in g["steps"]]
+                    if seen:
+                        step_rows.append((run, step, len(seen), f"{p50([w for w, _ in seen]):.1f}",
+                                          f"{p50([c for _, c in seen]):.1f}"))
                 print(f"run {run} terminé ({machine_note()})")
             print()
             print(table(rows, ("run", "bot", "n", *(f"{p} p50 ms" for p in PHASES))))
+            print()
+            print("Cercle, pas à pas entre la réponse /sync et le PUT de la réponse :")
+            print(table(step_rows, ("run", "étape", "n", "durée p50 ms", "CPU p50 ms")))
         finally:
             await c.close()
             for b in bots.values():

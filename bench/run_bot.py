@@ -57,19 +57,20 @@ def trace_http(client) -> None:
 
 
 def trace_steps(bot) -> None:
-    """With "trace": one JSON line per step of Cercle's command path (start, end), to tell where the
-    time between the /sync answer and the PUT of the reply goes (bench/phases.py --steps)."""
+    """With "trace": one JSON line per step of Cercle's command path (start, end, CPU of the loop's
+    thread), to tell where the time between the /sync answer and the PUT of the answer goes."""
     import bot.app as app
 
     def wrap(owner, name, label):
         inner = getattr(owner, name)
 
         async def timed(*args, **kwargs):
-            start = time.monotonic()
+            start, cpu = time.monotonic(), time.thread_time()
             try:
                 return await inner(*args, **kwargs)
             finally:
-                say("trace", kind="step", name=label, start=start, end=time.monotonic())
+                say("trace", kind="step", name=label, start=start, end=time.monotonic(),
+                    cpu_ms=round((time.thread_time() - cpu) * 1000, 2))
         setattr(owner, name, timed)
 
     wrap(bot.client, "receive_response", "nio receive_response")
@@ -80,6 +81,7 @@ def trace_steps(bot) -> None:
     wrap(bot.store, "pending_events", "pending_events")
     wrap(app, "dispatch", "dispatch")
     wrap(bot.outbox, "flush", "outbox flush")
+    wrap(bot.outbox, "_prepare_room_keys", "prepare keys")
     wrap(bot.client, "room_send", "room_send")
 
 

@@ -222,7 +222,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_identity_restore(args) -> int:
-    from bot.status import restore_identity
+    from bot.identity_restore import restore_identity
 
     config = load_config(Path(args.config))
     recovery_key = args.recovery_key or input("Clé de récupération : ")

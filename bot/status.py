@@ -1,17 +1,20 @@
-"""Operator commands that use the bot's stored session without syncing: status, identity restore."""
+"""`cercle status`: the bot's stored session, its store and two questions to the homeserver,
+without syncing. Quick (issue 11: ≤ 1 s), so it imports only what it uses: no migration
+(Alembic), no nio, no aiohttp; `cercle identity restore` lives in bot/identity_restore.py."""
 from __future__ import annotations
 
+import asyncio
+import json
+import urllib.error
+import urllib.request
 from datetime import datetime, timedelta, timezone
 
 from bot.config import Config
-from bot.cross_signing import CrossSigningClient
-from bot.cross_signing_keys import CrossSigningKeys, device_is_cross_signed
-from bot.identity import SECRET_KEY
-from bot.secret_storage import restore_cross_signing_secrets
+from bot.cross_signing_keys import device_is_cross_signed
 from storage.repositories import SchemaBehind, open_store
 
 
-async def _session(config: Config, migrate: bool = True):
+async def stored_session(config: Config, migrate: bool = True):
     try:
         store = await open_store(config.storage.url(), config.storage.key_path(), create_key=False, migrate=migrate)
     except SchemaBehind:
@@ -25,14 +28,28 @@ async def _session(config: Config, migrate: bool = True):
     return store, device_id, token
 
 
+def _ask(homeserver: str, token: str, method: str, path: str, body: dict | None = None) -> dict:
+    request = urllib.request.Request(homeserver.rstrip("/") + path, method=method,
+                                     data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as e:
+        raise SystemExit(f"cercle : le serveur d'accueil refuse {path} ({e.code}) : jeton du bot révoqué ? "
+                         "`cercle run` se reconnecte sur le même appareil") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise SystemExit(f"cercle : serveur d'accueil injoignable à {homeserver} ({getattr(e, 'reason', e)})") from None
+
+
 async def status(config: Config) -> str:
-    # Read-only, and quick (issue 11: ≤ 1 s): no migration (Alembic), no nio.
-    store, device_id, token = await _session(config, migrate=False)
+    store, device_id, token = await stored_session(config, migrate=False)
     user = config.matrix.user_id
     try:
-        async with CrossSigningClient(config.matrix.homeserver, user, device_id, token, None) as cs:
-            _, query = await cs.request("POST", "/_matrix/client/v3/keys/query", {"device_keys": {user: [device_id]}})
-            _, joined = await cs.request("GET", "/_matrix/client/v3/joined_rooms")
+        query, joined = await asyncio.gather(
+            asyncio.to_thread(_ask, config.matrix.homeserver, token, "POST", "/_matrix/client/v3/keys/query",
+                              {"device_keys": {user: [device_id]}}),
+            asyncio.to_thread(_ask, config.matrix.homeserver, token, "GET", "/_matrix/client/v3/joined_rooms"))
         signed = device_is_cross_signed(query, user, device_id)
         # Counted by the database: the deadline table keeps every fired row, and loading 100,000
         # pending ones to print 20 took 11 s.
@@ -69,32 +86,3 @@ async def outbox_lines(store, stuck_after_s: float, now: datetime | None = None)
         lines.append(f"  - n°{i.id} {i.action:<8} {i.room_id or 'conversation directe'} {i.ref or ''} : "
                      f"depuis {since}, {i.attempts} essais, {i.last_error or '?'}")
     return lines
-
-
-async def restore_identity(config: Config, recovery_key: str) -> str:
-    """Fetch the cross-signing keys from secret storage with the recovery key, and sign this device."""
-    from nio import AsyncClient, AsyncClientConfig  # here: `cercle status` does without it
-
-    store, device_id, token = await _session(config)
-    user = config.matrix.user_id
-    client = AsyncClient(config.matrix.homeserver, user, device_id=device_id,
-                         store_path=str(config.storage.data_dir / "nio-store"),
-                         config=AsyncClientConfig(encryption_enabled=True,
-                                                  pickle_key=store.cipher.derive("nio-pickle-key")))
-    try:
-        client.restore_login(user, device_id, token)
-        olm_key = client.olm.account.identity_keys["ed25519"] if client.olm else None
-        async with CrossSigningClient(config.matrix.homeserver, user, device_id, token,
-                                      config.matrix.resolved_password()) as cs:
-            try:
-                keys: CrossSigningKeys = await restore_cross_signing_secrets(cs, recovery_key)
-            except ValueError as e:
-                raise SystemExit(f"cercle : {e}")
-            result = await cs.ensure(keys, olm_ed25519=olm_key)
-        if result.status == "mismatch":
-            raise SystemExit(f"cercle : les clés restaurées ne correspondent pas à celles du serveur ({result.detail})")
-        await store.set_secret(SECRET_KEY, keys.to_secret_dict())
-        return f"Identité restaurée : l'appareil {device_id} de {user} est signé par son identité de signature croisée."
-    finally:
-        await client.close()
-        await store.close()

@@ -255,7 +255,10 @@ class SyncIntake:
             if first:
                 continue  # the backlog from before the bot's first sync is not addressed to it
             timeline = list(info.timeline.events)
-            if info.timeline.limited and info.timeline.prev_batch:
+            # A cut timeline may hide events for the bot, unless it starts before the bot's join: a
+            # room joined while the bot was down (its whole history is older) costs no request.
+            if (info.timeline.limited and info.timeline.prev_batch
+                    and not (timeline and timeline[0].server_timestamp < joined_ts)):
                 timeline = await self._fill_gap(room_id, info.timeline.prev_batch, joined_ts) + timeline
             for ev in timeline:
                 item = self._incoming(room_id, ev, joined_ts)

@@ -5,6 +5,7 @@ for a French spreadsheet, and a chart (matplotlib, Agg). Patient codes only, nev
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import re
 import unicodedata
@@ -13,17 +14,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display: files only
-
-import matplotlib.pyplot as plt
-from fpdf import FPDF
-
 from domain.indemnites import CRITERES, ETAT_LIBELLE, Etat, Trimestre, decimal_fr, euros
 from rooms.directory import profession_label
 
-FONT_DIR = Path(matplotlib.get_data_path()) / "fonts" / "ttf"  # DejaVu: €, accents, ✔
+
+def _font_dir() -> Path:
+    """matplotlib's DejaVu fonts (€, accents, ✔), for the PDF."""
+    import matplotlib
+
+    return Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 ACT_LABELS = {"reperage": "repérage", "inclusion": "inclusion", "declenchement": "déclenchement",
               "acceptation": "acceptation", "red_flag": "red flag", "alerte_critique": "alerte critique",
               "suivi": "suivi", "tcim_medecin": "TCIM médecin", "tcim_infirmier": "TCIM infirmier·e"}
@@ -50,18 +49,27 @@ def _evidence(act) -> str:
 
 
 # --- PDF ---------------------------------------------------------------------------------------------------
-class _Pdf(FPDF):
-    def footer(self):
-        self.set_y(-12)
-        self.set_font("DejaVu", size=7)
-        self.cell(0, 6, f"page {self.page_no()}/{{nb}}", align="R")
+@functools.cache
+def _pdf_class():
+    """fpdf2 (0.5 s to import) and matplotlib are loaded when the first bordereau is made, not at
+    each start of the bot (issue 11: they were a third of the start's imports)."""
+    from fpdf import FPDF
+
+    class Pdf(FPDF):
+        def footer(self):
+            self.set_y(-12)
+            self.set_font("DejaVu", size=7)
+            self.cell(0, 6, f"page {self.page_no()}/{{nb}}", align="R")
+
+    return Pdf
 
 
 def pdf(cpts: str, trimestre: Trimestre, prof, user_id: str, acts: list, refs: dict[str, str], tz: ZoneInfo,
         validation=None) -> bytes:
-    doc = _Pdf(orientation="L", format="A4")
-    doc.add_font("DejaVu", "", str(FONT_DIR / "DejaVuSans.ttf"))
-    doc.add_font("DejaVu", "B", str(FONT_DIR / "DejaVuSans-Bold.ttf"))
+    doc = _pdf_class()(orientation="L", format="A4")
+    fonts = _font_dir()
+    doc.add_font("DejaVu", "", str(fonts / "DejaVuSans.ttf"))
+    doc.add_font("DejaVu", "B", str(fonts / "DejaVuSans-Bold.ttf"))
     doc.set_title(f"Bordereau d'indemnisation {trimestre}")
     doc.set_author(cpts)
     doc.alias_nb_pages()
@@ -125,7 +133,7 @@ def pdf(cpts: str, trimestre: Trimestre, prof, user_id: str, acts: list, refs: d
     return bytes(doc.output())
 
 
-def _fit(doc: FPDF, text: str, width: float) -> str:
+def _fit(doc, text: str, width: float) -> str:
     if doc.get_string_width(text) <= width:
         return text
     while text and doc.get_string_width(text + "…") > width:
@@ -165,7 +173,13 @@ def chart(trimestre: Trimestre, acts: list, tz: ZoneInfo) -> bytes:
         local: datetime = a.at.astimezone(tz)
         per_month[key][(local.year, local.month)] += 1
     months = trimestre.mois()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=90)
+    # matplotlib's object API, no pyplot state (as rooms.indicateurs.chart_png), imported here.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2), dpi=90)
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
     names = sorted(set(amounts) | set(per_month))
     left.barh(names, [amounts[n] / 100 for n in names], color="#2a6f97")
     left.set_title(f"Montant éligible par parcours (€) · {trimestre}")
@@ -182,5 +196,4 @@ def chart(trimestre: Trimestre, acts: list, tz: ZoneInfo) -> bytes:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     return buffer.getvalue()

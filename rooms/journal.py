@@ -17,7 +17,6 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timezone
 
-from fpdf import FPDF
 from sqlalchemy import select
 
 from domain.markup import literal, unmark
@@ -273,6 +272,8 @@ def _pdf_text(text: str) -> str:
 
 
 def to_pdf(title: str, subtitle: str, rows: list[list[str]]) -> bytes:
+    from fpdf import FPDF  # 0.4 s to import: when a journal is exported, not at each start (issue 11)
+
     pdf = FPDF(orientation="P", unit="mm", format="A4")
     pdf.set_title(_pdf_text(title))
     pdf.set_creator("Cercle")

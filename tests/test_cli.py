@@ -202,3 +202,10 @@ def test_invalid_config_names_the_key(tmp_path):
     result = subprocess.run([*CERCLE, "run", "--config", str(bad)], capture_output=True, text=True)
     assert result.returncode == 2
     assert "matrix.homeserver" in result.stderr and "http" in result.stderr
+
+
+def test_status_names_an_unreachable_homeserver_instead_of_a_traceback():
+    from bot.status import _ask
+
+    with pytest.raises(SystemExit, match="serveur d'accueil injoignable à http://127.0.0.1:9"):
+        _ask("http://127.0.0.1:9", "token", "GET", "/_matrix/client/v3/joined_rooms")

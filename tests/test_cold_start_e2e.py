@@ -148,3 +148,43 @@ async def test_a_new_device_of_a_member_seen_before_gets_the_key_of_a_room_quiet
         assert notice.encrypted
     finally:
         await phone.close()
+
+
+async def test_rooms_joined_while_the_bot_was_down_cost_no_history_request(harness: BotHarness, people, synapse):
+    """Their whole history predates the bot's join, so nothing in it is addressed to the bot: the
+    first sync after the start brings them with a cut timeline, and paging back through it (one
+    request per room) would make a start grow with the rooms joined meanwhile."""
+    import aiohttp
+
+    dr = await people()
+    known = await room_with_bot(dr, harness)
+    await answered(dr, harness, known, "!aide")
+    await harness.idle()
+    token = harness.bot.client.access_token
+    await harness.stop()
+    joined_while_down = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(3):
+            room_id = await dr.create_room(invite=[harness.user_id])
+            for n in range(25):  # enough history for the sync to cut the timeline
+                await dr.send_text(room_id, f"message {n} avant l'arrivée du bot")
+            async with http.post(f"{synapse.url}/_matrix/client/v3/join/{room_id}", json={},
+                                 headers={"Authorization": f"Bearer {token}"}) as r:
+                assert r.status == 200, await r.text()
+            joined_while_down.append(room_id)
+    paged: list[str] = []
+
+    def watch(bot):
+        room_messages = bot.client.room_messages
+
+        async def counted(room_id, *args, **kwargs):
+            paged.append(room_id)
+            return await room_messages(room_id, *args, **kwargs)
+
+        bot.client.room_messages = counted
+
+    harness.before_run.append(watch)
+    await harness.start()
+    reply = await answered(dr, harness, joined_while_down[0], "!aide")  # joined, and answering
+    assert "Commandes de Cercle" in reply.body
+    assert not set(paged) & set(joined_while_down), paged
