@@ -160,7 +160,7 @@ class Bot:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self.deadlines.shutdown()
             self.outbox.cancel_retry()
-            self.outbox.cancel_pump()
+            await self.outbox.stop_pump()
 
     async def _ensure_identity_after_first_sync(self) -> None:
         try:

@@ -43,7 +43,13 @@ from sqlalchemy.exc import IntegrityError
 from bot.config import Config
 from bot.cross_signing import CrossSigningClient
 from bot.metrics import Metrics
-from bot.room_creation import RoomLookupError, create_direct_room, create_patient_room, find_created_room
+from bot.room_creation import (
+    RoomLookupError,
+    check_not_under_way,
+    create_direct_room,
+    create_patient_room,
+    find_created_room,
+)
 from bot.sync import HomeserverWatch, homeserver_unreachable
 from bot.trust import TrustCache
 from bot.trust import apply as apply_trust_policy
@@ -211,9 +217,14 @@ class OutboxSender:
         while self._pump is not None and not self._pump.done():
             await asyncio.shield(self._pump)
 
-    def cancel_pump(self) -> None:
+    async def stop_pump(self) -> None:
+        """At shutdown: the background sends end here, before the client and the store close, so
+        that no send of this instance outlives it (a restart in the same process would otherwise
+        run two senders at once)."""
         if self._pump is not None:
             self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+            self._pump = None
 
     async def _send_batch(self, batch, tried: set[int], blocked: set[str], changed: set[str]) -> int | None:
         """Send in order within each room, rooms in parallel (delivery.parallel_rooms at once), an
@@ -495,6 +506,8 @@ class OutboxSender:
         if started is not None:
             try:
                 room_id = await find_created_room(self.client, self.store, key)
+                if room_id is None:
+                    check_not_under_way(int(started), wall_ms())
             except RoomLookupError as e:
                 log.warning("recherche du salon %s impossible (%s) : nouvel essai", key, e)
                 return Later(f"recherche du salon {key} impossible")
@@ -642,16 +655,18 @@ class OutboxSender:
         if found:
             return found
         marker = "direct_creation:" + hashlib.sha256(user_id.encode()).hexdigest()[:40]
-        key = await self.store.get_state(marker)
-        if key:
+        stored = await self.store.get_state(marker)
+        if stored:
+            key, _, started = stored.partition(":")  # "<key>:<wall ms>" (a bare key: an older bot's)
             found = await find_created_room(self.client, self.store, key)
             if found:
                 log.info("conversation directe retrouvée après une création interrompue : %s", found)
                 await self._record_direct(found, user_id, marker)
                 return found
+            check_not_under_way(int(started) if started else None, wall_ms())
         else:
             key = uuid.uuid4().hex
-            await self.store.set_state(marker, key)
+            await self.store.set_state(marker, f"{key}:{wall_ms()}")
         response = await create_direct_room(self.client, key, user_id)
         if not isinstance(response, RoomCreateResponse):
             log.warning("conversation directe avec %s impossible : %s", user_id, response.message)

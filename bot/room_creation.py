@@ -64,6 +64,18 @@ class RoomLookupError(Exception):
     """The homeserver did not answer the lookup: neither found nor absent, try again later."""
 
 
+# An attempt cut off by a crash may still be running on the homeserver (the request arrived, the
+# answer was lost): for this long after it started, "not found" means "not yet", not "absent".
+# Found by the random-kill delivery test once restarts got faster (issue 11): a second chat.
+CREATION_SETTLE_MS = 10_000
+
+
+def check_not_under_way(started_ms: int | None, now_ms: int) -> None:
+    """Raise RoomLookupError if an interrupted creation begun at `started_ms` may still complete."""
+    if started_ms is not None and now_ms - started_ms < CREATION_SETTLE_MS:
+        raise RoomLookupError("création interrompue il y a moins de 10 s : le serveur la termine peut-être")
+
+
 async def find_created_room(client: AsyncClient, store: Store, key: str) -> str | None:
     """The room a previous, interrupted attempt created with `key`, if any.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import re
 import statistics
@@ -185,7 +186,7 @@ async def test_a_direct_notice_pending_across_a_restart_is_delivered_once(synaps
 async def test_kills_at_random_points_deliver_every_direct_notice_once(synapse, register, tmp_path, database_url):
     """`kill -9` at random instants while pool notices and relances go out in direct chats, restart
     each time: each professional gets each notice and each relance exactly once, in one chat."""
-    seed = random.randrange(1_000_000)
+    seed = int(os.environ.get("SEED") or random.randrange(1_000_000))  # SEED=… replays a failing run
     rng = random.Random(seed)
     print(f"graine du test : {seed}")
     t = await Team.create(synapse, register, tmp_path, database_url=database_url,
