@@ -378,3 +378,14 @@ async def test_every_step_fires_on_time_on_a_busy_bot(synapse, register, tmp_pat
         assert max(lateness) < 30
     finally:
         await t.close()
+
+
+def test_an_interrupted_creation_is_looked_for_again_before_a_second_one_is_made():
+    """For CREATION_SETTLE_MS after an attempt began, "not found" may be "not yet": look again later."""
+    from bot.room_creation import CREATION_SETTLE_MS, RoomLookupError, check_not_under_way
+
+    now = 1_800_000_000_000
+    with pytest.raises(RoomLookupError):
+        check_not_under_way(now - 2_000, now)  # the server may still be creating it
+    check_not_under_way(now - CREATION_SETTLE_MS, now)  # long enough: absent, create it
+    check_not_under_way(None, now)  # a marker written by an older bot, without its instant
