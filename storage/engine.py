@@ -76,7 +76,7 @@ async def migrate(engine: AsyncEngine) -> None:
 
 def latest_revision() -> str:
     """The newest migration's id, from the file names (`0011_dialogues.py` -> '0011'), without
-    loading Alembic; tests/test_migrations.py checks it is Alembic's head."""
+    loading Alembic; tests/test_storage.py checks it is Alembic's head."""
     return max(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
 
 

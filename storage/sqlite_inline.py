@@ -9,10 +9,11 @@ asks of the callers:
 
 - a transaction holds the one connection until it ends: no network wait inside one (the outbox
   design already forbids it: a handler writes rows, the sends happen after the commit), and no
-  second session opened while one is held (it would wait for the connection forever);
+  second session opened while one is held (it would wait for the connection, and fail after the
+  pool's 30 s);
 - a long read blocks the loop for its duration: the quarter's bordereau over 1,000,000 ledger
   lines, 1.3 s once a quarter; `!indicateurs` over a year, under 0.7 s (bench/bordereau.py,
-  bench/indicateurs.py). PostgreSQL, the production database, is not concerned.
+  bench/indicateurs.py, measured with aiosqlite). On PostgreSQL nothing of this applies.
 
 SQLAlchemy's aiosqlite dialect drives this through its `async_creator` hook: everything above
 the connection (dialect, SQL compilation, types, pool) is SQLAlchemy's own.
@@ -96,7 +97,6 @@ class InlineConnection:
 
     def __init__(self, connection: sqlite3.Connection):
         self._connection = connection  # the adapter checks it before commit and rollback
-        self._conn = connection
 
     def cursor(self) -> InlineCursor:
         return InlineCursor(self._connection.cursor())
@@ -111,9 +111,7 @@ class InlineConnection:
         self._connection.rollback()
 
     async def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        self.stop()
 
     def stop(self) -> None:  # the adapter's forced close (aiosqlite ≥ 0.22)
         if self._connection is not None:
@@ -124,12 +122,8 @@ class InlineConnection:
         self._connection.create_function(*args, **kwargs)
 
     @property
-    def isolation_level(self):
+    def isolation_level(self):  # read by the adapter; Cercle never sets one (the driver's default)
         return self._connection.isolation_level
-
-    @isolation_level.setter
-    def isolation_level(self, value) -> None:
-        self._connection.isolation_level = value
 
 
 def creator(database: str, uri: bool = False):
